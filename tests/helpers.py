@@ -1,0 +1,36 @@
+"""Tolerance rules shared by every parity test (see DEVELOPERS guide, "Numerics").
+
+* fp32 kernel vs fp32 reference: ``atol = rtol = 1e-5`` (1e-4 for reductions
+  over long rows, e.g. a softmax over 512 keys or a LayerNorm over 8192 columns).
+* bf16/fp16 kernel on GPU, the flash-attention rule: the kernel's error against
+  an fp32 reference may be at most twice PyTorch's own low-precision error,
+  plus 1e-3:  |kernel - ref32| <= 2 * |torch_lowp - ref32| + 1e-3.
+"""
+import torch
+
+FP32_TOL = 1e-5
+FP32_REDUCTION_TOL = 1e-4
+
+
+def assert_close_fp32(actual, expected, tol=FP32_TOL, name="output"):
+    """fp32 parity: ``atol = rtol = tol``; ``name`` says which tensor failed."""
+    torch.testing.assert_close(
+        actual.float(), expected.float(), atol=tol, rtol=tol,
+        msg=lambda m: f"{name}: {m}",
+    )
+
+
+def assert_close_lowp(actual, reference_fp32, torch_lowp, name="output", slack=1e-3):
+    """The flash-attention rule for bf16/fp16 results (compare in fp32).
+
+    ``actual``: our kernel's low-precision result; ``reference_fp32``: the pure-torch
+    reference run in fp32; ``torch_lowp``: the same reference run in low precision.
+    """
+    actual, ref, lowp = actual.float(), reference_fp32.float(), torch_lowp.float()
+    kernel_err = (actual - ref).abs()
+    bound = 2 * (lowp - ref).abs().max() + slack
+    worst = kernel_err.max().item()
+    assert worst <= bound.item(), (
+        f"{name}: max |kernel - fp32 ref| = {worst:.3e} exceeds "
+        f"2 * max |torch low-precision - fp32 ref| + {slack} = {bound.item():.3e}"
+    )
