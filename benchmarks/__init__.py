@@ -1,0 +1,1 @@
+"""Benchmarks of spanbert-fast: each op and the whole training step against baselines."""

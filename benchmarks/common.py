@@ -1,0 +1,96 @@
+"""What every benchmark suite shares: timing, environment facts, result rows, CSV.
+
+Each suite module (``bench_<op>.py``) exposes ``run(smoke: bool) -> list[Result]``;
+it measures our op and its baselines *in the same process* so ratios are fair.
+On CUDA the time is ``triton.testing.do_bench``'s median (with warm-up); on CPU
+(smoke mode, for CI) a plain median of a few wall-clock runs: it checks that the
+suite runs and writes its files, it says nothing about speed.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import datetime
+import os
+import platform
+import statistics
+import tempfile
+import time
+from typing import Callable, List, Optional
+
+import torch
+
+
+@dataclasses.dataclass
+class Result:
+    suite: str  # e.g. "attention"
+    case: str  # human-readable shape, e.g. "B32-H12-S512-D64"
+    impl: str  # "ours", "sdpa", "eager", "torch.compile", ...
+    mode: str  # "fwd" or "fwd+bwd"
+    ms: float  # median milliseconds
+    metric: str  # "TFLOP/s", "GB/s", "tokens/s", "MB"
+    value: float  # the metric's value
+    extra: str = ""  # free text: peak memory, notes
+
+
+def environment() -> dict:
+    """Facts that make a number reproducible: device, versions, date."""
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except Exception:
+        triton_version = "not installed"
+    cuda = torch.cuda.is_available()
+    return {
+        "device": torch.cuda.get_device_name() if cuda else f"CPU ({platform.processor() or platform.machine()})",
+        "torch": torch.__version__,
+        "triton": triton_version,
+        "cuda": torch.version.cuda or "none",
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+
+
+def bench_ms(fn: Callable[[], object], smoke: bool = False, reps: int = 3) -> float:
+    """Median milliseconds of ``fn()``: do_bench on CUDA, a few wall-clock runs on CPU."""
+    if torch.cuda.is_available() and not smoke:
+        import triton.testing
+
+        return float(triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median"))
+    fn()  # warm-up (compilation, caches)
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def peak_memory_mb(fn: Callable[[], object]) -> Optional[float]:
+    """Extra peak CUDA memory of one ``fn()`` call above what was allocated before, in MB."""
+    if not torch.cuda.is_available():
+        return None
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    fn()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - before) / 1e6
+
+
+CSV_FIELDS = [f.name for f in dataclasses.fields(Result)] + list(environment().keys())
+
+
+def write_csv(results: List[Result], path: str) -> str:
+    """Write ``results`` with the environment columns to ``path`` atomically."""
+    env = environment()
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".csv.tmp")
+    with os.fdopen(fd, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+        writer.writeheader()
+        for r in results:
+            writer.writerow({**dataclasses.asdict(r), **env})
+    os.replace(tmp, path)
+    return path
