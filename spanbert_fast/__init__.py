@@ -1,0 +1,27 @@
+"""spanbert-fast: SpanBERT pre-training and fine-tuning with Triton kernels on the hot path.
+
+Public API::
+
+    from spanbert_fast import SpanBertConfig, SpanBertModel, SpanBertForPreTraining
+    model = SpanBertForPreTraining(SpanBertConfig.preset("base"))
+    model = SpanBertForPreTraining.from_pretrained("path/to/spanbert-base-cased")
+    model.save_pretrained("out/")
+"""
+from spanbert_fast.config import SpanBertConfig
+from spanbert_fast.model import (
+    EncoderOutput,
+    PreTrainingOutput,
+    SpanBertForPreTraining,
+    SpanBertModel,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "SpanBertConfig",
+    "SpanBertModel",
+    "SpanBertForPreTraining",
+    "EncoderOutput",
+    "PreTrainingOutput",
+    "__version__",
+]

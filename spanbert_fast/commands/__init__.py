@@ -1,0 +1,1 @@
+"""One module per ``spanbert-fast`` subcommand; each exposes ``register(subparsers)``."""

@@ -1,0 +1,429 @@
+"""SpanBERT: a BERT encoder with a masked-LM head and a Span Boundary Objective head.
+
+Reads like the paper (Joshi et al., 2020) and DESIGN §1:
+
+    embeddings  = LayerNorm(word + position + token_type) -> dropout
+    each layer  = LN(dropout(attention(x) W_o + b_o) + x)            (post-LN)
+                  LN(dropout(GeLU(x W_i + b_i) W_o2 + b_o2) + x)
+    MLM head    = LN(GeLU(h W_t + b_t)) E^T + b                        (E = word embeddings, tied)
+    SBO head    = LN2(GeLU(LN1(GeLU([h_{s-1}; h_{e+1}; p_i] W_1 + b_1)) W_2 + b_2)) E^T + b'
+
+Both heads run **only at the rows they predict** (gather first, then transform,
+then the masked-position loss), never over the whole sequence.
+
+Module and parameter names follow HF ``BertForPreTraining`` (``bert.encoder.layer.N.
+attention.self.query`` ...) and the SpanBERT reference code for the SBO head
+(``cls.pair_target_predictions.mlp_layer_norm.linear1`` ...), so checkpoints map one
+to one (see :mod:`spanbert_fast.hub`).
+
+The hot ops go through :mod:`spanbert_fast.ops` with the model's ``backend``
+(``"auto"`` = Triton kernels on CUDA, PyTorch references on CPU).
+
+Batch format (what ``spanbert_fast.data`` collates and :meth:`SpanBertForPreTraining.forward`
+takes; ``B`` rows padded to the batch's longest block ``L``):
+
+==================  ==========  =================================================================
+key                 shape       meaning
+==================  ==========  =================================================================
+``input_ids``       [B, L]      ``[CLS] block [SEP]`` after masking replacements, ``[PAD]``-padded
+``attention_mask``  [B, L]      1 for real tokens, 0 for padding (optional: None = no padding)
+``token_type_ids``  [B, L]      optional, all zeros for SpanBERT
+``mlm_positions``   [M]         flat indices ``row * L + col`` of the masked tokens
+``mlm_labels``      [M]         original token ids at those positions
+``sbo_left``        [K]         flat index of each SBO target's left boundary token ``s - 1``
+``sbo_right``       [K]         flat index of its right boundary token ``e + 1``
+``sbo_rel_pos``     [K]         the target's 0-based position inside its span, < ``sbo_max_targets``
+``sbo_labels``      [K]         original token id of the target
+==================  ==========  =================================================================
+
+All index tensors are int64. Flat indices address ``hidden.flatten(0, 1)``.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from spanbert_fast import ops
+from spanbert_fast.config import SpanBertConfig
+
+
+# --------------------------------------------------------------------------- outputs
+@dataclasses.dataclass
+class EncoderOutput:
+    last_hidden_state: torch.Tensor  # [B, L, d]
+    hidden_states: Optional[Tuple[torch.Tensor, ...]] = None  # embeddings + every layer, on request
+
+
+@dataclasses.dataclass
+class PreTrainingOutput:
+    loss: torch.Tensor  # mlm_loss + sbo_loss_weight * sbo_loss
+    mlm_loss: torch.Tensor  # mean CE over masked positions
+    sbo_loss: torch.Tensor  # mean CE over SBO targets
+    mlm_correct: torch.Tensor  # int64 count of masked positions predicted right
+    sbo_correct: torch.Tensor  # int64 count of SBO targets predicted right
+    mlm_count: torch.Tensor  # int64 number of masked positions
+    sbo_count: torch.Tensor  # int64 number of SBO targets
+    last_hidden_state: torch.Tensor  # [B, L, d]
+
+
+# --------------------------------------------------------------------------- building blocks
+class BackendMixin:
+    """Modules that call :mod:`spanbert_fast.ops` read their ``backend`` attribute."""
+
+    backend: str = "auto"
+
+
+class Embeddings(nn.Module):
+    """word + learned absolute position + token type, then LayerNorm and dropout."""
+
+    def __init__(self, config: SpanBertConfig):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.max_positions = config.max_position_embeddings
+
+    def forward(self, input_ids: torch.Tensor, token_type_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+        seq_len = input_ids.shape[1]
+        if seq_len > self.max_positions:
+            raise ValueError(
+                f"input_ids has {seq_len} positions but the model has {self.max_positions} position "
+                "embeddings; cut the input (blocks are at most max_position_embeddings tokens)"
+            )
+        positions = torch.arange(seq_len, device=input_ids.device)
+        x = self.word_embeddings(input_ids) + self.position_embeddings(positions)[None]
+        if token_type_ids is None:
+            x = x + self.token_type_embeddings.weight[0]
+        else:
+            x = x + self.token_type_embeddings(token_type_ids)
+        return self.dropout(self.LayerNorm(x))
+
+
+class SublayerOutput(BackendMixin, nn.Module):
+    """``LayerNorm(dropout(x W + b) + residual)``: the post-LN end of each sublayer."""
+
+    def __init__(self, in_features: int, config: SpanBertConfig):
+        super().__init__()
+        self.dense = nn.Linear(in_features, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout_p = config.hidden_dropout_prob
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        p = self.dropout_p if self.training else 0.0
+        return ops.bias_dropout_add_layernorm(
+            F.linear(x, self.dense.weight), self.dense.bias, residual,
+            self.LayerNorm.weight, self.LayerNorm.bias, p=p, eps=self.LayerNorm.eps, backend=self.backend,
+        )
+
+
+class SelfAttention(BackendMixin, nn.Module):
+    """Multi-head bidirectional attention (q, k, v projections in one GEMM)."""
+
+    def __init__(self, config: SpanBertConfig):
+        super().__init__()
+        d = config.hidden_size
+        self.query = nn.Linear(d, d)
+        self.key = nn.Linear(d, d)
+        self.value = nn.Linear(d, d)
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.head_dim
+        self.dropout_p = config.attention_probs_dropout_prob
+        self.window = config.attention_window
+
+    def forward(self, x: torch.Tensor, attention_mask: Optional[torch.Tensor]) -> torch.Tensor:
+        batch, seq_len, d = x.shape
+        weight = torch.cat([self.query.weight, self.key.weight, self.value.weight])  # [3d, d]
+        bias = torch.cat([self.query.bias, self.key.bias, self.value.bias])  # [3d]
+        qkv = F.linear(x, weight, bias).view(batch, seq_len, 3, self.num_heads, self.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, H, L, Dh]
+        context = ops.attention(
+            q, k, v, attention_mask, window=self.window,
+            dropout_p=self.dropout_p if self.training else 0.0, backend=self.backend,
+        )
+        return context.transpose(1, 2).reshape(batch, seq_len, d)
+
+
+class Attention(nn.Module):
+    def __init__(self, config: SpanBertConfig):
+        super().__init__()
+        self.self = SelfAttention(config)  # HF key names: attention.self.query ...
+        self.output = SublayerOutput(config.hidden_size, config)
+
+    def forward(self, x: torch.Tensor, attention_mask: Optional[torch.Tensor]) -> torch.Tensor:
+        return self.output(self.self(x, attention_mask), residual=x)
+
+
+class Intermediate(nn.Module):
+    """The feed-forward expansion ``GeLU(x W_i + b_i)``, d -> intermediate_size."""
+
+    def __init__(self, config: SpanBertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.gelu(self.dense(x), approximate="none")
+
+
+class EncoderLayer(nn.Module):
+    def __init__(self, config: SpanBertConfig):
+        super().__init__()
+        self.attention = Attention(config)
+        self.intermediate = Intermediate(config)
+        self.output = SublayerOutput(config.intermediate_size, config)
+
+    def forward(self, x: torch.Tensor, attention_mask: Optional[torch.Tensor]) -> torch.Tensor:
+        x = self.attention(x, attention_mask)
+        return self.output(self.intermediate(x), residual=x)
+
+
+class Encoder(nn.Module):
+    def __init__(self, config: SpanBertConfig):
+        super().__init__()
+        self.layer = nn.ModuleList(EncoderLayer(config) for _ in range(config.num_hidden_layers))
+
+
+# --------------------------------------------------------------------------- heads
+class PredictionTransform(BackendMixin, nn.Module):
+    """MLM transform: ``LayerNorm(GeLU(h W_t + b_t))`` on the gathered rows."""
+
+    def __init__(self, config: SpanBertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(self, rows: torch.Tensor) -> torch.Tensor:
+        return ops.bias_gelu_layernorm(
+            F.linear(rows, self.dense.weight), self.dense.bias, self.LayerNorm.weight, self.LayerNorm.bias,
+            self.LayerNorm.eps, backend=self.backend,
+        )
+
+
+class MLMHead(BackendMixin, nn.Module):
+    """Masked-LM head: transform, then the decoder tied to the word embeddings + own bias."""
+
+    def __init__(self, config: SpanBertConfig):
+        super().__init__()
+        self.transform = PredictionTransform(config)
+        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+
+    def loss(self, hidden_flat, positions, labels, decoder_weight):
+        """``(mean CE, n_correct)`` at ``positions`` of ``hidden_flat`` [B*L, d]."""
+        rows = self.transform(hidden_flat[positions])
+        return ops.masked_lm_loss(rows, labels, decoder_weight, self.bias, backend=self.backend)
+
+    def logits(self, rows: torch.Tensor, decoder_weight: torch.Tensor) -> torch.Tensor:
+        """Full-vocabulary logits ``[M, V]`` for already-gathered rows (fill-mask, tests)."""
+        return F.linear(self.transform(rows), decoder_weight, self.bias)
+
+
+class SBOMLP(BackendMixin, nn.Module):
+    """The SBO MLP: two (Linear -> GeLU -> LayerNorm) layers, reference key names."""
+
+    def __init__(self, config: SpanBertConfig):
+        super().__init__()
+        d = config.hidden_size
+        self.linear1 = nn.Linear(2 * d + config.sbo_position_embedding_size, d)
+        self.layer_norm1 = nn.LayerNorm(d, eps=config.layer_norm_eps)
+        self.linear2 = nn.Linear(d, d)
+        self.layer_norm2 = nn.LayerNorm(d, eps=config.layer_norm_eps)
+
+
+class SpanBoundaryHead(BackendMixin, nn.Module):
+    """Span Boundary Objective: predict each span token from its two boundaries + position.
+
+    ``W_1`` acts on ``[h_left; h_right; p_i]``; we split it so the position part is a
+    ``[sbo_max_targets, d]`` table computed once per step (``p W_1p^T + b_1``) and the
+    boundary part is one GEMM over the gathered ``[K, 2d]`` rows, instead of a
+    ``(2d + 200)``-wide concatenation per target. Same math as the reference head.
+    """
+
+    def __init__(self, config: SpanBertConfig):
+        super().__init__()
+        self.position_embeddings = nn.Embedding(config.sbo_max_targets, config.sbo_position_embedding_size)
+        self.mlp_layer_norm = SBOMLP(config)
+        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+        self.hidden_size = config.hidden_size
+
+    def transform(self, left: torch.Tensor, right: torch.Tensor, rel_pos: torch.Tensor) -> torch.Tensor:
+        """``[K, d]`` boundary rows and ``[K]`` positions -> the ``[K, d]`` SBO representation."""
+        mlp, d = self.mlp_layer_norm, self.hidden_size
+        w1 = mlp.linear1.weight  # [d, 2d + P]: boundary columns, then position columns
+        position_table = F.linear(self.position_embeddings.weight, w1[:, 2 * d:], mlp.linear1.bias)  # [T, d]
+        pre1 = F.linear(torch.cat([left, right], dim=-1), w1[:, : 2 * d]) + position_table[rel_pos]
+        h1 = ops.bias_gelu_layernorm(
+            pre1, None, mlp.layer_norm1.weight, mlp.layer_norm1.bias, mlp.layer_norm1.eps, backend=self.backend
+        )
+        return ops.bias_gelu_layernorm(
+            F.linear(h1, mlp.linear2.weight), mlp.linear2.bias, mlp.layer_norm2.weight, mlp.layer_norm2.bias,
+            mlp.layer_norm2.eps, backend=self.backend,
+        )
+
+    def loss(self, hidden_flat, left, right, rel_pos, labels, decoder_weight):
+        """``(mean CE, n_correct)`` of the SBO targets; indices are flat rows of ``hidden_flat``."""
+        rows = self.transform(hidden_flat[left], hidden_flat[right], rel_pos)
+        return ops.masked_lm_loss(rows, labels, decoder_weight, self.bias, backend=self.backend)
+
+
+class PreTrainingHeads(nn.Module):
+    def __init__(self, config: SpanBertConfig):
+        super().__init__()
+        self.predictions = MLMHead(config)
+        self.pair_target_predictions = SpanBoundaryHead(config)
+
+
+# --------------------------------------------------------------------------- models
+class SpanBertPreTrainedModel(nn.Module):
+    """Shared behaviour: weight init, backend switch, checkpoint load/save."""
+
+    def __init__(self, config: SpanBertConfig):
+        super().__init__()
+        self.config = config
+
+    def init_weights(self):
+        """DESIGN §1: normal(0, initializer_range) weights, zero biases, LayerNorm (1, 0)."""
+        std = self.config.initializer_range
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, mean=0.0, std=std)
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                nn.init.zeros_(module.bias)
+            if isinstance(module, nn.Embedding) and module.padding_idx is not None:
+                with torch.no_grad():
+                    module.weight[module.padding_idx].zero_()
+            if isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+            if isinstance(module, (MLMHead, SpanBoundaryHead)):
+                nn.init.zeros_(module.bias)
+
+    def set_backend(self, backend: str) -> "SpanBertPreTrainedModel":
+        """Route every hot op through ``"auto"``, ``"torch"`` or ``"triton"``."""
+        if backend not in ops.BACKENDS:
+            raise ValueError(f"backend must be one of {ops.BACKENDS}, got {backend!r}")
+        for module in self.modules():
+            if isinstance(module, BackendMixin):
+                module.backend = backend
+        return self
+
+    @property
+    def backend(self) -> str:
+        return next((m.backend for m in self.modules() if isinstance(m, BackendMixin)), "auto")
+
+    def num_parameters(self, exclude_embeddings: bool = False) -> int:
+        """Parameter count (tied weights once); ``exclude_embeddings`` drops embedding tables."""
+        params = {id(p): p for p in self.parameters()}
+        if exclude_embeddings:
+            for module in self.modules():
+                if isinstance(module, nn.Embedding):
+                    params.pop(id(module.weight), None)
+        return sum(p.numel() for p in params.values())
+
+    @classmethod
+    def from_pretrained(cls, path: str, *, strict: bool = False, backend: str = "auto", **config_overrides):
+        """Load an HF BERT / SpanBERT checkpoint folder (see :func:`spanbert_fast.hub.load_pretrained`)."""
+        from spanbert_fast.hub import load_pretrained
+
+        return load_pretrained(cls, path, strict=strict, backend=backend, **config_overrides)
+
+    def save_pretrained(self, directory: str) -> str:
+        """Write ``config.json`` + ``model.safetensors`` that transformers' BERT classes load."""
+        from spanbert_fast.hub import save_pretrained
+
+        return save_pretrained(self, directory)
+
+
+class SpanBertModel(SpanBertPreTrainedModel):
+    """The bare encoder: ``input_ids`` -> contextual hidden states ``[B, L, d]``."""
+
+    def __init__(self, config: SpanBertConfig):
+        super().__init__(config)
+        self.embeddings = Embeddings(config)
+        self.encoder = Encoder(config)
+        self.init_weights()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,  # [B, L] int64
+        attention_mask: Optional[torch.Tensor] = None,  # [B, L] 1 = real token, 0 = padding
+        token_type_ids: Optional[torch.Tensor] = None,  # [B, L]
+        output_hidden_states: bool = False,
+    ) -> EncoderOutput:
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be [batch, seq_len], got shape {tuple(input_ids.shape)}")
+        if attention_mask is not None and attention_mask.shape != input_ids.shape:
+            raise ValueError(
+                f"attention_mask shape {tuple(attention_mask.shape)} differs from input_ids {tuple(input_ids.shape)}"
+            )
+        mask = None if attention_mask is None else attention_mask.bool()
+        x = self.embeddings(input_ids, token_type_ids)
+        all_states = [x] if output_hidden_states else None
+        for layer in self.encoder.layer:
+            x = layer(x, mask)
+            if all_states is not None:
+                all_states.append(x)
+        return EncoderOutput(x, tuple(all_states) if all_states is not None else None)
+
+
+class SpanBertForPreTraining(SpanBertPreTrainedModel):
+    """Encoder + MLM head + SBO head; loss = MLM CE + ``sbo_loss_weight`` × SBO CE."""
+
+    def __init__(self, config: SpanBertConfig):
+        super().__init__(config)
+        self.bert = SpanBertModel(config)
+        self.cls = PreTrainingHeads(config)
+        self.init_weights()
+
+    @property
+    def decoder_weight(self) -> torch.Tensor:
+        """The tied decoder of both heads: the word embedding table ``[V, d]``."""
+        return self.bert.embeddings.word_embeddings.weight
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: Optional[torch.Tensor] = None,
+        token_type_ids: Optional[torch.Tensor] = None,
+        mlm_positions: Optional[torch.Tensor] = None,
+        mlm_labels: Optional[torch.Tensor] = None,
+        sbo_left: Optional[torch.Tensor] = None,
+        sbo_right: Optional[torch.Tensor] = None,
+        sbo_rel_pos: Optional[torch.Tensor] = None,
+        sbo_labels: Optional[torch.Tensor] = None,
+        **unused,
+    ) -> PreTrainingOutput:
+        """One pre-training forward on a collated batch (format in the module docstring).
+
+        Extra batch keys (``cu_seqlens``, ``max_seqlen``, ...) are accepted and ignored.
+        """
+        required = dict(mlm_positions=mlm_positions, mlm_labels=mlm_labels, sbo_left=sbo_left,
+                        sbo_right=sbo_right, sbo_rel_pos=sbo_rel_pos, sbo_labels=sbo_labels)
+        missing = [name for name, value in required.items() if value is None]
+        if missing:
+            raise ValueError(f"SpanBertForPreTraining.forward needs the batch keys {missing} (see spanbert_fast.model)")
+        hidden = self.bert(input_ids, attention_mask, token_type_ids).last_hidden_state
+        hidden_flat = hidden.flatten(0, 1)
+        heads = self.cls
+        mlm_loss, mlm_correct = heads.predictions.loss(hidden_flat, mlm_positions, mlm_labels, self.decoder_weight)
+        sbo_loss, sbo_correct = heads.pair_target_predictions.loss(
+            hidden_flat, sbo_left, sbo_right, sbo_rel_pos, sbo_labels, self.decoder_weight
+        )
+        return PreTrainingOutput(
+            loss=mlm_loss + self.config.sbo_loss_weight * sbo_loss,
+            mlm_loss=mlm_loss,
+            sbo_loss=sbo_loss,
+            mlm_correct=mlm_correct,
+            sbo_correct=sbo_correct,
+            mlm_count=(mlm_labels != -100).sum(),
+            sbo_count=(sbo_labels != -100).sum(),
+            last_hidden_state=hidden,
+        )
+
+    def mlm_logits(self, hidden: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Full-vocabulary MLM logits ``[M, V]`` at flat ``positions`` of ``hidden`` [B, L, d]."""
+        return self.cls.predictions.logits(hidden.flatten(0, 1)[positions], self.decoder_weight)
