@@ -81,8 +81,6 @@ def model_key_prefix(model: torch.nn.Module) -> str:
 # --------------------------------------------------------------------------- reading files
 def find_weights_file(directory: str) -> str:
     """The weights file of a checkpoint folder, preferring safetensors."""
-    if not os.path.isdir(directory):
-        raise FileNotFoundError(f"{directory}: checkpoint folder not found")
     for name in (SAFETENSORS_NAME, SAFETENSORS_INDEX_NAME, PYTORCH_NAME):
         path = os.path.join(directory, name)
         if os.path.isfile(path):
@@ -201,6 +199,8 @@ def load_pretrained(model_class, path: str, *, strict: bool = False, backend: st
     ``config_overrides`` change config fields (e.g. ``hidden_dropout_prob=0.0``);
     fields that define weight shapes must match the checkpoint.
     """
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"{path}: checkpoint folder not found (expected config.json + model.safetensors)")
     if config is None:
         config = SpanBertConfig.load(path)
     if config_overrides:
