@@ -1,0 +1,814 @@
+"""Fused bidirectional attention (flash-style) in Triton: forward and deterministic backward.
+
+Math (one sequence b, one head h; L = its length, i a query position, j a key position)::
+
+    S_ij = scale * q_i . k_j                          scale = softmax_scale or 1/sqrt(D)
+    allowed_ij = j < L  and  (|i - j| <= window  if window is not None)
+    P_ij = softmax_j(S_ij over allowed j)            in fp32, online (running max m, sum l)
+    Z_ij = keep bit of Philox(seed, b, h, i, j)       only when dropout_p > 0
+    O_i  = sum_j P_ij * Z_ij / (1 - p) * v_j          padded query rows (i >= L) are zeros
+
+Backward (the usual flash-attention recurrences; Z/(1-p) = 1 without dropout)::
+
+    Delta_i = sum_d dO_id * O_id                       (= sum_j P_ij dP_ij, also with dropout)
+    dV_j    = sum_i P_ij Z_ij/(1-p) dO_i
+    dP_ij   = Z_ij/(1-p) * (dO_i . v_j)
+    dS_ij   = P_ij * (dP_ij - Delta_i)
+    dQ_i    = scale * sum_j dS_ij k_j,   dK_j = scale * sum_i dS_ij q_i
+
+Shapes and layouts:
+
+* padded: q, k, v ``[B, H, S, D]`` (any strides with a unit last stride, so the usual
+  ``[B, S, H, D]`` projection output viewed through ``transpose(1, 2)`` is read in place),
+  optional ``seq_lens`` ``[B]`` (right padding: keys ``j >= seq_lens[b]`` get no weight, query
+  rows ``i >= seq_lens[b]`` return zeros and give zero gradients). Output ``[B, H, S, D]``
+  contiguous; log-sum-exp ``[B, H, S]`` fp32.
+* varlen: packed q, k, v ``[T, H, D]`` with ``cu_seqlens`` ``[B + 1]`` int32: sequence ``b`` is
+  rows ``cu_seqlens[b]:cu_seqlens[b + 1]``. Output ``[T, H, D]``; log-sum-exp ``[H, T]`` fp32.
+* D in {32, 64, 128}; fp16, bf16 or fp32 inputs; every matmul accumulates in fp32.
+
+Saved for backward: q, k, v, the output O and the per-row log-sum-exp (base 2, fp32) -- not
+the ``[S, S]`` probabilities. The backward recomputes ``P = exp2(S * log2(e) - lse)`` tile by
+tile, which costs one extra ``q k^T`` but keeps memory linear in S. O is kept for
+``Delta = rowsum(dO * O)``, computed once by a small preprocessing kernel.
+
+The backward is deterministic: one kernel owns a key tile and loops over query tiles to
+accumulate dK and dV; a second kernel owns a query tile and loops over key tiles for dQ.
+No atomics, so the same inputs always give bit-identical gradients.
+
+Local attention: with ``window = w`` a query tile [m0, m0 + BLOCK_M) only visits key tiles
+that intersect [m0 - w, m0 + BLOCK_M - 1 + w] (and symmetrically in the dK/dV kernel), so the
+cost falls linearly with the window.
+
+Dropout: the keep bit of element (b, h, i, j) is ``u >= p`` where ``u`` is the top 24 bits of
+the first Philox-4x32 output for key ``seed`` and counter ``(i * S_mask + j, b * H + h, 0, 0)``
+scaled to [0, 1). ``S_mask`` is the padded length S, or ``max_seqlen`` for varlen input. So the
+mask of a varlen call is ``attention_dropout_keep_mask(B, H, max_seqlen, p, seed)[b, :, :L, :L]``
+for sequence b, and a padded call with ``seq_lens`` uses the same bits as an unmasked call.
+The backward regenerates the same bits; nothing of the mask is stored. With ``p = 0`` the
+dropout code is removed at compile time (``HAS_DROPOUT`` constexpr).
+"""
+from __future__ import annotations
+
+import math
+import os
+from typing import Optional, Tuple
+
+import torch
+import triton
+import triton.language as tl
+
+SUPPORTED_HEAD_DIMS = (32, 64, 128)
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+LOG2E = 1.4426950408889634
+
+# MODE constexpr: how a program finds its sequence's start row and length.
+MODE_DENSE = 0  # padded [B, H, S, D], every sequence has length S
+MODE_SEQ_LENS = 1  # padded [B, H, S, D], sequence b has length seq_lens[b] <= S
+MODE_VARLEN = 2  # packed [T, H, D], sequence b is rows cu_seqlens[b]:cu_seqlens[b+1]
+
+_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+# --------------------------------------------------------------------------- tuning choices
+def _configs(shapes):
+    """``(BLOCK_M, BLOCK_N, num_warps, num_stages)`` tuples -> autotune configs.
+
+    Under the interpreter the cost is programs x loop iterations, not FLOPs: one config
+    with large tiles (and no benchmarking) keeps the CPU tests fast.
+    """
+    if _INTERPRET:
+        shapes = [(64, 64, 4, 1)]
+    return [
+        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
+        for bm, bn, w, s in shapes
+    ]
+
+
+# H100, head dims 32-128. BLOCK_M: query tile, BLOCK_N: key tile.
+FWD_CONFIGS = _configs([
+    (128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 2), (128, 128, 8, 3),
+    (64, 64, 4, 3), (64, 128, 4, 3), (128, 32, 4, 4),
+])
+# dK/dV kernel: a key tile of BLOCK_N rows stays resident, query tiles of BLOCK_M stream past.
+BWD_DKDV_CONFIGS = _configs([
+    (32, 128, 4, 3), (64, 128, 8, 2), (64, 128, 8, 3), (64, 64, 4, 3), (32, 64, 4, 3), (64, 64, 8, 2),
+])
+# dQ kernel: a query tile of BLOCK_M rows stays resident, key tiles of BLOCK_N stream past.
+BWD_DQ_CONFIGS = _configs([
+    (128, 32, 4, 3), (128, 64, 8, 2), (128, 64, 8, 3), (64, 64, 4, 3), (64, 32, 4, 3), (64, 128, 8, 2),
+])
+AUTOTUNE_KEY = ["HEAD_DIM", "SEQ_BUCKET", "MODE", "HAS_WINDOW", "HAS_DROPOUT", "DOT_PRECISION"]
+PREPROCESS_BLOCK_M = 64
+KEEP_MASK_BLOCK = 64
+
+
+# --------------------------------------------------------------------------- Triton helpers
+@triton.jit
+def _sequence_bounds(SEQ_INFO, b, seq_len, MODE: tl.constexpr):
+    """(first row of sequence b in its tensor as int64, its length)."""
+    start = 0
+    length = seq_len
+    if MODE == 1:  # SEQ_INFO = seq_lens [B]
+        length = tl.minimum(tl.load(SEQ_INFO + b), seq_len)
+    if MODE == 2:  # SEQ_INFO = cu_seqlens [B + 1]
+        first = tl.load(SEQ_INFO + b)
+        length = tl.load(SEQ_INFO + b + 1) - first
+        start = first.to(tl.int64)
+    return start, length
+
+
+@triton.jit
+def _tile_and_head(seq_len, TILE: tl.constexpr):
+    """One flat grid axis (no 65535 limit on B * H): tiles of one head are neighbours, so
+    they share that head's K/V in L2."""
+    pid = tl.program_id(0)
+    tiles = tl.cdiv(seq_len, TILE)
+    return pid % tiles, pid // tiles
+
+
+@triton.jit
+def _dropout_keep(seed, bh, q_pos, k_pos, mask_seq_len, dropout_p):
+    """Keep bits for query positions ``q_pos`` x key positions ``k_pos`` (broadcast shapes)."""
+    counter = (q_pos.to(tl.int64) * mask_seq_len + k_pos).to(tl.uint32)
+    zero = counter * 0
+    r0, _, _, _ = tl.philox(seed, counter, zero + bh.to(tl.uint32), zero, zero)
+    uniform = (r0 >> 8).to(tl.float32) * (1.0 / 16777216.0)
+    return uniform >= dropout_p
+
+
+@triton.jit
+def _allowed(offs_m, offs_n, length, window, HAS_WINDOW: tl.constexpr):
+    """[BLOCK_M, BLOCK_N] (or its transpose, by the shapes given) mask of real pairs."""
+    allowed = (offs_m < length) & (offs_n < length)
+    if HAS_WINDOW:
+        distance = offs_m - offs_n
+        allowed = allowed & (distance <= window) & (distance >= -window)
+    return allowed
+
+
+@triton.jit
+def _visit_range(tile_start, TILE: tl.constexpr, length, window, OTHER_TILE: tl.constexpr,
+                 HAS_WINDOW: tl.constexpr):
+    """Range [lo, hi) of the other axis that a tile [tile_start, tile_start + TILE) must visit."""
+    lo = 0
+    hi = length
+    if HAS_WINDOW:
+        lo = tl.maximum(tile_start - window, 0) // OTHER_TILE * OTHER_TILE
+        hi = tl.minimum(tile_start + TILE + window, length)
+    hi = tl.where(tile_start < length, hi, lo)  # a tile past the end has no work
+    return lo, hi
+
+
+# --------------------------------------------------------------------------- forward kernel
+@triton.autotune(configs=FWD_CONFIGS, key=AUTOTUNE_KEY)
+@triton.jit
+def _attention_fwd_kernel(
+    Q,  # [B, H, S, D] or [T, H, D], fp16/bf16/fp32, unit last stride
+    K,  # same layout family as Q
+    V,  # same layout family as Q
+    O,  # [B, H, S, D] or [T, H, D] contiguous, dtype of Q
+    LSE,  # [B, H, S] or [H, T] fp32, log2-domain log-sum-exp of the scaled scores
+    SEQ_INFO,  # MODE 1: seq_lens [B] int32; MODE 2: cu_seqlens [B + 1] int32; MODE 0: unused
+    stride_qb, stride_qh, stride_qs,
+    stride_kb, stride_kh, stride_ks,
+    stride_vb, stride_vh, stride_vs,
+    stride_ob, stride_oh, stride_os,
+    stride_lb, stride_lh,  # LSE; unit stride along the sequence
+    num_heads,
+    seq_len,  # S for padded input, max_seqlen for varlen
+    window,  # |i - j| <= window (only read when HAS_WINDOW)
+    qk_scale,  # softmax_scale * log2(e)
+    dropout_p,
+    seed,
+    SEQ_BUCKET,  # next power of two of seq_len: autotune key only
+    MODE: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    HAS_WINDOW: tl.constexpr,
+    HAS_DROPOUT: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    pid_m, pid_bh = _tile_and_head(seq_len, BLOCK_M)
+    b = pid_bh // num_heads
+    h = pid_bh % num_heads
+    start, length = _sequence_bounds(SEQ_INFO, b, seq_len, MODE)
+    b64 = b.to(tl.int64)
+    h64 = h.to(tl.int64)
+    q_base = Q + b64 * stride_qb + h64 * stride_qh + start * stride_qs
+    k_base = K + b64 * stride_kb + h64 * stride_kh + start * stride_ks
+    v_base = V + b64 * stride_vb + h64 * stride_vh + start * stride_vs
+
+    m0 = pid_m * BLOCK_M
+    offs_m = m0 + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM)
+    q = tl.load(q_base + offs_m[:, None] * stride_qs + offs_d[None, :], mask=offs_m[:, None] < length, other=0.0)
+
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    lo, hi = _visit_range(m0, BLOCK_M, length, window, BLOCK_N, HAS_WINDOW)
+    for n0 in range(lo, hi, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        key_rows = offs_n[None, :] < length
+        k_t = tl.load(k_base + offs_n[None, :] * stride_ks + offs_d[:, None], mask=key_rows, other=0.0)
+        scores = tl.dot(q, k_t, input_precision=DOT_PRECISION) * qk_scale  # [BLOCK_M, BLOCK_N]
+        allowed = _allowed(offs_m[:, None], offs_n[None, :], length, window, HAS_WINDOW)
+        scores = tl.where(allowed, scores, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(scores, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing allowed yet
+        p = tl.exp2(scores - m_safe[:, None])
+        alpha = tl.exp2(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        if HAS_DROPOUT:
+            keep = _dropout_keep(seed, pid_bh, offs_m[:, None], offs_n[None, :], seq_len, dropout_p)
+            p = tl.where(keep, p, 0.0)
+        v = tl.load(v_base + offs_n[:, None] * stride_vs + offs_d[None, :], mask=offs_n[:, None] < length, other=0.0)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+        m_i = m_new
+
+    row_real = offs_m < length
+    l_safe = tl.where(l_i == 0.0, 1.0, l_i)
+    out = acc / l_safe[:, None]
+    if HAS_DROPOUT:
+        out = out * (1.0 / (1.0 - dropout_p))
+    out = tl.where(row_real[:, None], out, 0.0)  # padded query rows are zeros
+    lse = tl.where(row_real & (l_i > 0.0), m_i + tl.log2(l_safe), 0.0)
+    # Padded layouts own all S rows (zeros past the length); packed ones only their own.
+    rows_owned = seq_len if MODE != 2 else length
+    o_base = O + b64 * stride_ob + h64 * stride_oh + start * stride_os
+    tl.store(o_base + offs_m[:, None] * stride_os + offs_d[None, :], out.to(O.dtype.element_ty),
+             mask=offs_m[:, None] < rows_owned)
+    lse_base = LSE + b64 * stride_lb + h64 * stride_lh + start
+    tl.store(lse_base + offs_m, lse, mask=offs_m < rows_owned)
+
+
+# --------------------------------------------------------------------------- backward kernels
+@triton.jit
+def _attention_bwd_preprocess_kernel(
+    O,  # [B, H, S, D] or [T, H, D] contiguous
+    DO,  # same strides as O
+    DELTA,  # [B, H, S] or [H, T] fp32, out: rowsum(dO * O)
+    SEQ_INFO,  # as in the forward
+    stride_ob, stride_oh, stride_os,
+    stride_lb, stride_lh,
+    num_heads,
+    seq_len,
+    MODE: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+):
+    pid_m, pid_bh = _tile_and_head(seq_len, BLOCK_M)
+    b = pid_bh // num_heads
+    h = pid_bh % num_heads
+    start, length = _sequence_bounds(SEQ_INFO, b, seq_len, MODE)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM)
+    base = b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh + start * stride_os
+    ptrs = base + offs_m[:, None] * stride_os + offs_d[None, :]
+    rows = offs_m[:, None] < length
+    o = tl.load(O + ptrs, mask=rows, other=0.0).to(tl.float32)
+    do = tl.load(DO + ptrs, mask=rows, other=0.0).to(tl.float32)
+    delta = tl.sum(o * do, 1)
+    rows_owned = seq_len if MODE != 2 else length
+    lse_base = DELTA + b.to(tl.int64) * stride_lb + h.to(tl.int64) * stride_lh + start
+    tl.store(lse_base + offs_m, delta, mask=offs_m < rows_owned)
+
+
+@triton.autotune(configs=BWD_DKDV_CONFIGS, key=AUTOTUNE_KEY)
+@triton.jit
+def _attention_bwd_dkdv_kernel(
+    Q,  # [B, H, S, D] or [T, H, D]
+    K,  # same layout family as Q
+    V,  # same layout family as Q
+    DO,  # [B, H, S, D] or [T, H, D] contiguous (strides stride_o*)
+    LSE,  # [B, H, S] or [H, T] fp32 from the forward
+    DELTA,  # [B, H, S] or [H, T] fp32 from the preprocess kernel
+    DK,  # like DO, out
+    DV,  # like DO, out
+    SEQ_INFO,
+    stride_qb, stride_qh, stride_qs,
+    stride_kb, stride_kh, stride_ks,
+    stride_vb, stride_vh, stride_vs,
+    stride_ob, stride_oh, stride_os,
+    stride_lb, stride_lh,
+    num_heads,
+    seq_len,
+    window,
+    qk_scale,  # softmax_scale * log2(e)
+    softmax_scale,
+    dropout_p,
+    seed,
+    SEQ_BUCKET,
+    MODE: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    HAS_WINDOW: tl.constexpr,
+    HAS_DROPOUT: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    pid_n, pid_bh = _tile_and_head(seq_len, BLOCK_N)
+    b = pid_bh // num_heads
+    h = pid_bh % num_heads
+    start, length = _sequence_bounds(SEQ_INFO, b, seq_len, MODE)
+    b64 = b.to(tl.int64)
+    h64 = h.to(tl.int64)
+    q_base = Q + b64 * stride_qb + h64 * stride_qh + start * stride_qs
+    k_base = K + b64 * stride_kb + h64 * stride_kh + start * stride_ks
+    v_base = V + b64 * stride_vb + h64 * stride_vh + start * stride_vs
+    o_offset = b64 * stride_ob + h64 * stride_oh + start * stride_os
+    lse_offset = b64 * stride_lb + h64 * stride_lh + start
+
+    n0 = pid_n * BLOCK_N
+    offs_n = n0 + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM)
+    key_rows = offs_n[:, None] < length
+    k = tl.load(k_base + offs_n[:, None] * stride_ks + offs_d[None, :], mask=key_rows, other=0.0)
+    v = tl.load(v_base + offs_n[:, None] * stride_vs + offs_d[None, :], mask=key_rows, other=0.0)
+    dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
+
+    lo, hi = _visit_range(n0, BLOCK_N, length, window, BLOCK_M, HAS_WINDOW)
+    for m0 in range(lo, hi, BLOCK_M):
+        offs_m = m0 + tl.arange(0, BLOCK_M)
+        query_rows = offs_m[:, None] < length
+        q = tl.load(q_base + offs_m[:, None] * stride_qs + offs_d[None, :], mask=query_rows, other=0.0)
+        do = tl.load(DO + o_offset + offs_m[:, None] * stride_os + offs_d[None, :], mask=query_rows, other=0.0)
+        lse = tl.load(LSE + lse_offset + offs_m, mask=offs_m < length, other=0.0)
+        delta = tl.load(DELTA + lse_offset + offs_m, mask=offs_m < length, other=0.0)
+        # Transposed tiles [BLOCK_N, BLOCK_M]: rows are keys, columns are queries.
+        scores_t = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION) * qk_scale
+        allowed_t = _allowed(offs_m[None, :], offs_n[:, None], length, window, HAS_WINDOW)
+        p_t = tl.where(allowed_t, tl.exp2(scores_t - lse[None, :]), 0.0)
+        dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
+        if HAS_DROPOUT:
+            keep_t = _dropout_keep(seed, pid_bh, offs_m[None, :], offs_n[:, None], seq_len, dropout_p)
+            inv_keep = 1.0 / (1.0 - dropout_p)
+            p_dropped_t = tl.where(keep_t, p_t * inv_keep, 0.0)
+            dp_t = tl.where(keep_t, dp_t * inv_keep, 0.0)
+        else:
+            p_dropped_t = p_t
+        dv += tl.dot(p_dropped_t.to(do.dtype), do, input_precision=DOT_PRECISION)
+        ds_t = p_t * (dp_t - delta[None, :])
+        dk += tl.dot(ds_t.to(q.dtype), q, input_precision=DOT_PRECISION)
+
+    dk = dk * softmax_scale
+    rows_owned = seq_len if MODE != 2 else length
+    out_ptrs = o_offset + offs_n[:, None] * stride_os + offs_d[None, :]
+    tl.store(DK + out_ptrs, dk.to(DK.dtype.element_ty), mask=offs_n[:, None] < rows_owned)
+    tl.store(DV + out_ptrs, dv.to(DV.dtype.element_ty), mask=offs_n[:, None] < rows_owned)
+
+
+@triton.autotune(configs=BWD_DQ_CONFIGS, key=AUTOTUNE_KEY)
+@triton.jit
+def _attention_bwd_dq_kernel(
+    Q,  # [B, H, S, D] or [T, H, D]
+    K,  # same layout family as Q
+    V,  # same layout family as Q
+    DO,  # [B, H, S, D] or [T, H, D] contiguous (strides stride_o*)
+    LSE,  # [B, H, S] or [H, T] fp32
+    DELTA,  # [B, H, S] or [H, T] fp32
+    DQ,  # like DO, out
+    SEQ_INFO,
+    stride_qb, stride_qh, stride_qs,
+    stride_kb, stride_kh, stride_ks,
+    stride_vb, stride_vh, stride_vs,
+    stride_ob, stride_oh, stride_os,
+    stride_lb, stride_lh,
+    num_heads,
+    seq_len,
+    window,
+    qk_scale,
+    softmax_scale,
+    dropout_p,
+    seed,
+    SEQ_BUCKET,
+    MODE: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    HAS_WINDOW: tl.constexpr,
+    HAS_DROPOUT: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    pid_m, pid_bh = _tile_and_head(seq_len, BLOCK_M)
+    b = pid_bh // num_heads
+    h = pid_bh % num_heads
+    start, length = _sequence_bounds(SEQ_INFO, b, seq_len, MODE)
+    b64 = b.to(tl.int64)
+    h64 = h.to(tl.int64)
+    q_base = Q + b64 * stride_qb + h64 * stride_qh + start * stride_qs
+    k_base = K + b64 * stride_kb + h64 * stride_kh + start * stride_ks
+    v_base = V + b64 * stride_vb + h64 * stride_vh + start * stride_vs
+    o_offset = b64 * stride_ob + h64 * stride_oh + start * stride_os
+    lse_offset = b64 * stride_lb + h64 * stride_lh + start
+
+    m0 = pid_m * BLOCK_M
+    offs_m = m0 + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM)
+    query_rows = offs_m[:, None] < length
+    q = tl.load(q_base + offs_m[:, None] * stride_qs + offs_d[None, :], mask=query_rows, other=0.0)
+    do = tl.load(DO + o_offset + offs_m[:, None] * stride_os + offs_d[None, :], mask=query_rows, other=0.0)
+    lse = tl.load(LSE + lse_offset + offs_m, mask=offs_m < length, other=0.0)
+    delta = tl.load(DELTA + lse_offset + offs_m, mask=offs_m < length, other=0.0)
+    dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+
+    lo, hi = _visit_range(m0, BLOCK_M, length, window, BLOCK_N, HAS_WINDOW)
+    for n0 in range(lo, hi, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        key_rows = offs_n[:, None] < length
+        k = tl.load(k_base + offs_n[:, None] * stride_ks + offs_d[None, :], mask=key_rows, other=0.0)
+        v = tl.load(v_base + offs_n[:, None] * stride_vs + offs_d[None, :], mask=key_rows, other=0.0)
+        scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # [BLOCK_M, BLOCK_N]
+        allowed = _allowed(offs_m[:, None], offs_n[None, :], length, window, HAS_WINDOW)
+        p = tl.where(allowed, tl.exp2(scores - lse[:, None]), 0.0)
+        dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
+        if HAS_DROPOUT:
+            keep = _dropout_keep(seed, pid_bh, offs_m[:, None], offs_n[None, :], seq_len, dropout_p)
+            dp = tl.where(keep, dp * (1.0 / (1.0 - dropout_p)), 0.0)
+        ds = p * (dp - delta[:, None])
+        dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION)
+
+    dq = dq * softmax_scale
+    rows_owned = seq_len if MODE != 2 else length
+    tl.store(DQ + o_offset + offs_m[:, None] * stride_os + offs_d[None, :], dq.to(DQ.dtype.element_ty),
+             mask=offs_m[:, None] < rows_owned)
+
+
+@triton.jit
+def _dropout_keep_mask_kernel(
+    KEEP,  # [B, H, S, S] int8 (1 = kept), contiguous
+    seq_len,
+    dropout_p,
+    seed,
+    BLOCK: tl.constexpr,
+):
+    pid_bh = tl.program_id(0)
+    pid_m = tl.program_id(1)
+    pid_n = tl.program_id(2)
+    offs_m = pid_m * BLOCK + tl.arange(0, BLOCK)
+    offs_n = pid_n * BLOCK + tl.arange(0, BLOCK)
+    keep = _dropout_keep(seed, pid_bh, offs_m[:, None], offs_n[None, :], seq_len, dropout_p)
+    base = KEEP + pid_bh.to(tl.int64) * seq_len * seq_len
+    mask = (offs_m[:, None] < seq_len) & (offs_n[None, :] < seq_len)
+    tl.store(base + offs_m[:, None].to(tl.int64) * seq_len + offs_n[None, :], keep.to(tl.int8), mask=mask)
+
+
+# --------------------------------------------------------------------------- launch functions
+def _layout(q: torch.Tensor, seq_info: Optional[torch.Tensor]) -> Tuple[int, int, int, int]:
+    """(MODE, batch, heads, rows per sequence) of a call."""
+    if q.dim() == 3:
+        return MODE_VARLEN, seq_info.numel() - 1, q.shape[1], -1
+    return (MODE_DENSE if seq_info is None else MODE_SEQ_LENS), q.shape[0], q.shape[1], q.shape[2]
+
+
+def _bhs_strides(t: torch.Tensor) -> Tuple[int, int, int]:
+    """(batch, head, sequence) strides; packed ``[T, H, D]`` has no batch stride."""
+    if t.dim() == 3:
+        return 0, t.stride(1), t.stride(0)
+    return t.stride(0), t.stride(1), t.stride(2)
+
+
+def _lse_strides(lse: torch.Tensor) -> Tuple[int, int]:
+    """LSE/Delta is ``[B, H, S]`` or ``[H, T]``, unit stride along the sequence."""
+    if lse.dim() == 2:
+        return 0, lse.stride(0)
+    return lse.stride(0), lse.stride(1)
+
+
+def _lse_shape(q: torch.Tensor) -> Tuple[int, ...]:
+    return (q.shape[1], q.shape[0]) if q.dim() == 3 else tuple(q.shape[:3])
+
+
+def _dot_precision(dtype: torch.dtype) -> str:
+    # fp32 inputs keep fp32 products (the parity tests run at 1e-5); 16-bit ones use tensor cores.
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packed: bool, fn: str) -> None:
+    """Shape/dtype/device checks shared by the launch functions (no host sync)."""
+    want = 3 if packed else 4
+    layout = "[T, H, D]" if packed else "[B, H, S, D]"
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor):
+            raise ValueError(f"{fn}: {name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != want:
+            raise ValueError(f"{fn}: {name} must be {layout}, got shape {tuple(t.shape)}")
+    if not (q.shape == k.shape == v.shape):
+        raise ValueError(
+            f"{fn}: q, k, v must have equal shapes {layout}, got {tuple(q.shape)}, {tuple(k.shape)}, "
+            f"{tuple(v.shape)}"
+        )
+    if not (q.dtype == k.dtype == v.dtype):
+        raise ValueError(f"{fn}: q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}; cast them first")
+    if q.dtype not in SUPPORTED_DTYPES:
+        raise ValueError(f"{fn}: q dtype must be one of float16, bfloat16, float32, got {q.dtype}")
+    if not (q.device == k.device == v.device):
+        raise ValueError(f"{fn}: q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
+    if q.shape[-1] not in SUPPORTED_HEAD_DIMS:
+        raise ValueError(
+            f"{fn}: head dim (last dim of q) must be one of {SUPPORTED_HEAD_DIMS}, got {q.shape[-1]}; "
+            "pad the head dim or use backend='torch'"
+        )
+
+
+def _unit_last_stride(t: torch.Tensor) -> torch.Tensor:
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def _attention_forward_launch(
+    q: torch.Tensor,  # [B, H, S, D] or [T, H, D]
+    k: torch.Tensor,
+    v: torch.Tensor,
+    seq_info: Optional[torch.Tensor],  # seq_lens [B] int32 / cu_seqlens [B+1] int32 / None
+    max_seqlen: int,
+    window: int,  # < 0: no window
+    dropout_p: float,
+    seed: int,
+    softmax_scale: float,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Run the forward kernel; returns (O like q but contiguous, LSE fp32)."""
+    _check_qkv(q, k, v, packed=q.dim() == 3, fn="attention forward")
+    q, k, v = _unit_last_stride(q), _unit_last_stride(k), _unit_last_stride(v)
+    mode, batch, heads, seq_len = _layout(q, seq_info)
+    if mode == MODE_VARLEN:
+        seq_len = max_seqlen
+    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    lse = torch.empty(_lse_shape(q), dtype=torch.float32, device=q.device)
+    if out.numel() == 0 or batch == 0 or seq_len <= 0:
+        out.zero_()
+        lse.zero_()
+        return out, lse
+    grid = lambda meta: (triton.cdiv(seq_len, meta["BLOCK_M"]) * batch * heads,)  # noqa: E731
+    _attention_fwd_kernel[grid](
+        q, k, v, out, lse, seq_info if seq_info is not None else q,
+        *_bhs_strides(q), *_bhs_strides(k), *_bhs_strides(v), *_bhs_strides(out), *_lse_strides(lse),
+        heads, seq_len, max(window, 0), softmax_scale * LOG2E, dropout_p, seed,
+        triton.next_power_of_2(seq_len),
+        MODE=mode, HEAD_DIM=q.shape[-1], HAS_WINDOW=window >= 0, HAS_DROPOUT=dropout_p > 0.0,
+        DOT_PRECISION=_dot_precision(q.dtype),
+    )
+    return out, lse
+
+
+def _attention_backward_launch(
+    grad_out: torch.Tensor,  # like out
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    out: torch.Tensor,  # contiguous, from the forward
+    lse: torch.Tensor,  # fp32, from the forward
+    seq_info: Optional[torch.Tensor],
+    max_seqlen: int,
+    window: int,
+    dropout_p: float,
+    seed: int,
+    softmax_scale: float,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Preprocess (Delta), then the dK/dV and dQ kernels; returns contiguous (dq, dk, dv)."""
+    _check_qkv(q, k, v, packed=q.dim() == 3, fn="attention backward")
+    q, k, v = _unit_last_stride(q), _unit_last_stride(k), _unit_last_stride(v)
+    out = out.contiguous()
+    grad_out = grad_out.to(q.dtype).contiguous()
+    mode, batch, heads, seq_len = _layout(q, seq_info)
+    if mode == MODE_VARLEN:
+        seq_len = max_seqlen
+    dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    dk = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    dv = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    if q.numel() == 0 or batch == 0 or seq_len <= 0:
+        return dq.zero_(), dk.zero_(), dv.zero_()
+    delta = torch.empty_like(lse)
+    seq_info_arg = seq_info if seq_info is not None else q
+    head_dim = q.shape[-1]
+    o_strides = _bhs_strides(out)
+    l_strides = _lse_strides(lse)
+    _attention_bwd_preprocess_kernel[(triton.cdiv(seq_len, PREPROCESS_BLOCK_M) * batch * heads,)](
+        out, grad_out, delta, seq_info_arg, *o_strides, *l_strides, heads, seq_len,
+        MODE=mode, HEAD_DIM=head_dim, BLOCK_M=PREPROCESS_BLOCK_M,
+    )
+    common = dict(MODE=mode, HEAD_DIM=head_dim, HAS_WINDOW=window >= 0, HAS_DROPOUT=dropout_p > 0.0,
+                  DOT_PRECISION=_dot_precision(q.dtype))
+    scalars = (heads, seq_len, max(window, 0), softmax_scale * LOG2E, softmax_scale, dropout_p, seed,
+               triton.next_power_of_2(seq_len))
+    strides = (*_bhs_strides(q), *_bhs_strides(k), *_bhs_strides(v), *o_strides, *l_strides)
+    grid_kv = lambda meta: (triton.cdiv(seq_len, meta["BLOCK_N"]) * batch * heads,)  # noqa: E731
+    _attention_bwd_dkdv_kernel[grid_kv](
+        q, k, v, grad_out, lse, delta, dk, dv, seq_info_arg, *strides, *scalars, **common,
+    )
+    grid_q = lambda meta: (triton.cdiv(seq_len, meta["BLOCK_M"]) * batch * heads,)  # noqa: E731
+    _attention_bwd_dq_kernel[grid_q](
+        q, k, v, grad_out, lse, delta, dq, seq_info_arg, *strides, *scalars, **common,
+    )
+    return dq, dk, dv
+
+
+# --------------------------------------------------------------------------- torch.library op
+@torch.library.custom_op("spanbert_fast::attention_forward", mutates_args=())
+def attention_forward_op(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    seq_info: Optional[torch.Tensor],
+    max_seqlen: int,
+    window: int,
+    dropout_p: float,
+    seed: int,
+    softmax_scale: float,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(O, LSE) of fused attention. ``q.dim() == 3``: packed with ``seq_info = cu_seqlens``;
+    else padded with ``seq_info = seq_lens`` or None. ``window < 0``: no window."""
+    return _attention_forward_launch(q, k, v, seq_info, max_seqlen, window, dropout_p, seed, softmax_scale)
+
+
+@attention_forward_op.register_fake
+def _attention_forward_fake(q, k, v, seq_info, max_seqlen, window, dropout_p, seed, softmax_scale):
+    out = q.new_empty(q.shape)
+    lse = q.new_empty(_lse_shape(q), dtype=torch.float32)
+    return out, lse
+
+
+@torch.library.custom_op("spanbert_fast::attention_backward", mutates_args=())
+def attention_backward_op(
+    grad_out: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    seq_info: Optional[torch.Tensor],
+    max_seqlen: int,
+    window: int,
+    dropout_p: float,
+    seed: int,
+    softmax_scale: float,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dQ, dK, dV) of :func:`attention_forward_op`, deterministic."""
+    return _attention_backward_launch(
+        grad_out, q, k, v, out, lse, seq_info, max_seqlen, window, dropout_p, seed, softmax_scale
+    )
+
+
+@attention_backward_op.register_fake
+def _attention_backward_fake(grad_out, q, k, v, out, lse, seq_info, max_seqlen, window, dropout_p, seed,
+                             softmax_scale):
+    return q.new_empty(q.shape), q.new_empty(q.shape), q.new_empty(q.shape)
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, seq_info, max_seqlen, window, dropout_p, seed, softmax_scale = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse)
+    ctx.seq_info = seq_info
+    ctx.options = (max_seqlen, window, dropout_p, seed, softmax_scale)
+    ctx.mark_non_differentiable(lse)
+
+
+def _backward(ctx, grad_out, grad_lse):
+    q, k, v, out, lse = ctx.saved_tensors
+    dq, dk, dv = attention_backward_op(grad_out, q, k, v, out, lse, ctx.seq_info, *ctx.options)
+    return dq, dk, dv, None, None, None, None, None, None
+
+
+attention_forward_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+# --------------------------------------------------------------------------- functional API
+def _may_sync(t: torch.Tensor) -> bool:
+    """Value checks need a host sync: skip them while compiling or capturing a CUDA graph."""
+    if torch.compiler.is_compiling():
+        return False
+    if t.is_cuda and torch.cuda.is_current_stream_capturing():
+        return False
+    return True
+
+
+def _check_options(fn: str, window, dropout_p, seed, softmax_scale) -> None:
+    if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 0):
+        raise ValueError(f"{fn}: window must be None or an int >= 0 (keys with |i - j| <= window), got {window!r}")
+    if not (0.0 <= float(dropout_p) < 1.0):
+        raise ValueError(f"{fn}: dropout_p must be in [0, 1), got {dropout_p!r}")
+    if not isinstance(seed, int) or not (0 <= seed < 2**63):
+        raise ValueError(f"{fn}: seed must be an int in [0, 2**63), got {seed!r}")
+    if softmax_scale is not None and not (math.isfinite(float(softmax_scale)) and float(softmax_scale) > 0):
+        raise ValueError(f"{fn}: softmax_scale must be a positive finite float or None, got {softmax_scale!r}")
+
+
+def attention(
+    q: torch.Tensor,  # [B, H, S, D]
+    k: torch.Tensor,  # [B, H, S, D]
+    v: torch.Tensor,  # [B, H, S, D]
+    *,
+    seq_lens: Optional[torch.Tensor] = None,  # [B] integer, right padding
+    window: Optional[int] = None,
+    dropout_p: float = 0.0,
+    seed: int = 0,
+    softmax_scale: Optional[float] = None,
+) -> torch.Tensor:
+    """Fused attention on padded ``[B, H, S, D]``; returns ``[B, H, S, D]`` in q's dtype.
+
+    ``seq_lens[b]``: keys at positions >= it get no weight and those query rows are zeros.
+    ``window``: query i sees keys j with ``|i - j| <= window``. ``dropout_p``/``seed``: see
+    :func:`attention_dropout_keep_mask`. ``softmax_scale`` defaults to ``1/sqrt(D)``.
+    """
+    fn = "attention"
+    _check_qkv(q, k, v, packed=False, fn=fn)
+    _check_options(fn, window, dropout_p, seed, softmax_scale)
+    batch, _, seq_len, head_dim = q.shape
+    seq_info = None
+    if seq_lens is not None:
+        if not isinstance(seq_lens, torch.Tensor) or seq_lens.dim() != 1 or seq_lens.numel() != batch:
+            shape = tuple(seq_lens.shape) if isinstance(seq_lens, torch.Tensor) else type(seq_lens).__name__
+            raise ValueError(f"{fn}: seq_lens must be a [B={batch}] tensor of lengths, got {shape}")
+        if seq_lens.dtype.is_floating_point or seq_lens.dtype == torch.bool or seq_lens.is_complex():
+            raise ValueError(f"{fn}: seq_lens must hold integers, got {seq_lens.dtype}; use .to(torch.int32)")
+        if seq_lens.device != q.device:
+            raise ValueError(f"{fn}: seq_lens must be on {q.device} like q, got {seq_lens.device}")
+        if _may_sync(seq_lens) and seq_lens.numel() and bool(((seq_lens < 0) | (seq_lens > seq_len)).any()):
+            raise ValueError(f"{fn}: seq_lens must lie in [0, S={seq_len}], got {seq_lens.tolist()}")
+        seq_info = seq_lens.to(torch.int32).contiguous()
+    scale = float(softmax_scale) if softmax_scale is not None else 1.0 / math.sqrt(head_dim)
+    out, _ = attention_forward_op(
+        q, k, v, seq_info, seq_len, -1 if window is None else int(window), float(dropout_p), int(seed), scale
+    )
+    return out
+
+
+def attention_varlen(
+    q: torch.Tensor,  # [T, H, D]
+    k: torch.Tensor,  # [T, H, D]
+    v: torch.Tensor,  # [T, H, D]
+    cu_seqlens: torch.Tensor,  # [B + 1] int32: 0, len_0, len_0 + len_1, ..., T
+    max_seqlen: int,  # >= every length; also the row length of the dropout counter
+    *,
+    window: Optional[int] = None,
+    dropout_p: float = 0.0,
+    seed: int = 0,
+    softmax_scale: Optional[float] = None,
+) -> torch.Tensor:
+    """Fused attention on packed sequences; returns ``[T, H, D]`` in q's dtype.
+
+    Sequence b is rows ``cu_seqlens[b]:cu_seqlens[b + 1]`` and attends only to itself.
+    Zero-length sequences are allowed (repeat an offset), e.g. to keep shapes fixed.
+    """
+    fn = "attention_varlen"
+    _check_qkv(q, k, v, packed=True, fn=fn)
+    _check_options(fn, window, dropout_p, seed, softmax_scale)
+    if not isinstance(cu_seqlens, torch.Tensor) or cu_seqlens.dim() != 1 or cu_seqlens.numel() < 1:
+        shape = tuple(cu_seqlens.shape) if isinstance(cu_seqlens, torch.Tensor) else type(cu_seqlens).__name__
+        raise ValueError(f"{fn}: cu_seqlens must be a [B + 1] int32 tensor of offsets, got {shape}")
+    if cu_seqlens.dtype != torch.int32:
+        raise ValueError(f"{fn}: cu_seqlens must be int32, got {cu_seqlens.dtype}; use cu_seqlens.to(torch.int32)")
+    if cu_seqlens.device != q.device:
+        raise ValueError(f"{fn}: cu_seqlens must be on {q.device} like q, got {cu_seqlens.device}")
+    if isinstance(max_seqlen, bool) or not isinstance(max_seqlen, int) or max_seqlen < 0:
+        raise ValueError(f"{fn}: max_seqlen must be a Python int >= 0, got {max_seqlen!r}")
+    total = q.shape[0]
+    if _may_sync(cu_seqlens):
+        lengths = cu_seqlens[1:] - cu_seqlens[:-1]
+        first, last = int(cu_seqlens[0]), int(cu_seqlens[-1])
+        longest = int(lengths.max()) if lengths.numel() else 0
+        if first != 0 or last != total or bool((lengths < 0).any()):
+            raise ValueError(
+                f"{fn}: cu_seqlens must start at 0, never decrease and end at T={total}, got "
+                f"{cu_seqlens.tolist()}"
+            )
+        if longest > max_seqlen:
+            raise ValueError(f"{fn}: max_seqlen={max_seqlen} is below the longest sequence ({longest})")
+    scale = float(softmax_scale) if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
+    out, _ = attention_forward_op(
+        q, k, v, cu_seqlens.contiguous(), int(max_seqlen), -1 if window is None else int(window),
+        float(dropout_p), int(seed), scale,
+    )
+    return out
+
+
+def attention_dropout_keep_mask(
+    batch: int,
+    heads: int,
+    seq_len: int,
+    dropout_p: float,
+    seed: int,
+    device=None,
+) -> torch.Tensor:
+    """``[B, H, S, S]`` bool, True where the kernels keep probability (b, h, i, j).
+
+    The same Philox bits as the attention kernels (``_dropout_keep``). Padded calls use
+    ``seq_len = S`` (with or without ``seq_lens``). For :func:`attention_varlen`, call this with
+    ``seq_len = max_seqlen`` and ``batch = len(cu_seqlens) - 1``: sequence b of length L uses
+    ``mask[b, :, :L, :L]`` (positions are local to the sequence). Pass it to
+    ``ops.attention_torch(..., dropout_mask=mask)`` to reproduce the kernel with the reference.
+    """
+    fn = "attention_dropout_keep_mask"
+    _check_options(fn, None, dropout_p, seed, None)
+    device = torch.device("cpu") if device is None else torch.device(device)
+    if dropout_p == 0.0:
+        return torch.ones(batch, heads, seq_len, seq_len, dtype=torch.bool, device=device)
+    keep = torch.empty(batch, heads, seq_len, seq_len, dtype=torch.int8, device=device)
+    if keep.numel() == 0:
+        return keep.bool()
+    grid = (batch * heads, triton.cdiv(seq_len, KEEP_MASK_BLOCK), triton.cdiv(seq_len, KEEP_MASK_BLOCK))
+    _dropout_keep_mask_kernel[grid](keep, seq_len, float(dropout_p), int(seed), BLOCK=KEEP_MASK_BLOCK)
+    return keep.bool()
