@@ -1,0 +1,407 @@
+"""Parity of the fused Triton attention with the pure-torch references in ``spanbert_fast.ops``.
+
+Output and dQ, dK, dV for padded ``[B, H, S, D]`` input (dense and with ``seq_lens``, lengths
+0 and 1 included), packed varlen input with very unequal lengths, sliding windows (narrower
+than a tile, a tile wide, wider than the sequence), a custom softmax scale, strided input;
+seeded dropout (reproducible, seed-dependent, keep rate ~ 1 - p, gradients against the
+reference given the kernel's keep-mask); deterministic backward; the torch.library
+registration (opcheck, torch.compile) and input validation. On CPU every kernel runs under
+the Triton interpreter (tests/conftest.py sets TRITON_INTERPRET=1).
+
+Tolerances (tests/helpers.py): fp32 at 1e-5, 1e-4 when a softmax row or a gradient sum runs
+over >= 256 positions; bf16/fp16 on GPU by the 2x rule against an fp32 reference.
+"""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from helpers import FP32_REDUCTION_TOL, FP32_TOL, assert_close_fp32, assert_close_lowp
+from spanbert_fast import ops
+from spanbert_fast.kernels import attention as kernel
+from spanbert_fast.kernels.attention import attention, attention_dropout_keep_mask, attention_varlen
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+GRAD_NAMES = ("dq", "dk", "dv")
+
+
+# --------------------------------------------------------------------------- helpers
+def make_qkv(*shape, dtype=torch.float32, device=DEVICE):
+    return [torch.randn(*shape, device=device).to(dtype).requires_grad_() for _ in range(3)]
+
+
+def output_and_grads(fn, q, k, v, grad_out):
+    """(output, [dq, dk, dv]) of ``fn(q, k, v)`` for the upstream gradient ``grad_out``."""
+    q, k, v = (t.detach().clone().requires_grad_() for t in (q, k, v))
+    out = fn(q, k, v)
+    out.backward(grad_out)
+    return out.detach(), [q.grad, k.grad, v.grad]
+
+
+def lengths_to_mask(seq_lens, seq_len):
+    """``[B]`` lengths -> ``[B, S]`` bool key-padding mask (True = real token)."""
+    return torch.arange(seq_len, device=seq_lens.device)[None, :] < seq_lens[:, None]
+
+
+def cu_seqlens_of(lengths, device=DEVICE):
+    return F.pad(torch.tensor(lengths, device=device).cumsum(0), (1, 0)).to(torch.int32)
+
+
+def pad_packed(t, lengths, max_seqlen):
+    """Packed ``[T, H, D]`` -> padded ``[B, H, S, D]`` (zeros at padding), differentiable."""
+    mask = lengths_to_mask(torch.tensor(lengths, device=t.device), max_seqlen)
+    rows = torch.nonzero(mask.flatten()).squeeze(1)
+    padded = t.new_zeros(len(lengths) * max_seqlen, *t.shape[1:]).index_copy(0, rows, t)
+    return padded.view(len(lengths), max_seqlen, *t.shape[1:]).transpose(1, 2), mask, rows
+
+
+def tolerance(longest):
+    return FP32_REDUCTION_TOL if longest >= 256 else FP32_TOL
+
+
+def assert_parity(actual, expected, tol):
+    (out, grads), (ref_out, ref_grads) = actual, expected
+    assert_close_fp32(out, ref_out, tol, name="output")
+    for name, grad, ref in zip(GRAD_NAMES, grads, ref_grads):
+        assert_close_fp32(grad, ref, tol, name=name)
+
+
+# --------------------------------------------------------------------------- padded parity
+# (B, H, S, D, seq_lens or None, window or None)
+PADDED_CASES = [
+    pytest.param(1, 1, 1, 32, None, None, id="B1-H1-S1-D32"),
+    pytest.param(1, 2, 7, 32, None, None, id="B1-H2-S7-D32"),
+    pytest.param(3, 2, 64, 64, None, None, id="B3-H2-S64-D64"),
+    pytest.param(1, 4, 129, 128, None, None, id="B1-H4-S129-D128"),
+    pytest.param(1, 2, 257, 64, None, None, id="B1-H2-S257-D64"),
+    pytest.param(3, 2, 7, 128, [7, 1, 0], None, id="B3-H2-S7-D128-pad-len1-len0"),
+    pytest.param(3, 2, 129, 64, [129, 1, 70], None, id="B3-H2-S129-D64-pad"),
+    pytest.param(3, 1, 257, 32, [200, 257, 65], None, id="B3-H1-S257-D32-pad"),
+    pytest.param(1, 2, 257, 32, None, 0, id="B1-H2-S257-D32-w0"),
+    pytest.param(1, 1, 257, 64, None, 70, id="B1-H1-S257-D64-w70"),
+    pytest.param(3, 1, 129, 64, [129, 1, 100], 16, id="B3-H1-S129-D64-pad-w16"),
+    pytest.param(1, 2, 64, 128, None, 64, id="B1-H2-S64-D128-w64"),
+    pytest.param(1, 1, 64, 32, None, 500, id="B1-H1-S64-D32-w500"),
+]
+
+
+@pytest.mark.parametrize("batch,heads,seq_len,head_dim,seq_lens,window", PADDED_CASES)
+def test_padded_parity(batch, heads, seq_len, head_dim, seq_lens, window):
+    q, k, v = make_qkv(batch, heads, seq_len, head_dim)
+    grad_out = torch.randn_like(q)
+    lens = None if seq_lens is None else torch.tensor(seq_lens, device=DEVICE)
+    mask = None if lens is None else lengths_to_mask(lens, seq_len)
+    ours = output_and_grads(lambda q, k, v: attention(q, k, v, seq_lens=lens, window=window), q, k, v, grad_out)
+    ref = output_and_grads(lambda q, k, v: ops.attention_torch(q, k, v, mask, window), q, k, v, grad_out)
+    assert_parity(ours, ref, tolerance(seq_len))
+    if lens is not None:  # padded query rows: zero output, zero dq; padded keys: zero dk, dv
+        out, (dq, dk, dv) = ours
+        padded = ~mask[:, None, :, None].expand_as(out)
+        for name, t in (("output", out), ("dq", dq), ("dk", dk), ("dv", dv)):
+            assert torch.all(t[padded] == 0), f"{name} is not zero at padded rows"
+
+
+def test_softmax_scale_and_strided_input():
+    """[B, S, H, D] projections viewed as [B, H, S, D] are read in place; a custom scale."""
+    batch, seq_len, heads, head_dim = 2, 65, 3, 32
+    q, k, v = (t.detach().transpose(1, 2).requires_grad_() for t in make_qkv(batch, seq_len, heads, head_dim))
+    assert not q.is_contiguous()
+    grad_out = torch.randn(batch, heads, seq_len, head_dim, device=DEVICE)
+    ours = output_and_grads(lambda q, k, v: attention(q, k, v, softmax_scale=0.5), q, k, v, grad_out)
+    ref = output_and_grads(lambda q, k, v: ops.attention_torch(q, k, v, softmax_scale=0.5), q, k, v, grad_out)
+    assert_parity(ours, ref, FP32_TOL)
+
+
+# --------------------------------------------------------------------------- varlen parity
+# (H, D, lengths, max_seqlen or None (= longest), window)
+VARLEN_CASES = [
+    pytest.param(2, 64, [1, 130, 7, 64], None, None, id="H2-D64-lens1,130,7,64"),
+    pytest.param(1, 32, [257], None, None, id="H1-D32-lens257"),
+    pytest.param(2, 128, [5, 0, 200, 1], None, 20, id="H2-D128-lens5,0,200,1-w20"),
+    pytest.param(4, 32, [3, 3, 3], 10, None, id="H4-D32-lens3,3,3-max10"),
+    pytest.param(1, 64, [300, 2], None, 1, id="H1-D64-lens300,2-w1"),
+]
+
+
+@pytest.mark.parametrize("heads,head_dim,lengths,max_seqlen,window", VARLEN_CASES)
+def test_varlen_parity(heads, head_dim, lengths, max_seqlen, window):
+    max_seqlen = max_seqlen or max(lengths)
+    cu_seqlens = cu_seqlens_of(lengths)
+    q, k, v = make_qkv(sum(lengths), heads, head_dim)
+    grad_out = torch.randn_like(q)
+    ours = output_and_grads(
+        lambda q, k, v: attention_varlen(q, k, v, cu_seqlens, max_seqlen, window=window), q, k, v, grad_out
+    )
+    ref = output_and_grads(
+        lambda q, k, v: ops.attention_varlen_torch(q, k, v, cu_seqlens, max_seqlen, window), q, k, v, grad_out
+    )
+    assert_parity(ours, ref, tolerance(max(lengths)))
+
+
+def test_ops_triton_backend_with_padding_mask_goes_through_varlen():
+    """``ops.attention(..., backend="triton")`` unpads a key-padding mask and calls varlen."""
+    batch, heads, seq_len, head_dim = 3, 2, 50, 64
+    q, k, v = make_qkv(batch, heads, seq_len, head_dim)
+    mask = lengths_to_mask(torch.tensor([50, 3, 21], device=DEVICE), seq_len)
+    grad_out = torch.randn_like(q)
+    ours = output_and_grads(lambda q, k, v: ops.attention(q, k, v, mask, window=9, backend="triton"),
+                            q, k, v, grad_out)
+    ref = output_and_grads(lambda q, k, v: ops.attention(q, k, v, mask, window=9, backend="torch"),
+                           q, k, v, grad_out)
+    assert_parity(ours, ref, FP32_TOL)
+
+
+# --------------------------------------------------------------------------- dropout
+def test_dropout_same_seed_same_output_other_seed_other_output():
+    q, k, v = (t.detach() for t in make_qkv(2, 2, 40, 32))
+    first = attention(q, k, v, dropout_p=0.2, seed=7)
+    again = attention(q, k, v, dropout_p=0.2, seed=7)
+    other = attention(q, k, v, dropout_p=0.2, seed=8)
+    no_dropout = attention(q, k, v, dropout_p=0.0, seed=7)
+    assert torch.equal(first, again)
+    assert not torch.allclose(first, other)
+    assert not torch.allclose(first, no_dropout)
+
+
+@pytest.mark.parametrize("dropout_p", [0.1, 0.5])
+def test_dropout_keep_rate(dropout_p):
+    keep = attention_dropout_keep_mask(2, 3, 128, dropout_p, seed=123, device=DEVICE)
+    assert keep.shape == (2, 3, 128, 128) and keep.dtype == torch.bool
+    rate = keep.float().mean().item()
+    # 98304 Bernoulli draws: the standard error is <= 0.0016, so 0.01 is > 6 sigma.
+    assert abs(rate - (1 - dropout_p)) < 0.01, rate
+    # Neither heads nor batch entries share a mask, and a new seed gives a new mask.
+    assert not torch.equal(keep[0, 0], keep[0, 1]) and not torch.equal(keep[0, 0], keep[1, 0])
+    assert not torch.equal(keep, attention_dropout_keep_mask(2, 3, 128, dropout_p, seed=124, device=DEVICE))
+
+
+def test_dropout_kernel_keep_rate_matches_p():
+    """The kernel itself drops ~p of the probabilities: with v = one-hot key ids the output
+    row i holds P_ij * Z_ij / (1 - p); with q = 0 (uniform P) the kept fraction is readable."""
+    seq_len, dropout_p = 64, 0.25
+    q = torch.zeros(1, 4, seq_len, 64, device=DEVICE)
+    k = torch.randn(1, 4, seq_len, 64, device=DEVICE)
+    v = torch.eye(seq_len, 64, device=DEVICE).expand(1, 4, seq_len, 64).contiguous()
+    out = attention(q, k, v, dropout_p=dropout_p, seed=5)  # out[b, h, i, j] = Z_ij / (S (1 - p))
+    kept = out * seq_len * (1 - dropout_p)
+    torch.testing.assert_close(kept, kept.round(), atol=1e-5, rtol=0)  # only 0s and 1s
+    expected = attention_dropout_keep_mask(1, 4, seq_len, dropout_p, seed=5, device=DEVICE)
+    assert torch.equal(kept.round().bool(), expected)
+    assert abs(kept.mean().item() - (1 - dropout_p)) < 0.03
+
+
+@pytest.mark.parametrize("seq_lens,window", [
+    pytest.param([70, 33], None, id="B2-H2-S70-D32-pad-p0.3"),
+    pytest.param([70, 1], 12, id="B2-H2-S70-D32-pad-w12-p0.3"),
+])
+def test_dropout_padded_parity_with_kernel_mask(seq_lens, window):
+    batch, heads, seq_len, head_dim, dropout_p, seed = 2, 2, 70, 32, 0.3, 11
+    q, k, v = make_qkv(batch, heads, seq_len, head_dim)
+    grad_out = torch.randn_like(q)
+    lens = torch.tensor(seq_lens, device=DEVICE)
+    keep = attention_dropout_keep_mask(batch, heads, seq_len, dropout_p, seed, device=DEVICE)
+    ours = output_and_grads(
+        lambda q, k, v: attention(q, k, v, seq_lens=lens, window=window, dropout_p=dropout_p, seed=seed),
+        q, k, v, grad_out,
+    )
+    ref = output_and_grads(
+        lambda q, k, v: ops.attention_torch(q, k, v, lengths_to_mask(lens, seq_len), window, dropout_p,
+                                            dropout_mask=keep),
+        q, k, v, grad_out,
+    )
+    assert_parity(ours, ref, FP32_TOL)
+
+
+def test_dropout_varlen_parity_with_kernel_mask():
+    """Varlen sequence b uses ``keep_mask(B, H, max_seqlen, p, seed)[b, :, :L, :L]``."""
+    lengths, heads, head_dim, dropout_p, seed = [9, 100, 1], 2, 64, 0.2, 3
+    max_seqlen = max(lengths)
+    cu_seqlens = cu_seqlens_of(lengths)
+    q, k, v = make_qkv(sum(lengths), heads, head_dim)
+    grad_out = torch.randn_like(q)
+    keep = attention_dropout_keep_mask(len(lengths), heads, max_seqlen, dropout_p, seed, device=DEVICE)
+
+    def reference(q, k, v):
+        (qp, mask, rows), kp, vp = pad_packed(q, lengths, max_seqlen), pad_packed(k, lengths, max_seqlen)[0], \
+            pad_packed(v, lengths, max_seqlen)[0]
+        out = ops.attention_torch(qp, kp, vp, mask, None, dropout_p, dropout_mask=keep)
+        return out.transpose(1, 2).reshape(-1, heads, head_dim)[rows]
+
+    ours = output_and_grads(
+        lambda q, k, v: attention_varlen(q, k, v, cu_seqlens, max_seqlen, dropout_p=dropout_p, seed=seed),
+        q, k, v, grad_out,
+    )
+    assert_parity(ours, output_and_grads(reference, q, k, v, grad_out), FP32_TOL)
+
+
+# --------------------------------------------------------------------------- determinism, registration
+def test_backward_is_deterministic():
+    q, k, v = make_qkv(2, 2, 129, 64)
+    grad_out = torch.randn_like(q)
+    lens = torch.tensor([129, 77], device=DEVICE)
+    fn = lambda q, k, v: attention(q, k, v, seq_lens=lens, dropout_p=0.1, seed=1)  # noqa: E731
+    first, second = output_and_grads(fn, q, k, v, grad_out), output_and_grads(fn, q, k, v, grad_out)
+    for name, a, b in zip(("output",) + GRAD_NAMES, [first[0], *first[1]], [second[0], *second[1]]):
+        assert torch.equal(a, b), f"{name} differs between two identical runs"
+
+
+def test_opcheck_padded_and_varlen():
+    q, k, v = make_qkv(1, 2, 16, 32)
+    lens = torch.tensor([11], dtype=torch.int32, device=DEVICE)
+    torch.library.opcheck(kernel.attention_forward_op, (q, k, v, lens, 16, 3, 0.1, 5, 0.25))
+    qp, kp, vp = make_qkv(16, 2, 32)
+    cu_seqlens = torch.tensor([0, 5, 16], dtype=torch.int32, device=DEVICE)
+    torch.library.opcheck(kernel.attention_forward_op, (qp, kp, vp, cu_seqlens, 11, -1, 0.0, 0, 0.2))
+
+
+def test_torch_compile_traces_through_the_op():
+    """aot_eager runs the fake and autograd registrations (inductor's CPU codegen is slow to build)."""
+    q, k, v = make_qkv(2, 2, 24, 32)
+    grad_out = torch.randn_like(q)
+    lens = torch.tensor([24, 9], device=DEVICE)
+    fn = lambda q, k, v: attention(q, k, v, seq_lens=lens, window=5, dropout_p=0.1, seed=2)  # noqa: E731
+    backend = "inductor" if torch.cuda.is_available() else "aot_eager"
+    compiled = torch.compile(fn, backend=backend, fullgraph=True)
+    assert_parity(output_and_grads(compiled, q, k, v, grad_out), output_and_grads(fn, q, k, v, grad_out), FP32_TOL)
+
+
+# --------------------------------------------------------------------------- bad input
+def _qkv(*shape, dtype=torch.float32):
+    return [torch.randn(*shape, dtype=dtype) for _ in range(3)]
+
+
+BAD_PADDED = [
+    pytest.param(lambda: attention(*_qkv(2, 2, 8, 48)), "head dim", id="head-dim-48"),
+    pytest.param(lambda: attention(*_qkv(2, 8, 32)), r"q must be \[B, H, S, D\]", id="3d-input"),
+    pytest.param(lambda: attention(torch.randn(2, 2, 8, 32), torch.randn(2, 2, 9, 32), torch.randn(2, 2, 8, 32)),
+                 "equal shapes", id="k-shape"),
+    pytest.param(lambda: attention(torch.randn(1, 1, 8, 32), torch.randn(1, 1, 8, 32).double(),
+                                   torch.randn(1, 1, 8, 32)), "share a dtype", id="dtype-mismatch"),
+    pytest.param(lambda: attention(*_qkv(1, 1, 8, 32, dtype=torch.float64)), "dtype must be", id="float64"),
+    pytest.param(lambda: attention(*_qkv(2, 1, 8, 32), seq_lens=torch.tensor([8])), "seq_lens must be a", id="lens-B"),
+    pytest.param(lambda: attention(*_qkv(2, 1, 8, 32), seq_lens=torch.tensor([8.0, 2.0])), "integers",
+                 id="lens-float"),
+    pytest.param(lambda: attention(*_qkv(2, 1, 8, 32), seq_lens=torch.tensor([9, 2])), r"\[0, S=8\]",
+                 id="lens-too-long"),
+    pytest.param(lambda: attention(*_qkv(1, 1, 8, 32), window=-1), "window", id="window-negative"),
+    pytest.param(lambda: attention(*_qkv(1, 1, 8, 32), dropout_p=1.0), "dropout_p", id="dropout-1"),
+    pytest.param(lambda: attention(*_qkv(1, 1, 8, 32), seed=-3), "seed", id="seed-negative"),
+]
+
+BAD_VARLEN = [
+    pytest.param(lambda: attention_varlen(*_qkv(8, 2, 32), torch.tensor([0, 3, 8]), 5), "int32", id="cu-int64"),
+    pytest.param(lambda: attention_varlen(*_qkv(8, 2, 32), torch.tensor([0, 5, 3, 8], dtype=torch.int32), 5),
+                 "never decrease", id="cu-decreasing"),
+    pytest.param(lambda: attention_varlen(*_qkv(8, 2, 32), torch.tensor([0, 3, 7], dtype=torch.int32), 5),
+                 "end at T=8", id="cu-wrong-total"),
+    pytest.param(lambda: attention_varlen(*_qkv(8, 2, 32), torch.tensor([1, 3, 8], dtype=torch.int32), 5),
+                 "start at 0", id="cu-not-from-0"),
+    pytest.param(lambda: attention_varlen(*_qkv(8, 2, 32), torch.tensor([0, 3, 8], dtype=torch.int32), 4),
+                 "max_seqlen=4", id="max-seqlen-short"),
+    pytest.param(lambda: attention_varlen(*_qkv(8, 2, 32), torch.tensor([[0, 8]], dtype=torch.int32), 8),
+                 "cu_seqlens must be", id="cu-2d"),
+    pytest.param(lambda: attention_varlen(*_qkv(8, 2, 64, 1)[:3], torch.tensor([0, 8], dtype=torch.int32), 8),
+                 r"\[T, H, D\]", id="4d-input"),
+]
+
+
+@pytest.mark.parametrize("call,message", BAD_PADDED + BAD_VARLEN)
+def test_bad_input_raises_value_error(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+# --------------------------------------------------------------------------- GPU: bf16 / fp16
+def attention_lowp_reference(q, k, v, key_padding_mask=None, window=None, dropout_p=0.0, dropout_mask=None):
+    """PyTorch's own low-precision attention (no upcast): the error the 2x rule measures against."""
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    seq_len = q.shape[2]
+    scores = torch.matmul(q, k.transpose(-1, -2)) * scale
+    allowed = torch.ones(seq_len, seq_len, dtype=torch.bool, device=q.device)[None, None]
+    if key_padding_mask is not None:
+        allowed = allowed & key_padding_mask[:, None, None, :]
+    if window is not None:
+        allowed = allowed & ops.window_mask(seq_len, window, q.device)
+    probs = torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1).nan_to_num(0.0)
+    if dropout_mask is not None:
+        probs = probs * dropout_mask / (1.0 - dropout_p)
+    out = torch.matmul(probs.to(v.dtype), v)
+    if key_padding_mask is not None:
+        out = out * key_padding_mask[:, None, :, None]
+    return out
+
+
+GPU_CASES = [
+    pytest.param(4, 12, 512, 64, False, None, 0.0, id="B4-H12-S512-D64"),
+    pytest.param(3, 4, 333, 128, True, None, 0.0, id="B3-H4-S333-D128-pad"),
+    pytest.param(2, 4, 1000, 32, True, 64, 0.0, id="B2-H4-S1000-D32-pad-w64"),
+    pytest.param(2, 4, 257, 64, True, None, 0.1, id="B2-H4-S257-D64-pad-p0.1"),
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("batch,heads,seq_len,head_dim,padded,window,dropout_p", GPU_CASES)
+def test_gpu_lowp_parity(batch, heads, seq_len, head_dim, padded, window, dropout_p, dtype):
+    q, k, v = make_qkv(batch, heads, seq_len, head_dim, dtype=dtype, device="cuda")
+    grad_out = torch.randn_like(q)
+    lens = torch.randint(1, seq_len + 1, (batch,), device="cuda") if padded else None
+    if padded:
+        lens[0] = 1
+    mask = None if lens is None else lengths_to_mask(lens, seq_len)
+    keep = attention_dropout_keep_mask(batch, heads, seq_len, dropout_p, 9, device="cuda") if dropout_p else None
+    ours = output_and_grads(
+        lambda q, k, v: attention(q, k, v, seq_lens=lens, window=window, dropout_p=dropout_p, seed=9),
+        q, k, v, grad_out,
+    )
+    fp32 = [t.detach().float() for t in (q, k, v)]
+    ref = output_and_grads(
+        lambda q, k, v: ops.attention_torch(q, k, v, mask, window, dropout_p, dropout_mask=keep),
+        *fp32, grad_out.float(),
+    )
+    lowp = output_and_grads(
+        lambda q, k, v: attention_lowp_reference(q, k, v, mask, window, dropout_p, keep), q, k, v, grad_out
+    )
+    assert_close_lowp(ours[0], ref[0], lowp[0], name="output")
+    for name, a, r, l in zip(GRAD_NAMES, ours[1], ref[1], lowp[1]):
+        assert_close_lowp(a, r, l, name=name)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_gpu_varlen_lowp_parity(dtype):
+    lengths, heads, head_dim = [128, 512, 1, 300, 77], 12, 64
+    max_seqlen = max(lengths)
+    cu_seqlens = cu_seqlens_of(lengths, device="cuda")
+    q, k, v = make_qkv(sum(lengths), heads, head_dim, dtype=dtype, device="cuda")
+    grad_out = torch.randn_like(q)
+    ours = output_and_grads(lambda q, k, v: attention_varlen(q, k, v, cu_seqlens, max_seqlen), q, k, v, grad_out)
+    fp32 = [t.detach().float() for t in (q, k, v)]
+    ref = output_and_grads(lambda q, k, v: ops.attention_varlen_torch(q, k, v, cu_seqlens, max_seqlen),
+                           *fp32, grad_out.float())
+
+    def lowp_fn(q, k, v):
+        (qp, mask, rows), kp, vp = pad_packed(q, lengths, max_seqlen), pad_packed(k, lengths, max_seqlen)[0], \
+            pad_packed(v, lengths, max_seqlen)[0]
+        return attention_lowp_reference(qp, kp, vp, mask).transpose(1, 2).reshape(-1, heads, head_dim)[rows]
+
+    lowp = output_and_grads(lowp_fn, q, k, v, grad_out)
+    assert_close_lowp(ours[0], ref[0], lowp[0], name="output")
+    for name, a, r, l in zip(GRAD_NAMES, ours[1], ref[1], lowp[1]):
+        assert_close_lowp(a, r, l, name=name)
+
+
+@pytest.mark.gpu
+def test_gpu_fp32_parity_and_determinism():
+    q, k, v = make_qkv(2, 4, 300, 64, device="cuda")
+    grad_out = torch.randn_like(q)
+    lens = torch.tensor([300, 5], device="cuda")
+    fn = lambda q, k, v: attention(q, k, v, seq_lens=lens, window=100)  # noqa: E731
+    ours = output_and_grads(fn, q, k, v, grad_out)
+    ref = output_and_grads(lambda q, k, v: ops.attention_torch(q, k, v, lengths_to_mask(lens, 300), 100),
+                           q, k, v, grad_out)
+    assert_parity(ours, ref, FP32_REDUCTION_TOL)
+    again = output_and_grads(fn, q, k, v, grad_out)
+    for a, b in zip(ours[1], again[1]):
+        assert torch.equal(a, b)
