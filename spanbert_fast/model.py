@@ -69,6 +69,15 @@ class PreTrainingOutput:
     sbo_count: torch.Tensor  # int64 number of SBO targets
     last_hidden_state: torch.Tensor  # [B, L, d]
 
+    def metrics(self) -> dict:
+        """Per-head losses and accuracies as tensors (no host sync; the trainer logs them)."""
+        return {
+            "mlm_loss": self.mlm_loss.detach(),
+            "sbo_loss": self.sbo_loss.detach(),
+            "mlm_acc": self.mlm_correct / self.mlm_count.clamp(min=1),
+            "sbo_acc": self.sbo_correct / self.sbo_count.clamp(min=1),
+        }
+
 
 # --------------------------------------------------------------------------- building blocks
 class BackendMixin:

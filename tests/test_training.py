@@ -1,0 +1,106 @@
+"""The training loop: optimizer groups, schedule, logs, checkpoints and bit-exact resume."""
+import csv
+import itertools
+import os
+
+import pytest
+import torch
+
+from model_fixtures import tiny_batch, tiny_config
+from spanbert_fast import SpanBertForPreTraining
+from spanbert_fast.training import (
+    Trainer,
+    TrainingArgs,
+    list_checkpoints,
+    parameter_groups,
+    warmup_linear_decay,
+)
+
+
+class NumberedBatches:
+    """An endless, resumable batch source: batch i is ``tiny_batch(seed=i)``."""
+
+    def __init__(self, crash_at=None):
+        self.position = 0
+        self.crash_at = crash_at
+
+    def __iter__(self):
+        while True:
+            if self.position == self.crash_at:
+                raise KeyboardInterrupt("simulated crash")
+            batch = tiny_batch(seed=self.position)
+            self.position += 1
+            yield batch
+
+    def state_dict(self):
+        return {"position": self.position}
+
+    def load_state_dict(self, state):
+        self.position = state["position"]
+
+
+def make_trainer(out_dir, batches, **overrides):
+    torch.manual_seed(0)
+    model = SpanBertForPreTraining(tiny_config()).set_backend("torch")
+    settings = dict(max_steps=6, lr=1e-3, warmup_steps=2, log_every=1, progress=False, plot=False)
+    args = TrainingArgs(out_dir=str(out_dir), **{**settings, **overrides})
+    return Trainer(model, batches, args)
+
+
+def test_weight_decay_only_on_matrices():
+    model = SpanBertForPreTraining(tiny_config())
+    decay, no_decay = parameter_groups(model, 0.01)
+    assert all(p.dim() >= 2 for p in decay["params"]) and all(p.dim() < 2 for p in no_decay["params"])
+    assert no_decay["weight_decay"] == 0.0
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+
+
+def test_warmup_then_linear_decay():
+    f = warmup_linear_decay(warmup_steps=4, max_steps=12)
+    assert [f(s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert f(8) == pytest.approx(0.5) and f(12) == 0.0
+
+
+def test_loss_falls_and_files_are_written(tmp_path):
+    same_batch = itertools.repeat(tiny_batch())  # one batch again and again: the loss must fall
+    trainer = make_trainer(tmp_path, same_batch, max_steps=30, warmup_steps=0, lr=5e-3, plot=True)
+    result = trainer.train()
+    losses = [row["loss"] for row in result.history]
+    assert losses[-1] < 0.7 * losses[0]
+    assert os.path.isfile(os.path.join(tmp_path, "log.csv")) and os.path.isfile(result.plot)
+    with open(os.path.join(tmp_path, "log.csv")) as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 30 and {"loss", "mlm_acc", "sbo_acc", "tokens_per_s", "lr"} <= set(rows[0])
+    loaded = SpanBertForPreTraining.from_pretrained(result.checkpoint, strict=True)
+    torch.testing.assert_close(loaded.decoder_weight, trainer.model.decoder_weight)
+
+
+def test_resume_after_crash_is_bit_identical(tmp_path):
+    straight = make_trainer(tmp_path / "straight", NumberedBatches()).train()
+
+    crashing = make_trainer(tmp_path / "resumed", NumberedBatches(crash_at=4), save_every=3)
+    with pytest.raises(KeyboardInterrupt):
+        crashing.train()
+    assert [os.path.basename(p) for p in list_checkpoints(tmp_path / "resumed")] == ["step-00000003"]
+    resumed_trainer = make_trainer(tmp_path / "resumed", NumberedBatches(), save_every=3, resume=True)
+    resumed = resumed_trainer.train()
+
+    assert [r["loss"] for r in straight.history] == [float(r["loss"]) for r in resumed.history[:3]] + [
+        r["loss"] for r in resumed.history[3:]
+    ]
+    a = SpanBertForPreTraining.from_pretrained(straight.checkpoint).state_dict()
+    b = SpanBertForPreTraining.from_pretrained(resumed.checkpoint).state_dict()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        make_trainer(tmp_path, NumberedBatches(), resume=True).train()
+
+
+def test_bad_args():
+    with pytest.raises(ValueError, match="precision"):
+        TrainingArgs(out_dir="x", max_steps=1, precision="int8")
+    with pytest.raises(ValueError, match="max_steps"):
+        TrainingArgs(out_dir="x", max_steps=0)
