@@ -1,0 +1,225 @@
+"""Parity of the fused ``LayerNorm(dropout(x + bias) + residual)`` kernel with the torch reference.
+
+Outputs and every grad (dx, dbias, dresidual, dgamma, dbeta) at awkward shapes,
+without a bias, with and without dropout (the reference is given the kernel's
+keep-mask from ``dropout_keep_mask``); the dropout itself (reproducible from the
+seed, seeds differ, keep rate 1 - p, p = 0 is the plain path); fp16/bf16 I/O; the
+torch.library registration (opcheck, torch.compile) and input validation.
+"""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from helpers import FP32_REDUCTION_TOL, FP32_TOL, assert_close_fp32, assert_close_lowp
+from spanbert_fast import ops
+from spanbert_fast.kernels import dropout_add_layernorm as kernel
+from spanbert_fast.kernels.dropout_add_layernorm import bias_dropout_add_layernorm, dropout_keep_mask
+from spanbert_fast.ops import bias_dropout_add_layernorm_torch
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+GRAD_NAMES = ("dx", "dbias", "dresidual", "dgamma", "dbeta")
+SEED = 1234
+
+
+def make_inputs(shape, dtype=torch.float32, has_bias=True, device=DEVICE):
+    """(x, bias, residual, gamma, beta), leaves requiring grad (bias None if not has_bias)."""
+    d = shape[-1]
+
+    def leaf(*size, scale=1.0, shift=0.0):
+        return (torch.randn(*size, device=device) * scale + shift).to(dtype).requires_grad_()
+
+    bias = leaf(d, scale=0.5) if has_bias else None
+    return leaf(*shape), bias, leaf(*shape, scale=2.0), leaf(d, scale=0.3, shift=1.0), leaf(d, scale=0.2)
+
+
+def run(fn, inputs, grad_out, **kwargs):
+    """(y, [grad of each input, None where the input is None]) of ``fn(*inputs, **kwargs)``."""
+    y = fn(*inputs, **kwargs)
+    present = [t for t in inputs if t is not None]
+    grads = iter(torch.autograd.grad(y, present, grad_out))
+    return y, [None if t is None else next(grads) for t in inputs]
+
+
+def reference(x, bias, residual, weight, ln_bias, p=0.0, seed=SEED, **kwargs):
+    """The torch reference with the kernel's keep-mask (None, the plain path, when p = 0)."""
+    mask = dropout_keep_mask(x.shape, p, seed, x.device) if p > 0 else None
+    return bias_dropout_add_layernorm_torch(x, bias, residual, weight, ln_bias, p, eps=1e-12, dropout_mask=mask)
+
+
+def torch_lowp(x, bias, residual, weight, ln_bias, p=0.0, seed=SEED):
+    """PyTorch's own version in x's dtype (for the 2x error rule), with the kernel's keep-mask."""
+    h = x if bias is None else x + bias
+    if p > 0:
+        h = h * dropout_keep_mask(x.shape, p, seed, x.device) / (1 - p)
+    return F.layer_norm(h + residual, (x.shape[-1],), weight, ln_bias, 1e-12)
+
+
+CASES = [  # rows, d, p
+    (1, 1, 0.0), (3, 31, 0.1), (37, 128, 0.0), (37, 200, 0.1), (1000, 200, 0.5),
+    (3, 768, 0.1), (1000, 768, 0.0), (1000, 768, 0.1), (37, 1030, 0.1), (1, 1030, 0.0), (3, 8192, 0.1),
+]
+
+
+@pytest.mark.parametrize("has_bias", [True, False], ids=["bias", "no-bias"])
+@pytest.mark.parametrize("rows,d,p", CASES, ids=[f"rows{r}-d{d}-p{p}" for r, d, p in CASES])
+def test_fp32_matches_reference(rows, d, p, has_bias):
+    inputs = make_inputs((rows, d), has_bias=has_bias)
+    grad_out = torch.randn(rows, d, device=DEVICE)
+    y, grads = run(bias_dropout_add_layernorm, inputs, grad_out, p=p, seed=SEED)
+    y_ref, grads_ref = run(reference, inputs, grad_out, p=p)
+    tol = FP32_REDUCTION_TOL if d >= 768 or rows >= 1000 else FP32_TOL
+    assert y.dtype == torch.float32 and y.shape == (rows, d)
+    assert_close_fp32(y, y_ref, tol, "y")
+    for name, grad, grad_ref in zip(GRAD_NAMES, grads, grads_ref):
+        if grad_ref is None:
+            assert grad is None, name
+        elif name == "dgamma" and d == 1:
+            # One column: xhat = 0 exactly, so dgamma = sum(dy * xhat) = 0. PyTorch's
+            # layer_norm backward returns rounding noise times rstd = 1/sqrt(eps) here.
+            assert torch.equal(grad, torch.zeros_like(grad)), name
+        else:
+            assert_close_fp32(grad, grad_ref, tol, name)
+
+
+def test_dropped_elements_get_no_input_grad():
+    inputs = make_inputs((37, 200))
+    _, grads = run(bias_dropout_add_layernorm, inputs, torch.randn(37, 200, device=DEVICE), p=0.3, seed=SEED)
+    dropped = ~dropout_keep_mask((37, 200), 0.3, SEED, DEVICE)
+    assert dropped.any()
+    assert torch.equal(grads[0][dropped], torch.zeros(int(dropped.sum()), device=DEVICE))
+    assert (grads[2][dropped] != 0).all()  # the residual path is never dropped
+
+
+def test_leading_dims_and_noncontiguous_input():
+    x, bias, residual, weight, ln_bias = make_inputs((6, 3, 40))
+    inputs = (x.transpose(0, 1), bias, residual.transpose(0, 1), weight, ln_bias)  # [3, 6, 40], strided
+    grad_out = torch.randn(3, 6, 40, device=DEVICE)
+    y, grads = run(bias_dropout_add_layernorm, inputs, grad_out, p=0.2, seed=SEED)
+    y_ref, grads_ref = run(reference, inputs, grad_out, p=0.2)
+    assert y.shape == (3, 6, 40)
+    assert_close_fp32(y, y_ref, name="y")
+    for name, grad, grad_ref in zip(GRAD_NAMES, grads, grads_ref):
+        assert_close_fp32(grad, grad_ref, name=name)
+
+
+def test_mask_is_reproducible_from_the_seed_and_differs_between_seeds():
+    inputs = [t.detach() for t in make_inputs((37, 200))]
+    first = bias_dropout_add_layernorm(*inputs, p=0.1, seed=7)
+    assert torch.equal(first, bias_dropout_add_layernorm(*inputs, p=0.1, seed=7))
+    assert not torch.equal(first, bias_dropout_add_layernorm(*inputs, p=0.1, seed=8))
+    assert torch.equal(dropout_keep_mask((37, 200), 0.1, 7, DEVICE), dropout_keep_mask((37, 200), 0.1, 7, DEVICE))
+    assert not torch.equal(dropout_keep_mask((37, 200), 0.1, 7, DEVICE), dropout_keep_mask((37, 200), 0.1, 8, DEVICE))
+    # the mask follows the flattened [N, d] element index, whatever the leading dims
+    assert torch.equal(dropout_keep_mask((2, 3, 50), 0.1, 7, DEVICE).flatten(), dropout_keep_mask((6, 50), 0.1, 7, DEVICE).flatten())
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
+def test_keep_rate_is_one_minus_p(p):
+    keep = dropout_keep_mask((1000, 768), p, SEED, DEVICE)
+    # binomial std of the rate over 768k draws is <= 6e-4; 0.005 is > 8 std
+    assert abs(keep.float().mean().item() - (1 - p)) < 0.005
+
+
+def test_p0_is_the_plain_path_whatever_the_seed():
+    inputs = [t.detach() for t in make_inputs((37, 200))]
+    plain = bias_dropout_add_layernorm_torch(*inputs, p=0.0)
+    for seed in (0, 99):
+        assert_close_fp32(bias_dropout_add_layernorm(*inputs, p=0.0, seed=seed), plain, name="y")
+    assert dropout_keep_mask((37, 200), 0.0, 99, DEVICE).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_low_precision_io(dtype):
+    """fp32 math inside: error vs the fp32 reference within 2x PyTorch's own low-precision error."""
+    inputs = make_inputs((37, 200), dtype=dtype)
+    grad_out = torch.randn(37, 200, device=DEVICE).to(dtype)
+    y, grads = run(bias_dropout_add_layernorm, inputs, grad_out, p=0.1, seed=SEED)
+    inputs32 = [t.detach().float().requires_grad_() for t in inputs]
+    y32, grads32 = run(reference, inputs32, grad_out.float(), p=0.1)
+    y_lowp, grads_lowp = run(torch_lowp, inputs, grad_out, p=0.1)
+    assert y.dtype == dtype
+    assert_close_lowp(y, y32, y_lowp, "y")
+    for name, grad, grad32, grad_lowp in zip(GRAD_NAMES, grads, grads32, grads_lowp):
+        assert grad.dtype == dtype, name
+        assert_close_lowp(grad, grad32, grad_lowp, name)
+
+
+def test_parameter_grads_are_deterministic():
+    inputs = make_inputs((1000, 200))
+    grad_out = torch.randn(1000, 200, device=DEVICE)
+    _, first = run(bias_dropout_add_layernorm, inputs, grad_out, p=0.1, seed=SEED)
+    _, second = run(bias_dropout_add_layernorm, inputs, grad_out, p=0.1, seed=SEED)
+    for name, a, b in zip(GRAD_NAMES, first, second):
+        assert torch.equal(a, b), name
+
+
+def test_ops_backend_switch_reaches_the_kernel():
+    inputs = [t.detach() for t in make_inputs((5, 48))]
+    ours = ops.bias_dropout_add_layernorm(*inputs, p=0.1, seed=SEED, backend="triton")
+    assert_close_fp32(ours, reference(*inputs, p=0.1), name="y")
+
+
+@pytest.mark.parametrize("p", [0.0, 0.2])
+def test_opcheck(p):
+    x, bias, residual, weight, ln_bias = make_inputs((7, 24))
+    torch.library.opcheck(kernel._fwd_op, (x, bias, residual, weight, ln_bias, p, SEED, 1e-12))
+    _, mean, rstd = kernel._fwd_op(x, bias, residual, weight, ln_bias, p, SEED, 1e-12)
+    saved = [t.detach() for t in (x, bias, residual, weight, mean, rstd)]
+    grad_out = torch.randn(7, 24, device=DEVICE)
+    torch.library.opcheck(kernel._bwd_op, (grad_out, *saved, p, SEED))  # no double backward: inputs detached
+
+
+def test_torch_compile_traces_the_op():
+    """fullgraph=True: the custom op (fake impl + autograd) is traced, not a graph break."""
+    def block(x, bias, residual, weight, ln_bias):
+        return bias_dropout_add_layernorm(x * 2.0, bias, residual, weight, ln_bias, 0.1, SEED).square().sum()
+
+    inputs = make_inputs((9, 40))
+    loss = torch.compile(block, backend="aot_eager", fullgraph=True)(*inputs)
+    grads = torch.autograd.grad(loss, inputs)
+    loss_ref = block(*inputs)
+    grads_ref = torch.autograd.grad(loss_ref, inputs)
+    assert_close_fp32(loss, loss_ref, FP32_REDUCTION_TOL, "loss")
+    for name, grad, grad_ref in zip(GRAD_NAMES, grads, grads_ref):
+        assert_close_fp32(grad, grad_ref, name=name)
+
+
+BAD_CASES = {  # name: (argument overrides, expected message)
+    "x-int": (lambda a: dict(a, x=a["x"].long()), "x must be float32"),
+    "residual-shape": (lambda a: dict(a, residual=a["residual"][:2]), "residual must have x's shape"),
+    "residual-int": (lambda a: dict(a, residual=a["residual"].long()), "residual must be float32"),
+    "bias-shape": (lambda a: dict(a, bias=a["bias"][:8]), "bias must have shape"),
+    "ln_bias-none": (lambda a: dict(a, ln_bias=None), "ln_bias must be"),
+    "p-one": (lambda a: dict(a, p=1.0), "p must be"),
+    "p-negative": (lambda a: dict(a, p=-0.1), "p must be"),
+    "seed-negative": (lambda a: dict(a, seed=-1), "seed must be"),
+    "seed-float": (lambda a: dict(a, seed=1.5), "seed must be"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_CASES))
+def test_bad_input_raises_value_error(case):
+    x, bias, residual, weight, ln_bias = (t.detach() for t in make_inputs((4, 16)))
+    args = dict(x=x, bias=bias, residual=residual, weight=weight, ln_bias=ln_bias, p=0.1, seed=SEED)
+    override, message = BAD_CASES[case]
+    with pytest.raises(ValueError, match=message):
+        bias_dropout_add_layernorm(**override(args))
+
+
+GPU_CASES = [(16384, 768, 0.1), (2458, 768, 0.0), (1000, 1030, 0.1), (37, 8192, 0.1), (1, 31, 0.1)]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("has_bias", [True, False], ids=["bias", "no-bias"])
+@pytest.mark.parametrize("rows,d,p", GPU_CASES, ids=[f"rows{r}-d{d}-p{p}" for r, d, p in GPU_CASES])
+def test_gpu_bf16_matches_reference(rows, d, p, has_bias):
+    inputs = make_inputs((rows, d), dtype=torch.bfloat16, has_bias=has_bias, device="cuda")
+    grad_out = torch.randn(rows, d, device="cuda").bfloat16()
+    y, grads = run(bias_dropout_add_layernorm, inputs, grad_out, p=p, seed=SEED)
+    inputs32 = [None if t is None else t.detach().float().requires_grad_() for t in inputs]
+    y32, grads32 = run(reference, inputs32, grad_out.float(), p=p)
+    y_lowp, grads_lowp = run(torch_lowp, inputs, grad_out, p=p)
+    assert_close_lowp(y, y32, y_lowp, "y")
+    for name, grad, grad32, grad_lowp in zip(GRAD_NAMES, grads, grads32, grads_lowp):
+        if grad32 is not None:
+            assert_close_lowp(grad, grad32, grad_lowp, name)
