@@ -329,11 +329,11 @@ def _check_values(targets, positions, n_rows: int, vocab: int, ignore_index: int
         )
 
 
-def _input_precision(dtype: torch.dtype) -> str:
-    """fp32 inputs follow torch's TF32 switch for matmuls; bf16/fp16 dots are exact products."""
-    if dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32 and not _INTERPRET:
-        return "tf32"
-    return "ieee"
+def _input_precision(dtype: torch.dtype) -> Optional[str]:
+    """fp32 dots follow torch's TF32 switch for matmuls; bf16/fp16 take Triton's default."""
+    if dtype != torch.float32:
+        return None
+    return "tf32" if torch.backends.cuda.matmul.allow_tf32 and not _INTERPRET else "ieee"
 
 
 @functools.lru_cache(maxsize=None)

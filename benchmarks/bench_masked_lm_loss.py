@@ -1,0 +1,148 @@
+"""Masked-position MLM loss, forward+backward: time and extra peak memory.
+
+Case (GPU, bf16, ANCHORS.md's MLM row): 16384 tokens, 15 % of them masked
+(M = 2458 rows, random, sorted), V = 28996, d in {768, 1024}, with decoder bias.
+Every implementation returns the gradients of hidden ``[16384, d]``, weight and bias
+through ``torch.autograd.grad`` (no accumulation into ``.grad`` between runs):
+
+* ``ours``: ``spanbert_fast.kernels.masked_lm_loss`` with ``validate=False`` (the
+  training-step setting: no device sync); ``ours+validate`` with the default range
+  checks, to show what the sync costs;
+* ``full-logits+CE``: logits for all 16384 tokens, ``F.cross_entropy`` with -100 on
+  unmasked tokens (HF ``BertForMaskedLM``; fp32 CE as autocast runs it);
+* ``gather+CE``: gather the masked rows, logits for them only, ``F.cross_entropy``;
+* ``liger-flce``: Liger-Kernel's fused linear cross-entropy on the gathered rows, when
+  ``liger_kernel`` is importable.
+
+Rows: ``TFLOP/s`` counts useful FLOPs only, ``6 * M * d * V`` (forward 2, backward 4),
+so the full-logits baseline is charged for the masked rows alone; ``MB`` is the peak
+memory above what was allocated before the call (inputs excluded; gradients included),
+CUDA only. ``smoke=True`` runs a tiny case on CPU (the kernel under the Triton
+interpreter): it checks that the suite runs, not speed.
+``python -m benchmarks.bench_masked_lm_loss [--smoke] [--csv PATH]`` prints the rows.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Callable, Dict, List
+
+import torch
+import torch.nn.functional as F
+
+if not torch.cuda.is_available() and "triton" not in sys.modules:
+    # Without a GPU the kernel runs under the Triton interpreter, switched on before
+    # triton is first imported (benchmarks.common imports it for version facts).
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from benchmarks.common import Result, bench_ms, peak_memory_mb, write_csv
+
+SUITE = "masked_lm_loss"
+MASK_FRACTION = 0.15
+
+
+def _kernel():
+    if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
+        raise RuntimeError("bench_masked_lm_loss on CPU needs TRITON_INTERPRET=1 set before triton is imported")
+    from spanbert_fast.kernels import masked_lm_loss
+
+    return masked_lm_loss
+
+
+def _liger_loss():
+    """Liger's fused linear CE module, or None when liger_kernel is not installed."""
+    try:
+        from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+    except Exception:
+        return None
+    module = LigerFusedLinearCrossEntropyLoss(ignore_index=-100)
+
+    def loss(hidden, targets, weight, bias, positions):
+        out = module(weight, hidden[positions], targets, bias)
+        return out[0] if isinstance(out, tuple) else out
+
+    return loss
+
+
+def implementations(smoke: bool) -> Dict[str, Callable]:
+    """name -> ``loss(hidden, targets, weight, bias, positions)`` returning a scalar loss."""
+    kernel = _kernel()
+
+    def ours(hidden, targets, weight, bias, positions):
+        return kernel.masked_lm_loss(hidden, targets, weight, bias, positions, validate=False)[0]
+
+    def ours_validated(hidden, targets, weight, bias, positions):
+        return kernel.masked_lm_loss(hidden, targets, weight, bias, positions)[0]
+
+    def full_logits(hidden, targets, weight, bias, positions):
+        labels = torch.full((hidden.shape[0],), -100, dtype=torch.long, device=hidden.device)
+        labels[positions] = targets
+        return F.cross_entropy(F.linear(hidden, weight, bias).float(), labels)
+
+    def gather_then_ce(hidden, targets, weight, bias, positions):
+        return F.cross_entropy(F.linear(hidden[positions], weight, bias).float(), targets)
+
+    impls = {"ours": ours, "ours+validate": ours_validated, "full-logits+CE": full_logits, "gather+CE": gather_then_ce}
+    liger = None if smoke else _liger_loss()
+    if liger is not None:
+        impls["liger-flce"] = liger
+    return impls
+
+
+def make_case(tokens: int, d: int, vocab: int, dtype, device):
+    generator = torch.Generator(device="cpu").manual_seed(0)
+    n_masked = round(MASK_FRACTION * tokens)
+    hidden = torch.randn(tokens, d, generator=generator).to(device, dtype).requires_grad_()
+    weight = (torch.randn(vocab, d, generator=generator) * 0.02).to(device, dtype).requires_grad_()
+    bias = torch.zeros(vocab).to(device, dtype).requires_grad_()
+    positions = torch.randperm(tokens, generator=generator)[:n_masked].sort().values.to(device)
+    targets = torch.randint(0, vocab, (n_masked,), generator=generator).to(device)
+    return hidden, targets, weight, bias, positions
+
+
+def run(smoke: bool) -> List[Result]:
+    if smoke:
+        device, dtype = "cpu", torch.float32
+        shapes = [(64, 32, 97)]
+    else:
+        if not torch.cuda.is_available():
+            raise RuntimeError("bench_masked_lm_loss needs a CUDA GPU (use smoke=True on CPU)")
+        device, dtype = "cuda", torch.bfloat16
+        shapes = [(16384, 768, 28996), (16384, 1024, 28996)]
+    rows: List[Result] = []
+    for tokens, d, vocab in shapes:
+        hidden, targets, weight, bias, positions = make_case(tokens, d, vocab, dtype, device)
+        n_masked = positions.numel()
+        case = f"T{tokens}-M{n_masked}-V{vocab}-d{d}"
+        flops = 6.0 * n_masked * d * vocab
+        for impl, loss_fn in implementations(smoke).items():
+
+            def fwd_bwd(loss_fn=loss_fn):
+                loss = loss_fn(hidden, targets, weight, bias, positions)
+                return torch.autograd.grad(loss, (hidden, weight, bias))
+
+            ms = bench_ms(fwd_bwd, smoke=smoke, reps=1 if smoke else 3)
+            extra_mb = peak_memory_mb(fwd_bwd)
+            note = "" if extra_mb is None else f"extra peak {extra_mb:.0f} MB"
+            rows.append(Result(SUITE, case, impl, "fwd+bwd", ms, "TFLOP/s", flops / ms / 1e9, note))
+            if extra_mb is not None:
+                rows.append(Result(SUITE, case, impl, "fwd+bwd", ms, "MB", extra_mb, "extra peak memory"))
+        del hidden, weight, bias
+    return rows
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="tiny CPU case: checks the suite runs")
+    parser.add_argument("--csv", default=None, help="also write the rows to this CSV file")
+    args = parser.parse_args(argv)
+    rows = run(smoke=args.smoke)
+    for r in rows:
+        print(f"{r.case:28s} {r.impl:16s} {r.mode:8s} {r.ms:9.3f} ms  {r.value:9.2f} {r.metric:8s} {r.extra}")
+    if args.csv:
+        write_csv(rows, args.csv)
+
+
+if __name__ == "__main__":
+    main()
