@@ -93,11 +93,16 @@ def _logit_tile(
     stride_w,
     HAS_BIAS: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
+    DOT_IN_FP32: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_V: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
-    """fp32 ``[BLOCK_M, BLOCK_V]`` tile of ``H[src_rows] @ W[cols]^T + B[cols]``."""
+    """fp32 ``[BLOCK_M, BLOCK_V]`` tile of ``H[src_rows] @ W[cols]^T + B[cols]``.
+
+    ``DOT_IN_FP32``: upcast the operands first. Only for bf16 under the interpreter,
+    which holds bf16 as raw uint16 and would multiply the bit patterns as integers.
+    """
     h_ptrs = H + src_rows[:, None] * stride_h
     w_ptrs = W + cols.to(tl.int64)[:, None] * stride_w
     acc = tl.zeros((BLOCK_M, BLOCK_V), dtype=tl.float32)
@@ -106,6 +111,9 @@ def _logit_tile(
         k_mask = ks < D
         h = tl.load(h_ptrs + ks[None, :], mask=row_mask[:, None] & k_mask[None, :], other=0.0)
         w = tl.load(w_ptrs + ks[None, :], mask=col_mask[:, None] & k_mask[None, :], other=0.0)
+        if DOT_IN_FP32:
+            h = h.to(tl.float32)
+            w = w.to(tl.float32)
         acc = tl.dot(h, tl.trans(w), acc, input_precision=INPUT_PRECISION)
     if HAS_BIAS:
         acc += tl.load(B + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]
@@ -132,6 +140,7 @@ def _forward_stats_kernel(
     HAS_POSITIONS: tl.constexpr,
     HAS_BIAS: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
+    DOT_IN_FP32: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_V: tl.constexpr,
     BLOCK_D: tl.constexpr,
@@ -157,7 +166,7 @@ def _forward_stats_kernel(
         col_mask = cols < v_end
         z = _logit_tile(
             H, src_rows, row_mask, W, cols, col_mask, B, D, stride_h, stride_w,
-            HAS_BIAS, INPUT_PRECISION, BLOCK_M, BLOCK_V, BLOCK_D,
+            HAS_BIAS, INPUT_PRECISION, DOT_IN_FP32, BLOCK_M, BLOCK_V, BLOCK_D,
         )
         z = tl.where(col_mask[None, :], z, float("-inf"))
         tile_max = tl.max(z, axis=1)
@@ -196,6 +205,7 @@ def _dlogits_kernel(
     stride_dz,
     HAS_BIAS: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
+    DOT_IN_FP32: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_V: tl.constexpr,
     BLOCK_D: tl.constexpr,
@@ -209,7 +219,7 @@ def _dlogits_kernel(
     col_mask = (local_cols < chunk_cols) & (cols < V)
     z = _logit_tile(
         X, rows.to(tl.int64), row_mask, W, cols, col_mask, B, D, stride_x, stride_w,
-        HAS_BIAS, INPUT_PRECISION, BLOCK_M, BLOCK_V, BLOCK_D,
+        HAS_BIAS, INPUT_PRECISION, DOT_IN_FP32, BLOCK_M, BLOCK_V, BLOCK_D,
     )
     lse = tl.load(LSE + rows, mask=row_mask, other=0.0)
     targets = tl.load(T + rows, mask=row_mask, other=ignore_index)
@@ -396,6 +406,7 @@ def masked_lm_loss_forward(
         HAS_POSITIONS=positions is not None,
         HAS_BIAS=bias is not None,
         INPUT_PRECISION=_input_precision(hidden.dtype),
+        DOT_IN_FP32=_INTERPRET and hidden.dtype == torch.bfloat16,
         **blocks,
     )
     # merge the V-splits: a log-sum-exp of partial sums; argmax = first split holding the max
@@ -480,6 +491,7 @@ def masked_lm_loss_backward(
             M, V, D, v_begin, cols, ignore_index, x.stride(0), weight.stride(0), dz.stride(0),
             HAS_BIAS=bias is not None,
             INPUT_PRECISION=_input_precision(hidden.dtype),
+            DOT_IN_FP32=_INTERPRET and hidden.dtype == torch.bfloat16,
             **blocks,
         )
         dz_chunk = dz[:, :cols]
