@@ -15,6 +15,8 @@ from spanbert_fast.model import (
     SpanBertModel,
 )
 
+from spanbert_fast.tasks import fill_mask  # noqa: E402  (tasks need the model imported first)
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -23,5 +25,6 @@ __all__ = [
     "SpanBertForPreTraining",
     "EncoderOutput",
     "PreTrainingOutput",
+    "fill_mask",
     "__version__",
 ]

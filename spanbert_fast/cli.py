@@ -10,6 +10,7 @@ from typing import List, Optional
 # ``register(subparsers)`` which adds its parser and sets ``func(args) -> int``.
 COMMANDS = [
     "info",
+    "fill_mask",
 ]
 
 

@@ -1,0 +1,239 @@
+"""What every task shares: the task-model base class, ``task.json``, batching, input errors.
+
+A fine-tuned folder holds ``config.json`` + ``model.safetensors`` (the HF layout written
+by :func:`spanbert_fast.hub.save_pretrained`), ``task.json`` (which head, its settings and
+the label map ``id2label``) and the tokenizer (``tokenizer.json`` + ``vocab.txt``), so
+``SpanBertForXxx.from_pretrained(folder)`` rebuilds the same head with the same labels.
+
+A plain encoder or pre-training checkpoint has no ``task.json``: the head is built from
+the keyword arguments given to ``from_pretrained`` and freshly initialised, and
+``model.load_report.missing`` lists its parameters (the loader also logs them).
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import random
+import tempfile
+from typing import Callable, Dict, Iterator, List, Optional, Sequence
+
+import torch
+
+from spanbert_fast.model import SpanBertPreTrainedModel
+
+TASK_FILE = "task.json"
+IGNORE_INDEX = -100
+
+
+class InputFileError(ValueError):
+    """Bad user data: the message starts with ``path:line:`` (``path:`` when no line applies)."""
+
+    def __init__(self, path, line: Optional[int], message: str):
+        where = f"{path}:{line}" if line is not None else f"{path}"
+        super().__init__(f"{where}: {message}")
+        self.path, self.line = str(path), line
+
+
+def line_of(text: str, index: int) -> int:
+    """1-based line number of character ``index`` in ``text``."""
+    return text.count("\n", 0, max(0, index)) + 1
+
+
+# --------------------------------------------------------------------------- task.json
+def read_task_file(directory: str) -> Optional[dict]:
+    """The ``task.json`` of a checkpoint folder, or ``None`` when it has none."""
+    path = os.path.join(directory, TASK_FILE)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as err:
+        raise InputFileError(path, err.lineno, f"not valid JSON ({err.msg})") from err
+
+
+def write_json_atomic(path: str, values) -> str:
+    """Write ``values`` as indented JSON to ``path`` through a temporary file."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".json.", suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(values, f, indent=2, ensure_ascii=False)
+        f.write("\n")
+    os.replace(tmp, path)
+    return path
+
+
+class SpanBertTaskModel(SpanBertPreTrainedModel):
+    """Base of the fine-tuning models: an encoder ``self.bert`` plus a task head.
+
+    Subclasses set ``task`` (the name stored in ``task.json``) and implement
+    :meth:`head_settings` (the constructor keyword arguments that rebuild the head).
+    """
+
+    task: str = ""
+
+    def head_settings(self) -> dict:
+        raise NotImplementedError
+
+    @property
+    def id2label(self) -> Dict[int, str]:
+        return dict(enumerate(getattr(self, "labels", [])))
+
+    @property
+    def label2id(self) -> Dict[str, int]:
+        return {label: i for i, label in enumerate(getattr(self, "labels", []))}
+
+    @classmethod
+    def from_pretrained(cls, path: str, *, strict: bool = False, backend: str = "auto", **kwargs):
+        """Load an encoder, pre-training or fine-tuned checkpoint folder.
+
+        Keyword arguments that name head settings (``labels``, ``pooling`` ...) build the
+        head; the folder's ``task.json`` (when it was saved by this task) supplies the ones
+        not given. Every other keyword overrides a config field (e.g. ``hidden_dropout_prob``).
+        A head missing from the checkpoint is freshly initialised and listed in
+        ``model.load_report.missing``.
+        """
+        from spanbert_fast.hub import load_pretrained
+
+        head_names = set(cls.head_argument_names())
+        saved = read_task_file(path) if os.path.isdir(path) else None
+        head = {}
+        if saved is not None and saved.get("task") == cls.task:
+            head = {k: v for k, v in saved.get("head", {}).items() if k in head_names}
+            if "id2label" in saved and "labels" in head_names:
+                id2label = saved["id2label"]
+                head["labels"] = [id2label[str(i)] for i in range(len(id2label))]
+        head.update({k: v for k, v in kwargs.items() if k in head_names})
+        config_overrides = {k: v for k, v in kwargs.items() if k not in head_names}
+        build = functools.partial(cls, **head)
+        return load_pretrained(build, path, strict=strict, backend=backend, **config_overrides)
+
+    @classmethod
+    def head_argument_names(cls) -> Sequence[str]:
+        """Keyword-only arguments of the constructor (the head settings)."""
+        import inspect
+
+        params = inspect.signature(cls.__init__).parameters.values()
+        return [p.name for p in params if p.kind == p.KEYWORD_ONLY]
+
+    def save_pretrained(self, directory: str) -> str:
+        """``config.json`` + ``model.safetensors`` (HF layout) and ``task.json`` (head, labels)."""
+        super().save_pretrained(directory)
+        settings = self.head_settings()
+        labels = settings.pop("labels", None)
+        values = {"task": self.task, "head": settings}
+        if labels is not None:
+            values["id2label"] = {str(i): label for i, label in enumerate(labels)}
+        write_json_atomic(os.path.join(directory, TASK_FILE), values)
+        return directory
+
+
+# --------------------------------------------------------------------------- batching
+def pad_sequences(sequences: Sequence[Sequence[int]], pad_value: int, length: Optional[int] = None) -> torch.Tensor:
+    """``[N, L]`` int64 tensor of right-padded rows (``L`` = longest row unless given)."""
+    length = max((len(s) for s in sequences), default=0) if length is None else length
+    out = torch.full((len(sequences), length), pad_value, dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        out[row, : len(seq)] = torch.as_tensor(list(seq), dtype=torch.long)
+    return out
+
+
+def collate_features(features: Sequence[dict], pad_id: int) -> Dict[str, torch.Tensor]:
+    """Pad a list of feature dicts into a batch.
+
+    Every feature has ``input_ids`` (list of ints); optional ``token_type_ids`` and
+    per-token ``labels`` (padded with 0 and -100), and scalar int fields (``label``,
+    ``start_positions``, ``end_positions``) stacked as ``[B]``. ``attention_mask`` is built here.
+    """
+    input_ids = pad_sequences([f["input_ids"] for f in features], pad_id)
+    lengths = torch.tensor([len(f["input_ids"]) for f in features])
+    batch = {
+        "input_ids": input_ids,
+        "attention_mask": (torch.arange(input_ids.shape[1])[None] < lengths[:, None]).long(),
+    }
+    first = features[0]
+    if "token_type_ids" in first:
+        batch["token_type_ids"] = pad_sequences([f["token_type_ids"] for f in features], 0, input_ids.shape[1])
+    if "token_labels" in first:
+        batch["labels"] = pad_sequences([f["token_labels"] for f in features], IGNORE_INDEX, input_ids.shape[1])
+    for key in ("label", "start_positions", "end_positions"):
+        if key in first:
+            name = "labels" if key == "label" else key
+            batch[name] = torch.tensor([f[key] for f in features], dtype=torch.long)
+    return batch
+
+
+class EpochBatches:
+    """Endless, resumable batches over ``features``: a fresh seeded shuffle every epoch.
+
+    ``state_dict()`` records (epoch, position); after ``load_state_dict`` iteration
+    continues with the batch after the last one yielded (what the trainer's resume needs).
+    The last batch of an epoch may be smaller.
+    """
+
+    def __init__(self, features: Sequence[dict], batch_size: int, collate: Callable[[Sequence[dict]], dict],
+                 seed: int = 0, shuffle: bool = True):
+        if not features:
+            raise ValueError("no training features: the training file produced no examples")
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        self.features, self.batch_size, self.collate = list(features), batch_size, collate
+        self.seed, self.shuffle = seed, shuffle
+        self.epoch, self.position = 0, 0
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return -(-len(self.features) // self.batch_size)
+
+    def _order(self, epoch: int) -> List[int]:
+        order = list(range(len(self.features)))
+        if self.shuffle:
+            random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
+        return order
+
+    def __iter__(self) -> Iterator[dict]:
+        while True:
+            order = self._order(self.epoch)
+            while self.position < self.batches_per_epoch:
+                start = self.position * self.batch_size
+                chunk = [self.features[i] for i in order[start: start + self.batch_size]]
+                self.position += 1
+                yield self.collate(chunk)
+            self.epoch, self.position = self.epoch + 1, 0
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+
+
+def batched(items: Sequence, batch_size: int) -> Iterator[Sequence]:
+    """Consecutive slices of ``items`` of at most ``batch_size`` (evaluation order)."""
+    for start in range(0, len(items), batch_size):
+        yield items[start: start + batch_size]
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def resolve_tokenizer(checkpoint: str, tokenizer_path: Optional[str] = None):
+    """The tokenizer at ``tokenizer_path``, else the one saved in the ``checkpoint`` folder."""
+    from spanbert_fast.data.tokenizer import load_tokenizer
+
+    path = tokenizer_path or checkpoint
+    try:
+        return load_tokenizer(path)
+    except FileNotFoundError as err:
+        hint = "" if tokenizer_path else "; pass --tokenizer PATH (a tokenizer.json, vocab.txt or a folder with one)"
+        raise FileNotFoundError(f"{err}{hint}") from err
+
+
+def check_length(n_tokens: int, model: torch.nn.Module, what: str) -> None:
+    """Raise when a sequence is longer than the model's position table."""
+    limit = model.config.max_position_embeddings
+    if n_tokens > limit:
+        raise ValueError(f"{what} has {n_tokens} tokens with [CLS]/[SEP]; the model takes at most {limit}")
