@@ -1,0 +1,163 @@
+"""Reading raw corpora: documents from text / JSONL files, a regex sentence splitter, a demo corpus.
+
+Input rules (shared by ``spanbert-fast tokenizer`` and ``spanbert-fast prepare``):
+
+* A path may be a file or a directory; directories are walked recursively and every file ending in
+  ``.txt``, ``.text``, ``.jsonl`` or ``.json`` is read, in sorted path order. Hidden files are skipped.
+* ``*.jsonl`` / ``*.json`` files hold one JSON object per line; its ``text`` field (configurable) is
+  one document. Blank lines are skipped; a line that is not a JSON object with a string ``text``
+  field is an error naming the file and line.
+* Any other file is plain UTF-8 text, split into documents by ``doc_split``:
+  ``"blank"`` (default): documents are separated by one or more blank lines (the classic BERT
+  pre-training format); ``"file"``: the whole file is one document; ``"line"``: every non-blank
+  line is a document.
+
+Sentence splitting (:func:`split_sentences`) is deliberately simple and documented rather than
+clever: a paragraph break (blank line inside a JSONL document) always ends a sentence; otherwise a
+sentence ends after ``.``, ``!`` or ``?`` (plus any closing quotes/brackets) when whitespace and then
+an uppercase letter, digit, or opening quote/bracket follow. Abbreviations such as "Mr. Smith" are
+split too; that only moves a block boundary, since sentences matter for packing only.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, List, Sequence, Union
+
+PathLike = Union[str, os.PathLike]
+
+JSONL_SUFFIXES = (".jsonl", ".json")
+TEXT_SUFFIXES = (".txt", ".text")
+DOC_SPLIT_RULES = ("blank", "file", "line")
+
+_PARAGRAPH_BREAK = re.compile(r"\n[ \t\r\f\v]*\n\s*")
+_SENTENCE_END = re.compile(r"""[.!?]+["'\u201d\u2019)\]]*\s+(?=["'\u201c\u2018(\[]?[A-Z0-9])""")
+_WHITESPACE = re.compile(r"\s+")
+
+
+@dataclass(frozen=True)
+class Document:
+    """One document: its text and where it came from (``file:line`` for error messages)."""
+
+    text: str
+    source: str
+
+
+def split_sentences(text: str) -> List[str]:
+    """Split a document into sentences (rules in the module docstring); whitespace inside a
+    sentence is collapsed to single spaces, empty sentences are dropped."""
+    sentences: List[str] = []
+    for paragraph in _PARAGRAPH_BREAK.split(text):
+        start = 0
+        for match in _SENTENCE_END.finditer(paragraph):
+            sentences.append(paragraph[start : match.end()])
+            start = match.end()
+        sentences.append(paragraph[start:])
+    cleaned = (_WHITESPACE.sub(" ", sentence).strip() for sentence in sentences)
+    return [sentence for sentence in cleaned if sentence]
+
+
+def expand_inputs(paths: Sequence[PathLike]) -> List[Path]:
+    """Resolve files and directories into the ordered list of corpus files.
+
+    Raises FileNotFoundError naming the first path that does not exist, and ValueError when a
+    directory holds no corpus file.
+    """
+    files: List[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found = sorted(
+                p
+                for p in path.rglob("*")
+                if p.is_file()
+                and p.suffix.lower() in JSONL_SUFFIXES + TEXT_SUFFIXES
+                and not any(part.startswith(".") for part in p.relative_to(path).parts)
+            )
+            if not found:
+                raise ValueError(f"{path}: directory holds no .txt/.text/.jsonl/.json file")
+            files.extend(found)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise FileNotFoundError(f"{path}: no such file or directory")
+    return files
+
+
+def _read_jsonl(path: Path, text_field: str) -> Iterator[Document]:
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{number}"
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{where}: invalid JSON ({error.msg})") from error
+            if not isinstance(record, dict) or text_field not in record:
+                raise ValueError(f"{where}: JSON line has no {text_field!r} field")
+            text = record[text_field]
+            if not isinstance(text, str):
+                raise ValueError(f"{where}: field {text_field!r} is {type(text).__name__}, not a string")
+            yield Document(text, where)
+
+
+def _read_text(path: Path, doc_split: str) -> Iterator[Document]:
+    with open(path, encoding="utf-8") as handle:
+        if doc_split == "file":
+            yield Document(handle.read(), str(path))
+            return
+        if doc_split == "line":
+            for number, line in enumerate(handle, start=1):
+                if line.strip():
+                    yield Document(line, f"{path}:{number}")
+            return
+        lines: List[str] = []
+        first = 0
+        for number, line in enumerate(handle, start=1):
+            if line.strip():
+                if not lines:
+                    first = number
+                lines.append(line)
+            elif lines:
+                yield Document("".join(lines), f"{path}:{first}")
+                lines = []
+        if lines:
+            yield Document("".join(lines), f"{path}:{first}")
+
+
+def iter_documents(
+    paths: Sequence[PathLike], *, doc_split: str = "blank", text_field: str = "text"
+) -> Iterator[Document]:
+    """Stream the documents of ``paths`` (files or directories) one at a time, in order.
+
+    Only one document is held in memory at a time (one file with ``doc_split="file"``).
+    """
+    if doc_split not in DOC_SPLIT_RULES:
+        raise ValueError(f"doc_split must be one of {DOC_SPLIT_RULES}, got {doc_split!r}")
+    for path in expand_inputs(paths):
+        try:
+            if path.suffix.lower() in JSONL_SUFFIXES:
+                yield from _read_jsonl(path, text_field)
+            else:
+                yield from _read_text(path, doc_split)
+        except UnicodeDecodeError as error:
+            raise ValueError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from error
+
+
+def iter_texts(documents: Iterable[Document]) -> Iterator[str]:
+    """Just the texts of ``documents`` (for tokenizer training)."""
+    for document in documents:
+        yield document.text
+
+
+def demo_corpus_texts() -> List[str]:
+    """A small corpus that ships with Python: the help topics of ``pydoc_data.topics``
+    (about 80 documents, ~460k characters), one document per topic, in sorted topic order."""
+    from pydoc_data.topics import topics
+
+    texts = [topics[name].strip() for name in sorted(topics)]
+    return [text for text in texts if text]

@@ -1,0 +1,516 @@
+"""Corpus preparation: text files → memory-mapped token shards + an index of blocks.
+
+Pipeline (streaming; only a few chunks of text are in memory at any time)::
+
+    files ──iter_documents──▶ documents ──chunks of ~chunk_chars──▶ workers:
+        split_sentences → tokenizer.encode_batch → word-start flags → pack_blocks
+    ──in input order──▶ append to token / word-start shards and to the index files
+
+Packing (:func:`pack_blocks`): blocks of at most ``block_size`` tokens are filled greedily with
+whole sentences of ONE document and never cross documents; a sentence longer than a block is cut
+into ``block_size`` pieces (its last piece may be followed by further sentences). Blocks are
+contiguous and cover every token of the corpus exactly once, in corpus order. ``block_size`` is the
+block without [CLS]/[SEP] (510 for 512-token model inputs). Documents and sentences without any
+token are dropped.
+
+Output directory (every array is a raw little-endian binary file, described in ``meta.json``)::
+
+    tokens-00000.bin       token ids, uint16 when vocab_size <= 65535 else uint32
+    word_starts-00000.bin  uint8, 1 where the token starts a word (not a "##" piece)
+    documents.bin          int64 [n_documents + 1]  token offset of each document, then the total
+    sentences.bin          int64 [n_sentences + 1]  token offset of each sentence, then the total
+    blocks.bin             int64 [n_blocks + 1]     token offset of each block, then the total
+    unigram_counts.bin     int64 [vocab_size]       corpus token counts (random-token replacement)
+    tokenizer.json         the tokenizer used
+    meta.json              written last; its presence marks a complete directory
+
+Offsets are global over the concatenation of the token shards; a new shard starts only at a block
+boundary, so every block lies in one shard. Every file is written under a temporary name and moved
+into place with ``os.replace``; ``meta.json`` is replaced last, so readers never see a half-written
+directory (an interrupted run leaves only ``*.tmp`` files, removed by the next run).
+"""
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Union
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from .corpus import Document, iter_documents, split_sentences
+from .tokenizer import SpecialIds, special_ids, word_start_table
+
+PathLike = Union[str, os.PathLike]
+
+FORMAT_VERSION = 1
+META_FILE = "meta.json"
+DEFAULT_BLOCK_SIZE = 510
+DEFAULT_SHARD_TOKENS = 1 << 28  # 256M tokens: 512 MiB per uint16 shard
+DEFAULT_CHUNK_CHARS = 1 << 22  # ~4 MB of text per unit of work
+INDEX_FILES = {
+    "documents": "documents.bin",
+    "sentences": "sentences.bin",
+    "blocks": "blocks.bin",
+    "unigram_counts": "unigram_counts.bin",
+}
+_TOKENS_NAME = "tokens-{:05d}.bin"
+_WORD_STARTS_NAME = "word_starts-{:05d}.bin"
+
+
+def token_dtype_for(vocab_size: int) -> np.dtype:
+    """uint16 when every id fits (vocab_size <= 65535), else uint32."""
+    return np.dtype(np.uint16) if vocab_size <= 65535 else np.dtype(np.uint32)
+
+
+def pack_blocks(sentence_lengths: Sequence[int], block_size: int) -> List[int]:
+    """Greedy packing of one document's sentences into blocks; returns the block lengths.
+
+    Whole sentences are added while they fit; a sentence that does not fit starts a new block; a
+    sentence longer than ``block_size`` first closes the current block, then is cut into
+    ``block_size`` pieces, its last piece opening the next block. Zero-length sentences are ignored.
+    The lengths sum to ``sum(sentence_lengths)``.
+    """
+    if block_size < 1:
+        raise ValueError(f"block_size must be >= 1, got {block_size}")
+    blocks: List[int] = []
+    current = 0
+    for length in sentence_lengths:
+        length = int(length)
+        if length <= 0:
+            continue
+        if length > block_size:
+            if current:
+                blocks.append(current)
+            full, rest = divmod(length, block_size)
+            blocks.extend([block_size] * full)
+            current = rest
+        elif current + length > block_size:
+            blocks.append(current)
+            current = length
+        else:
+            current += length
+    if current:
+        blocks.append(current)
+    return blocks
+
+
+# --------------------------------------------------------------------------- encoding (workers)
+
+
+class _EncodedChunk(NamedTuple):
+    """A chunk of documents, tokenised and packed; all arrays in document order."""
+
+    tokens: np.ndarray  # [T] int64
+    word_starts: np.ndarray  # [T] uint8
+    sentence_lengths: np.ndarray  # [S] int64, non-empty sentences only
+    document_lengths: np.ndarray  # [D] int64, non-empty documents only
+    block_lengths: np.ndarray  # [N] int64
+    n_chars: int
+
+
+_worker_tokenizer: Optional[Tokenizer] = None
+_worker_word_starts: Optional[np.ndarray] = None
+
+
+def _init_worker(tokenizer_json: str) -> None:
+    global _worker_tokenizer, _worker_word_starts
+    _worker_tokenizer = Tokenizer.from_str(tokenizer_json)
+    _worker_word_starts = word_start_table(_worker_tokenizer).astype(np.uint8)
+
+
+def _encode_chunk(texts: List[str], block_size: int) -> _EncodedChunk:
+    """Split, tokenise (one ``encode_batch`` call) and pack a chunk of documents."""
+    assert _worker_tokenizer is not None and _worker_word_starts is not None
+    per_document = [split_sentences(text) for text in texts]
+    flat = [sentence for sentences in per_document for sentence in sentences]
+    encodings = _worker_tokenizer.encode_batch(flat, add_special_tokens=False) if flat else []
+    ids = [encoding.ids for encoding in encodings]
+    all_lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
+    tokens = np.fromiter((t for x in ids for t in x), dtype=np.int64, count=int(all_lengths.sum()))
+
+    sentence_lengths: List[np.ndarray] = []
+    document_lengths: List[int] = []
+    block_lengths: List[int] = []
+    start = 0
+    for sentences in per_document:
+        lengths = all_lengths[start : start + len(sentences)]
+        start += len(sentences)
+        lengths = lengths[lengths > 0]
+        if lengths.size == 0:
+            continue
+        sentence_lengths.append(lengths)
+        document_lengths.append(int(lengths.sum()))
+        block_lengths.extend(pack_blocks(lengths.tolist(), block_size))
+    return _EncodedChunk(
+        tokens=tokens,
+        word_starts=_worker_word_starts[tokens],
+        sentence_lengths=np.concatenate(sentence_lengths) if sentence_lengths else np.zeros(0, np.int64),
+        document_lengths=np.asarray(document_lengths, dtype=np.int64),
+        block_lengths=np.asarray(block_lengths, dtype=np.int64),
+        n_chars=sum(len(text) for text in texts),
+    )
+
+
+def _chunks(documents: Iterable[Document], chunk_chars: int) -> Iterator[List[str]]:
+    chunk: List[str] = []
+    size = 0
+    for document in documents:
+        chunk.append(document.text)
+        size += len(document.text)
+        if size >= chunk_chars:
+            yield chunk
+            chunk, size = [], 0
+    if chunk:
+        yield chunk
+
+
+def _encoded_chunks(
+    documents: Iterable[Document], tokenizer: Tokenizer, block_size: int, workers: int, chunk_chars: int
+) -> Iterator[_EncodedChunk]:
+    """Encoded chunks in input order. With ``workers > 1`` chunks go to a process pool, at most
+    ``2 * workers`` in flight (the input is consumed lazily, so memory stays bounded)."""
+    tokenizer_json = tokenizer.to_str()
+    if workers <= 1:
+        _init_worker(tokenizer_json)
+        for texts in _chunks(documents, chunk_chars):
+            yield _encode_chunk(texts, block_size)
+        return
+    # Each worker encodes its chunk on one thread; the pool provides the parallelism. Workers are
+    # forked where possible (spawn re-imports __main__, which fails for stdin/interactive
+    # scripts); tokenizers turns its own thread pool off in forked children, as wanted here.
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    context = multiprocessing.get_context(method)
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    with context.Pool(workers, initializer=_init_worker, initargs=(tokenizer_json,)) as pool:
+        pending: deque = deque()
+        for texts in _chunks(documents, chunk_chars):
+            pending.append(pool.apply_async(_encode_chunk, (texts, block_size)))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().get()
+        while pending:
+            yield pending.popleft().get()
+
+
+# --------------------------------------------------------------------------- writing
+
+
+class _AppendFile:
+    """A binary file written under ``<name>.tmp`` and moved to ``<name>`` by :meth:`commit`."""
+
+    def __init__(self, directory: Path, name: str, dtype):
+        self.name = name
+        self.path = directory / name
+        self.tmp_path = directory / (name + ".tmp")
+        self.dtype = np.dtype(dtype)
+        self.count = 0
+        self._handle = open(self.tmp_path, "wb")
+
+    def append(self, values: np.ndarray) -> None:
+        array = np.ascontiguousarray(values, dtype=self.dtype.newbyteorder("<"))
+        self._handle.write(array.tobytes())
+        self.count += array.size
+
+    def close(self) -> None:
+        if not self._handle.closed:
+            self._handle.flush()
+            os.fsync(self._handle.fileno())
+            self._handle.close()
+
+    def commit(self) -> None:
+        self.close()
+        os.replace(self.tmp_path, self.path)
+
+    def discard(self) -> None:
+        if not self._handle.closed:
+            self._handle.close()
+        if self.tmp_path.exists():
+            self.tmp_path.unlink()
+
+
+def _clear_previous(out: Path, overwrite: bool) -> None:
+    """Remove leftovers of an interrupted run, and (with ``overwrite``) a previous complete one."""
+    meta_path = out / META_FILE
+    if meta_path.exists():
+        if not overwrite:
+            raise FileExistsError(f"{out}: already holds a prepared corpus ({META_FILE}); pass overwrite")
+        old = json.loads(meta_path.read_text())
+        meta_path.unlink()  # first, so the directory stops counting as complete
+        names = list(old.get("files", {}).values())
+        for shard in old.get("shards", []):
+            names += [shard["tokens"], shard["word_starts"]]
+        for name in names:
+            if (out / name).exists():
+                (out / name).unlink()
+    for leftover in out.glob("*.tmp"):
+        leftover.unlink()
+
+
+@dataclass
+class PrepareStats:
+    """What :func:`prepare_documents` wrote."""
+
+    out_dir: Path
+    n_documents: int
+    n_sentences: int
+    n_blocks: int
+    n_tokens: int
+    n_shards: int
+    token_dtype: str
+    seconds: float
+
+
+def prepare_documents(
+    documents: Iterable[Document],
+    tokenizer: Tokenizer,
+    out_dir: PathLike,
+    *,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+    workers: int = 1,
+    shard_tokens: int = DEFAULT_SHARD_TOKENS,
+    chunk_chars: int = DEFAULT_CHUNK_CHARS,
+    overwrite: bool = False,
+    progress: bool = True,
+    total_chars: Optional[int] = None,
+    extra_meta: Optional[Dict] = None,
+) -> PrepareStats:
+    """Tokenise and pack a stream of documents into ``out_dir`` (format in the module docstring).
+
+    Raises ValueError when the stream holds no token at all (nothing is left behind then).
+    ``total_chars`` only sizes the progress bar.
+    """
+    from tqdm import tqdm
+
+    if shard_tokens < block_size:
+        raise ValueError(f"shard_tokens ({shard_tokens}) must be >= block_size ({block_size})")
+    started = time.time()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    _clear_previous(out, overwrite)
+
+    specials = special_ids(tokenizer)
+    vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
+    token_dtype = token_dtype_for(vocab_size)
+    index = {key: _AppendFile(out, name, np.int64) for key, name in INDEX_FILES.items() if key != "unigram_counts"}
+    for offsets in index.values():
+        offsets.append(np.zeros(1, np.int64))
+    shards: List[Dict] = []
+    shard_files: List[_AppendFile] = []
+    unigram_counts = np.zeros(vocab_size, dtype=np.int64)
+    n_tokens = 0
+    totals = {"documents": 0, "sentences": 0, "blocks": 0}
+
+    def open_shard() -> None:
+        number = len(shards)
+        shard_files.extend(
+            [_AppendFile(out, _TOKENS_NAME.format(number), token_dtype),
+             _AppendFile(out, _WORD_STARTS_NAME.format(number), np.uint8)]
+        )
+        shards.append({"tokens": shard_files[-2].name, "word_starts": shard_files[-1].name,
+                       "start": n_tokens, "length": 0})
+
+    bar = tqdm(total=total_chars, unit="char", unit_scale=True, desc="prepare", disable=not progress)
+    try:
+        for chunk in _encoded_chunks(documents, tokenizer, block_size, workers, chunk_chars):
+            bar.update(chunk.n_chars)
+            if chunk.tokens.size == 0:
+                continue
+            if chunk.tokens.max() >= vocab_size:
+                raise ValueError("tokenizer produced an id >= its vocabulary size")
+            unigram_counts += np.bincount(chunk.tokens, minlength=vocab_size)
+            index["documents"].append(n_tokens + np.cumsum(chunk.document_lengths))
+            index["sentences"].append(n_tokens + np.cumsum(chunk.sentence_lengths))
+            block_ends = np.cumsum(chunk.block_lengths)
+            index["blocks"].append(n_tokens + block_ends)
+            totals["documents"] += chunk.document_lengths.size
+            totals["sentences"] += chunk.sentence_lengths.size
+            totals["blocks"] += chunk.block_lengths.size
+            # Append whole blocks; a new shard starts at a block boundary once the current is full.
+            position = 0
+            while position < chunk.tokens.size:
+                if not shards:
+                    open_shard()
+                room = shard_tokens - shards[-1]["length"]
+                fitting = int(np.searchsorted(block_ends, position + room, side="right"))
+                end = int(block_ends[fitting - 1]) if fitting else 0
+                if end <= position:  # the next block does not fit: this shard is full
+                    open_shard()
+                    continue
+                shard_files[-2].append(chunk.tokens[position:end])
+                shard_files[-1].append(chunk.word_starts[position:end])
+                shards[-1]["length"] += end - position
+                n_tokens += end - position
+                position = end
+        bar.close()
+        if n_tokens == 0:
+            raise ValueError("empty corpus: the input holds no token (no non-blank document)")
+        for file in shard_files:
+            file.commit()
+        for offsets in index.values():
+            offsets.commit()
+        counts = _AppendFile(out, INDEX_FILES["unigram_counts"], np.int64)
+        counts.append(unigram_counts)
+        counts.commit()
+        tokenizer.save(str(out / "tokenizer.json.tmp"))
+        os.replace(out / "tokenizer.json.tmp", out / "tokenizer.json")
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "block_size": block_size,
+            "vocab_size": vocab_size,
+            "token_dtype": token_dtype.name,
+            "special_ids": specials.to_dict(),
+            "n_documents": totals["documents"],
+            "n_sentences": totals["sentences"],
+            "n_blocks": totals["blocks"],
+            "n_tokens": n_tokens,
+            "shards": shards,
+            "files": dict(INDEX_FILES, tokenizer="tokenizer.json"),
+            "created_unix": time.time(),
+        }
+        meta.update(extra_meta or {})
+        tmp_meta = out / (META_FILE + ".tmp")
+        with open(tmp_meta, "w", encoding="utf-8") as handle:
+            json.dump(meta, handle, indent=2)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_meta, out / META_FILE)
+    except BaseException:
+        bar.close()
+        for file in shard_files + list(index.values()):
+            file.discard()
+        raise
+    return PrepareStats(out, totals["documents"], totals["sentences"], totals["blocks"], n_tokens,
+                        len(shards), token_dtype.name, time.time() - started)
+
+
+def prepare_corpus(
+    inputs: Sequence[PathLike],
+    tokenizer: Tokenizer,
+    out_dir: PathLike,
+    *,
+    doc_split: str = "blank",
+    text_field: str = "text",
+    **options,
+) -> PrepareStats:
+    """Prepare the corpus files/directories ``inputs`` (rules in :mod:`spanbert_fast.data.corpus`)
+    into ``out_dir``; ``options`` go to :func:`prepare_documents`."""
+    from .corpus import expand_inputs
+
+    files = expand_inputs(inputs)  # fails early, naming a missing path
+    total_bytes = sum(path.stat().st_size for path in files)
+    documents = iter_documents(files, doc_split=doc_split, text_field=text_field)
+    extra = {"inputs": [str(path) for path in files], "doc_split": doc_split, "text_field": text_field}
+    try:
+        return prepare_documents(documents, tokenizer, out_dir, total_chars=total_bytes, extra_meta=extra, **options)
+    except ValueError as error:
+        if str(error).startswith("empty corpus"):
+            raise ValueError(f"empty corpus: no token in {', '.join(map(str, files))}") from error
+        raise
+
+
+# --------------------------------------------------------------------------- reading
+
+
+class Block(NamedTuple):
+    """One block: its token ids (int64) and which of them start a word (bool)."""
+
+    token_ids: np.ndarray
+    word_starts: np.ndarray
+
+
+class BlockDataset:
+    """Read-only, memory-mapped view of a prepared directory; ``dataset[i]`` is :class:`Block` i.
+
+    Memory maps are opened lazily in each process, so the object pickles cheaply (DataLoader
+    workers, spawn) and never reads a shard it does not need.
+    """
+
+    def __init__(self, path: PathLike):
+        self.path = Path(path)
+        meta_path = self.path / META_FILE
+        if not meta_path.is_file():
+            raise FileNotFoundError(f"{self.path}: no {META_FILE}; not a prepared corpus (or an unfinished one)")
+        self.meta = json.loads(meta_path.read_text())
+        if self.meta.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"{meta_path}: format_version {self.meta.get('format_version')} != {FORMAT_VERSION}")
+        self.block_size: int = self.meta["block_size"]
+        self.vocab_size: int = self.meta["vocab_size"]
+        self.token_dtype = np.dtype(self.meta["token_dtype"])
+        self.special_ids = SpecialIds.from_dict(self.meta["special_ids"])
+        self._shard_starts = np.array([shard["start"] for shard in self.meta["shards"]], dtype=np.int64)
+        self._maps: Optional[Dict] = None
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_maps"] = None
+        return state
+
+    def _open(self) -> Dict:
+        if self._maps is None:
+            def index(key: str, count: int) -> np.ndarray:
+                return np.memmap(self.path / self.meta["files"][key], dtype="<i8", mode="r", shape=(count,))
+
+            self._maps = {
+                "blocks": index("blocks", self.meta["n_blocks"] + 1),
+                "documents": index("documents", self.meta["n_documents"] + 1),
+                "sentences": index("sentences", self.meta["n_sentences"] + 1),
+                "tokens": [np.memmap(self.path / s["tokens"], dtype=self.token_dtype.newbyteorder("<"),
+                                     mode="r", shape=(s["length"],)) for s in self.meta["shards"]],
+                "word_starts": [np.memmap(self.path / s["word_starts"], dtype=np.uint8, mode="r",
+                                          shape=(s["length"],)) for s in self.meta["shards"]],
+            }
+        return self._maps
+
+    def __len__(self) -> int:
+        return int(self.meta["n_blocks"])
+
+    def __getitem__(self, index: int) -> Block:
+        maps = self._open()
+        n = len(self)
+        if not -n <= index < n:
+            raise IndexError(f"block {index} out of range for {n} blocks")
+        index %= n
+        start, end = int(maps["blocks"][index]), int(maps["blocks"][index + 1])
+        shard = int(np.searchsorted(self._shard_starts, start, side="right")) - 1
+        offset = int(self._shard_starts[shard])
+        token_ids = np.asarray(maps["tokens"][shard][start - offset : end - offset], dtype=np.int64)
+        word_starts = np.asarray(maps["word_starts"][shard][start - offset : end - offset]).astype(bool)
+        return Block(token_ids, word_starts)
+
+    @property
+    def block_offsets(self) -> np.ndarray:
+        """int64 [n_blocks + 1]: global token offset of each block, then the total."""
+        return self._open()["blocks"]
+
+    @property
+    def document_offsets(self) -> np.ndarray:
+        """int64 [n_documents + 1]: global token offset of each document, then the total."""
+        return self._open()["documents"]
+
+    @property
+    def sentence_offsets(self) -> np.ndarray:
+        """int64 [n_sentences + 1]: global token offset of each sentence, then the total."""
+        return self._open()["sentences"]
+
+    def block_lengths(self) -> np.ndarray:
+        """int64 [n_blocks]: tokens per block (without [CLS]/[SEP])."""
+        return np.diff(np.asarray(self.block_offsets))
+
+    def block_document(self, index: int) -> int:
+        """Index of the document block ``index`` comes from."""
+        start = int(self.block_offsets[index])
+        return int(np.searchsorted(self.document_offsets, start, side="right")) - 1
+
+    def unigram_counts(self) -> np.ndarray:
+        """int64 [vocab_size]: how often each id occurs in the corpus."""
+        path = self.path / self.meta["files"]["unigram_counts"]
+        return np.fromfile(path, dtype="<i8", count=self.vocab_size)
+
+    def tokenizer(self) -> Tokenizer:
+        """The tokenizer the corpus was prepared with."""
+        return Tokenizer.from_file(str(self.path / self.meta["files"]["tokenizer"]))
