@@ -11,6 +11,7 @@ from typing import List, Optional
 COMMANDS = [
     "info",
     "fill_mask",
+    "embed",
 ]
 
 

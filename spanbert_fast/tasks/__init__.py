@@ -2,8 +2,10 @@
 
 ==============================  ==========================================================
 ``fill_mask``                   top-k MLM predictions for each ``[MASK]`` (:mod:`.fill_mask`)
+``embed``                       [CLS]/mean/per-token embeddings of any layer range (:mod:`.embeddings`)
 ==============================  ==========================================================
 """
+from spanbert_fast.tasks.embeddings import embed, load_ragged, save_embeddings
 from spanbert_fast.tasks.fill_mask import fill_mask
 
-__all__ = ["fill_mask"]
+__all__ = ["embed", "fill_mask", "load_ragged", "save_embeddings"]
