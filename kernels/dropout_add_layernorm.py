@@ -35,7 +35,6 @@ import triton.language as tl
 
 from ._layernorm_common import (
     INTERPRETING,
-    ROW_AUTOTUNE,
     block_d,
     forward_grid,
     layernorm_input_grad,
@@ -43,6 +42,7 @@ from ._layernorm_common import (
     load_vector,
     load_xhat,
     new_partials,
+    row_autotune,
     row_tile,
     split_param_grads,
     store_partials,
@@ -83,7 +83,7 @@ def _residual_sum(X, BIAS, RES, offsets, mask, D, seed, p, scale,
     return dropped + tl.load(RES + offsets, mask=mask, other=0.0).to(tl.float32), keep
 
 
-@triton.autotune(key=["D", "HAS_BIAS", "HAS_DROPOUT"], **ROW_AUTOTUNE)
+@triton.autotune(key=["D", "HAS_BIAS", "HAS_DROPOUT"], **row_autotune(registers_per_element=6))
 @triton.jit(do_not_specialize=["seed"])
 def _bias_dropout_add_layernorm_fwd_kernel(
     X,  # [N, D] fp32/fp16/bf16, contiguous
@@ -114,7 +114,7 @@ def _bias_dropout_add_layernorm_fwd_kernel(
     tl.store(RSTD + rows, rstd, mask=row_ok)
 
 
-@triton.autotune(key=["D", "HAS_BIAS", "HAS_DROPOUT"], **ROW_AUTOTUNE)
+@triton.autotune(key=["D", "HAS_BIAS", "HAS_DROPOUT"], **row_autotune(registers_per_element=12))
 @triton.jit(do_not_specialize=["seed"])
 def _bias_dropout_add_layernorm_bwd_kernel(
     DY,  # [N, D] x's dtype, contiguous

@@ -30,7 +30,6 @@ import triton
 import triton.language as tl
 
 from ._layernorm_common import (
-    ROW_AUTOTUNE,
     block_d,
     forward_grid,
     layernorm_input_grad,
@@ -38,6 +37,7 @@ from ._layernorm_common import (
     load_vector,
     load_xhat,
     new_partials,
+    row_autotune,
     row_tile,
     split_param_grads,
     store_partials,
@@ -66,7 +66,7 @@ def _load_preactivation(X, BIAS, offsets, mask, D, HAS_BIAS: tl.constexpr, BLOCK
     return tl.where(mask, h, 0.0)
 
 
-@triton.autotune(key=["D", "HAS_BIAS"], **ROW_AUTOTUNE)
+@triton.autotune(key=["D", "HAS_BIAS"], **row_autotune(registers_per_element=5))
 @triton.jit
 def _bias_gelu_layernorm_fwd_kernel(
     X,  # [N, D] fp32/fp16/bf16, contiguous
@@ -93,7 +93,7 @@ def _bias_gelu_layernorm_fwd_kernel(
     tl.store(RSTD + rows, rstd, mask=row_ok)
 
 
-@triton.autotune(key=["D", "HAS_BIAS"], **ROW_AUTOTUNE)
+@triton.autotune(key=["D", "HAS_BIAS"], **row_autotune(registers_per_element=11))
 @triton.jit
 def _bias_gelu_layernorm_bwd_kernel(
     DY,  # [N, D] x's dtype, contiguous
