@@ -1,0 +1,109 @@
+"""Masked blocks → the batch dict the model consumes, padded or packed (unpadded).
+
+Padded batch (keys agreed with the model side; all int64 torch tensors)::
+
+    input_ids      [B, L]  [CLS] block [SEP] with replacements applied, then [PAD]s
+    attention_mask [B, L]  1 real token, 0 padding
+    mlm_positions  [M]     flat indices row·L + col of every masked token, row-major order
+    mlm_labels     [M]     original ids at mlm_positions
+    sbo_left       [K]     flat index of each SBO target's left boundary (s - 1)
+    sbo_right      [K]     flat index of its right boundary (e + 1)
+    sbo_rel_pos    [K]     target position inside its (merged) span, 0..14
+    sbo_labels     [K]     original id of the target
+
+``L`` is the longest block of the batch plus 2 (optionally rounded up to ``pad_to_multiple_of``).
+The model gathers ``hidden.flatten(0, 1)[mlm_positions]`` and likewise for the SBO boundaries.
+
+:func:`pack_batch` turns a padded batch into the varlen layout (``cu_seqlens`` int32 [B+1],
+``max_seqlen``), remapping every flat index into the packed token axis.
+"""
+from __future__ import annotations
+
+from typing import Dict, Optional, Sequence
+
+import numpy as np
+import torch
+
+from .masking import MaskedBlock
+from .tokenizer import SpecialIds
+
+BATCH_KEYS = (
+    "input_ids", "attention_mask", "mlm_positions", "mlm_labels",
+    "sbo_left", "sbo_right", "sbo_rel_pos", "sbo_labels",
+)
+
+
+def collate_masked_blocks(
+    blocks: Sequence[MaskedBlock], special_ids: SpecialIds, *, pad_to_multiple_of: Optional[int] = None
+) -> Dict[str, torch.Tensor]:
+    """Build the padded batch (format in the module docstring) from masked blocks."""
+    if not blocks:
+        raise ValueError("cannot collate an empty list of blocks")
+    lengths = np.array([block.input_ids.size for block in blocks], dtype=np.int64)
+    width = int(lengths.max()) + 2
+    if pad_to_multiple_of:
+        width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
+    input_ids = np.full((len(blocks), width), special_ids.pad, dtype=np.int64)
+    attention_mask = np.zeros((len(blocks), width), dtype=np.int64)
+    fields = {key: [] for key in BATCH_KEYS[2:]}
+    for row, block in enumerate(blocks):
+        n = block.input_ids.size
+        input_ids[row, 0] = special_ids.cls
+        input_ids[row, 1 : n + 1] = block.input_ids
+        input_ids[row, n + 1] = special_ids.sep
+        attention_mask[row, : n + 2] = 1
+        offset = row * width + 1  # +1 for [CLS]
+        fields["mlm_positions"].append(block.masked_positions + offset)
+        fields["mlm_labels"].append(block.mlm_labels)
+        fields["sbo_left"].append(block.sbo_left + offset)
+        fields["sbo_right"].append(block.sbo_right + offset)
+        fields["sbo_rel_pos"].append(block.sbo_rel_pos)
+        fields["sbo_labels"].append(block.sbo_labels)
+    batch = {"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(attention_mask)}
+    for key, parts in fields.items():
+        batch[key] = torch.from_numpy(np.concatenate(parts).astype(np.int64, copy=False))
+    return batch
+
+
+def cu_seqlens_from_mask(attention_mask: torch.Tensor):
+    """(cu_seqlens int32 [B+1], max_seqlen int) of a right-padded ``attention_mask`` [B, L]."""
+    seqlens = attention_mask.sum(dim=1, dtype=torch.int32)
+    cu_seqlens = torch.zeros(seqlens.numel() + 1, dtype=torch.int32)
+    cu_seqlens[1:] = torch.cumsum(seqlens, dim=0)
+    return cu_seqlens, int(seqlens.max()) if seqlens.numel() else 0
+
+
+def pack_batch(batch: Dict[str, torch.Tensor]) -> Dict[str, object]:
+    """Unpadded (varlen) form of a padded batch.
+
+    Returns a new dict with ``input_ids`` [T] (real tokens only, row after row),
+    ``position_ids`` [T] (0.. within each sequence), ``cu_seqlens`` int32 [B+1],
+    ``max_seqlen`` (a Python int), ``unpad_index`` [T] (flat index of each packed token in the
+    padded B·L grid: ``hidden_padded.flatten(0, 1)[unpad_index]`` packs a padded tensor), and
+    ``mlm_positions`` / ``sbo_left`` / ``sbo_right`` remapped to indices into the packed axis;
+    labels and ``sbo_rel_pos`` are unchanged. Padding must be on the right.
+    """
+    attention_mask = batch["attention_mask"]
+    rows, width = attention_mask.shape
+    cu_seqlens, max_seqlen = cu_seqlens_from_mask(attention_mask)
+    flat_mask = attention_mask.reshape(-1).bool()
+    unpad_index = torch.nonzero(flat_mask, as_tuple=False).reshape(-1)
+    starts = cu_seqlens[:-1].long()
+    expected = torch.arange(width).expand(rows, width) < (cu_seqlens[1:] - cu_seqlens[:-1]).long()[:, None]
+    if not torch.equal(expected, attention_mask.bool()):
+        raise ValueError("pack_batch needs right padding (attention_mask = 1…1 0…0 per row)")
+    grid_to_packed = torch.full((rows * width,), -1, dtype=torch.int64)
+    grid_to_packed[unpad_index] = torch.arange(unpad_index.numel())
+    row_of_token = torch.repeat_interleave(torch.arange(rows), (cu_seqlens[1:] - cu_seqlens[:-1]).long())
+    packed = {
+        "input_ids": batch["input_ids"].reshape(-1)[unpad_index],
+        "position_ids": torch.arange(unpad_index.numel()) - starts[row_of_token],
+        "cu_seqlens": cu_seqlens,
+        "max_seqlen": max_seqlen,
+        "unpad_index": unpad_index,
+    }
+    for key in ("mlm_positions", "sbo_left", "sbo_right"):
+        packed[key] = grid_to_packed[batch[key]]
+    for key in ("mlm_labels", "sbo_rel_pos", "sbo_labels"):
+        packed[key] = batch[key]
+    return packed
