@@ -230,17 +230,28 @@ def _dlogits_kernel(
     tl.store(dz_ptrs, dz.to(DZ.dtype.element_ty), mask=row_mask[:, None] & col_mask[None, :])
 
 
-# Tuning choices, one list per kernel. Under the interpreter one config with large
-# blocks: its cost is (programs x loop iterations) of numpy calls, not FLOPs.
-def _gpu_configs():
-    shapes = [  # BLOCK_M, BLOCK_V, BLOCK_D, warps, stages
-        (128, 128, 64, 8, 3),
-        (128, 256, 64, 8, 3),
-        (128, 128, 128, 8, 3),
-        (64, 256, 64, 8, 3),
-        (64, 128, 64, 4, 4),
-        (128, 64, 64, 4, 4),
-    ]
+# Tuning choices, one list per kernel (BLOCK_M, BLOCK_V, BLOCK_D, warps, stages), for
+# H100-class GPUs. Under the interpreter instead one config with large blocks
+# (_interpreter_blocks): its cost is (programs x loop iterations) of numpy calls.
+_FORWARD_STATS_CONFIGS = [  # a GEMM whose epilogue keeps per-row running state
+    (128, 128, 64, 8, 3),  # 128 x 256 tiles spill registers (ptxas, sm_90)
+    (128, 128, 64, 8, 4),
+    (128, 128, 128, 8, 3),
+    (64, 256, 64, 8, 3),
+    (64, 128, 64, 4, 4),
+    (128, 64, 64, 4, 4),
+]
+_DLOGITS_CONFIGS = [  # one output tile per program, stored in the input dtype
+    (128, 128, 64, 8, 3),
+    (128, 256, 64, 8, 3),
+    (128, 128, 64, 4, 4),
+    (128, 128, 128, 8, 3),
+    (64, 128, 64, 4, 4),
+    (64, 256, 64, 8, 3),
+]
+
+
+def _triton_configs(shapes):
     return [
         triton.Config({"BLOCK_M": bm, "BLOCK_V": bv, "BLOCK_D": bd}, num_warps=w, num_stages=s)
         for bm, bv, bd, w, s in shapes
@@ -251,8 +262,8 @@ if _INTERPRET:
     _forward_stats = _forward_stats_kernel
     _dlogits = _dlogits_kernel
 else:  # key: autotuning per (D, V) and dtype (the autotuner adds dtypes), never per M
-    _forward_stats = triton.autotune(_gpu_configs(), key=["D", "V"])(_forward_stats_kernel)
-    _dlogits = triton.autotune(_gpu_configs(), key=["D", "V"])(_dlogits_kernel)
+    _forward_stats = triton.autotune(_triton_configs(_FORWARD_STATS_CONFIGS), key=["D", "V"])(_forward_stats_kernel)
+    _dlogits = triton.autotune(_triton_configs(_DLOGITS_CONFIGS), key=["D", "V"])(_dlogits_kernel)
 
 
 def _interpreter_blocks(M: int, V: int, D: int) -> dict:
@@ -473,7 +484,8 @@ def masked_lm_loss_backward(
     scale = grad_loss.float() / valid.sum().clamp(min=1)  # [] fp32, no sync
 
     chunk = _dlogits_chunk_cols(M, V, hidden.element_size())
-    dz = torch.empty(M, chunk, dtype=hidden.dtype, device=device)  # [M, chunk] softmax - onehot
+    # [M, chunk] softmax - onehot; rows padded to 64 columns so every row starts 128-byte aligned
+    dz = torch.empty(M, triton.cdiv(chunk, 64) * 64, dtype=hidden.dtype, device=device)[:, :chunk]
     dweight = torch.empty_like(weight, memory_format=torch.contiguous_format)
     dbias = torch.empty(V, dtype=torch.float32, device=device)
     dx = torch.zeros(M, D, dtype=torch.float32, device=device)

@@ -221,7 +221,7 @@ def test_bad_input_raises_value_error_naming_the_argument(case):
 def test_low_precision_on_cpu_within_twice_torch_error(dtype):
     """The bf16/fp16 path (16-bit dlogits chunks, fp32 dX accumulation) by the 2x rule, small shapes."""
     inputs = make_inputs(350, 64, 1000, 300, duplicates=True, ignore_every=8)
-    check_low_precision(inputs, dtype, max_prediction_flips=6)
+    check_low_precision(inputs, dtype)
 
 
 def test_deterministic_on_cpu():
@@ -243,12 +243,12 @@ def torch_lowp_loss(hidden, targets, weight, bias, positions, ignore_index=IGNOR
     return loss, ((logits.argmax(-1) == targets) & valid).sum()
 
 
-def check_low_precision(inputs, dtype, max_prediction_flips):
+def check_low_precision(inputs, dtype):
     """Ours in ``dtype`` vs the fp32 reference, bounded by twice torch's own ``dtype`` error.
 
     The reference takes the fp32 inputs; ours and torch's low-precision loss take the same
-    inputs rounded to ``dtype``. Predictions may differ from fp32 only where rounding swaps
-    near-equal logits, so n_correct is allowed a few flips.
+    inputs rounded to ``dtype``. Rounding can swap near-equal top logits, so n_correct may
+    move as much as twice torch's own low-precision count moves, plus 1 % of the rows.
     """
     ref = loss_and_grads(ops.masked_lm_loss_torch, *inputs)
     lowp_inputs = [t.to(dtype) if t is not None and t.is_floating_point() else t for t in inputs]
@@ -259,7 +259,9 @@ def check_low_precision(inputs, dtype, max_prediction_flips):
         assert torch.isfinite(ours[i]).all(), name
         # slack relative to the tensor's scale: the default 1e-3 is 10 % of a gradient here
         assert_close_lowp(ours[i], ref[i], torch_lowp[i], name=name, slack=1e-3 * ref[i].abs().max().item())
-    assert abs(ours[1].item() - ref[1].item()) <= max_prediction_flips
+    n_rows = inputs[1].numel()
+    flips, torch_flips = abs(ours[1].item() - ref[1].item()), abs(torch_lowp[1].item() - ref[1].item())
+    assert flips <= 2 * torch_flips + 0.01 * n_rows, f"n_correct {ours[1].item()} vs fp32 {ref[1].item()}"
 
 
 @pytest.mark.gpu
@@ -267,7 +269,7 @@ def check_low_precision(inputs, dtype, max_prediction_flips):
 @pytest.mark.parametrize("d", [768, 1024], ids=["d768", "d1024"])
 def test_gpu_lowp_within_twice_torch_error(dtype, d):
     inputs = make_inputs(16384, d, 28996, 2458, duplicates=True, ignore_every=50, device="cuda")
-    check_low_precision(inputs, dtype, max_prediction_flips=25)
+    check_low_precision(inputs, dtype)
 
 
 @pytest.mark.gpu
