@@ -1,0 +1,411 @@
+"""One pre-training step, end to end: ours vs HF ``BertForMaskedLM`` + SDPA, eager and torch.compile.
+
+A step is ``zero_grad -> forward (bf16 autocast on CUDA) -> loss.backward() -> AdamW(fused=True)
+.step()``, weight decay 0.01 on >= 2-dim weights (:func:`spanbert_fast.training.parameter_groups`),
+dropout 0.1 on both models, all in one process so the ratios are side by side:
+
+* ``ours``: :class:`spanbert_fast.SpanBertForPreTraining` with ``backend="auto"`` (the Triton
+  kernels on CUDA), MLM + SBO heads at the predicted rows only;
+* ``hf-sdpa``: ``transformers.BertForMaskedLM`` with ``attn_implementation="sdpa"``, labels
+  ``-100`` off the masked positions, so the full-vocabulary MLM loss as HF users train it
+  (no SBO head: HF has none);
+* ``+compile``: the same model through ``torch.compile`` (default inductor; ``torch._dynamo``
+  is reset before each compiled model so shapes of an earlier case do not leak in).
+
+Cases: SpanBERT-base and -large at B32 x S512, every row a full 512-token block (``dense``),
+and a ``pad`` variant with real lengths uniform in [128, 512], padded to the batch's longest
+row. Batches are span-masked like DESIGN section 2 (see :func:`mask_spans`): 15 % of each
+block's tokens in geometric spans, SBO targets for spans with both boundaries inside the block.
+``spanbert_fast.data`` had no masking module when this was written, so :func:`mask_spans` is a
+stand-in over subwords (no whole-word spans, every masked token -> [MASK]); the speed of a step
+depends only on the counts and positions, which it matches.
+
+Rows per (case, impl), ``mode="train step"``, ``ms`` = median ms per step
+(``triton.testing.do_bench`` with a long warm-up and repetition window):
+
+* ``tokens/s``: real (non-padding) tokens per second;
+* ``TFLOP/s``: useful FLOPs (:mod:`benchmarks.flops`, DESIGN section 6: real tokens only; ours
+  also counts its SBO head);
+* ``MFU %``: that TFLOP/s over a bf16 matmul 8192^3 measured in the same run (its own row);
+* ``peak MB``: ``torch.cuda.max_memory_allocated`` over one step after warm-up (weights, grads
+  and optimizer state included), CUDA only;
+* ``x hf-sdpa tokens/s`` and ``x hf-sdpa peak memory``: ratios to the eager HF row of the case;
+* ``host syncs`` (ours, CUDA only): synchronising CUDA calls in one step under
+  ``torch.cuda.set_sync_debug_mode("warn")``, ``extra`` says where.
+
+``smoke=True``: a tiny config, the ``pad`` variant only (two rows, at most 32 tokens), CPU,
+``backend="torch"``, torch.compile with dynamo's ``eager`` backend (graph capture only, no C++
+build), two steps per model: it checks that the suite runs, not speed.
+``python -m benchmarks.bench_step [--smoke] [--preset base] [--variant dense] [--no-compile]
+[--csv PATH]`` runs a part (one CUDA command per preset fits a 10-minute limit better).
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import gc
+import math
+import random
+import warnings
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+from benchmarks import flops as F
+from benchmarks.common import Result, bench_ms, write_csv
+
+SUITE = "step"
+CLS_ID, SEP_ID, MASK_ID, PAD_ID = 101, 102, 103, 0  # BERT-cased WordPiece
+FIRST_REGULAR_ID = 104  # token ids of the synthetic text are drawn from [104, vocab)
+MASK_FRACTION = 0.15
+SPAN_P, MAX_SPAN_LENGTH = 0.2, 10  # P(l) ~ 0.2 * 0.8^(l-1), l in 1..10 (DESIGN section 2)
+SBO_MAX_TARGETS = 15
+WEIGHT_DECAY, LR = 0.01, 1e-4
+MATMUL_SIZE = 8192
+STEP_WARMUP_MS, STEP_REP_MS = 1000, 3000  # do_bench windows: a step is 20-150 ms on an H100
+BASELINE = "hf-sdpa"
+
+PRESETS = ("base", "large")
+VARIANTS = ("dense", "pad")
+FULL_SHAPE = dict(batch=32, seq_len=512)
+SMOKE_CONFIG = dict(vocab_size=256, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                    intermediate_size=64, max_position_embeddings=64, sbo_position_embedding_size=8)
+SMOKE_SHAPE = dict(batch=2, seq_len=32)
+
+
+# --------------------------------------------------------------------------- batches
+def mask_spans(length: int, rng: random.Random, mask_fraction: float = MASK_FRACTION) -> List[Tuple[int, int]]:
+    """Masked spans ``(start, end)`` (inclusive) of a ``[CLS] block [SEP]`` row of ``length`` tokens.
+
+    Stand-in for the SpanBERT masker over subwords: span lengths ``l`` in 1..10 with
+    ``P(l) ~ 0.2 * 0.8^(l-1)``, anchors uniform over the block, until exactly
+    ``ceil(mask_fraction * n)`` of the block's ``n = length - 2`` tokens are masked (the last
+    span may be cut); overlapping and adjacent spans merge. [CLS] and [SEP] are never masked.
+    """
+    first, last = 1, length - 2
+    budget = math.ceil(mask_fraction * (last - first + 1))
+    weights = [SPAN_P * (1 - SPAN_P) ** i for i in range(MAX_SPAN_LENGTH)]
+    masked = [False] * length
+    count = 0
+    while count < budget:
+        span = rng.choices(range(1, MAX_SPAN_LENGTH + 1), weights)[0]
+        anchor = rng.randint(first, last)
+        for pos in range(anchor, min(anchor + span, last + 1)):
+            if count == budget:
+                break
+            if not masked[pos]:
+                masked[pos] = True
+                count += 1
+    spans, start = [], None
+    for pos in range(length + 1):
+        on = pos < length and masked[pos]
+        if on and start is None:
+            start = pos
+        elif not on and start is not None:
+            spans.append((start, pos - 1))
+            start = None
+    return spans
+
+
+def sbo_targets(spans: Sequence[Tuple[int, int]], length: int) -> List[Tuple[int, int, int, int]]:
+    """``(left, right, rel_pos, position)`` per SBO target; spans touching [CLS]/[SEP] get none."""
+    first, last = 1, length - 2
+    targets = []
+    for start, end in spans:
+        if start - 1 < first or end + 1 > last:
+            continue
+        for rel_pos, pos in enumerate(range(start, min(end + 1, start + SBO_MAX_TARGETS))):
+            targets.append((start - 1, end + 1, rel_pos, pos))
+    return targets
+
+
+@dataclass
+class StepBatch:
+    """One batch in both formats, with the counts the FLOP formulas need."""
+
+    ours: Dict[str, torch.Tensor]  # the collator's format (spanbert_fast.model docstring)
+    hf: Dict[str, torch.Tensor]  # input_ids, attention_mask, labels (-100 off the masked positions)
+    lengths: List[int]
+    n_masked: int
+    n_sbo: int
+
+    def to(self, device) -> "StepBatch":
+        move = lambda d: {k: v.to(device) for k, v in d.items()}  # noqa: E731
+        return StepBatch(move(self.ours), move(self.hf), self.lengths, self.n_masked, self.n_sbo)
+
+
+def make_batch(lengths: Sequence[int], vocab_size: int, seed: int = 0) -> StepBatch:
+    """Random ``[CLS] tokens [SEP]`` rows of the given real lengths, padded, span-masked."""
+    rng = random.Random(seed)
+    generator = torch.Generator().manual_seed(seed)
+    batch, seq_len = len(lengths), max(lengths)
+    input_ids = torch.randint(FIRST_REGULAR_ID, vocab_size, (batch, seq_len), generator=generator)
+    attention_mask = torch.zeros(batch, seq_len, dtype=torch.long)
+    mlm_positions, sbo = [], []
+    for row, length in enumerate(lengths):
+        input_ids[row, 0], input_ids[row, length - 1] = CLS_ID, SEP_ID
+        input_ids[row, length:] = PAD_ID
+        attention_mask[row, :length] = 1
+        spans = mask_spans(length, rng)
+        offset = row * seq_len
+        mlm_positions += [offset + pos for start, end in spans for pos in range(start, end + 1)]
+        sbo += [(offset + left, offset + right, rel, offset + pos)
+                for left, right, rel, pos in sbo_targets(spans, length)]
+    original = input_ids.flatten().clone()
+    positions = torch.tensor(mlm_positions, dtype=torch.long)
+    input_ids.view(-1)[positions] = MASK_ID
+    labels = torch.full((batch * seq_len,), -100, dtype=torch.long)
+    labels[positions] = original[positions]
+    sbo_t = torch.tensor(sbo, dtype=torch.long).reshape(-1, 4)
+    ours = dict(
+        input_ids=input_ids, attention_mask=attention_mask,
+        mlm_positions=positions, mlm_labels=original[positions],
+        sbo_left=sbo_t[:, 0].contiguous(), sbo_right=sbo_t[:, 1].contiguous(),
+        sbo_rel_pos=sbo_t[:, 2].contiguous(), sbo_labels=original[sbo_t[:, 3]],
+    )
+    hf = dict(input_ids=input_ids, attention_mask=attention_mask, labels=labels.view(batch, seq_len))
+    return StepBatch(ours, hf, list(lengths), len(mlm_positions), len(sbo))
+
+
+def case_lengths(variant: str, batch: int, seq_len: int, seed: int = 0) -> List[int]:
+    """``dense``: every row ``seq_len`` long; ``pad``: uniform in ``[seq_len / 4, seq_len]``."""
+    if variant == "dense":
+        return [seq_len] * batch
+    if variant == "pad":
+        rng = random.Random(seed + 1)
+        return [rng.randint(seq_len // 4, seq_len) for _ in range(batch)]
+    raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+
+
+# --------------------------------------------------------------------------- models
+def build_ours(config, device, backend: str) -> torch.nn.Module:
+    from spanbert_fast import SpanBertForPreTraining
+
+    return SpanBertForPreTraining(config).set_backend(backend).to(device).train()
+
+
+def build_hf(config, device) -> torch.nn.Module:
+    """``BertForMaskedLM`` with the same shapes and dropout as ``config``, SDPA attention."""
+    from transformers import BertConfig, BertForMaskedLM
+
+    hf_config = BertConfig(
+        vocab_size=config.vocab_size, hidden_size=config.hidden_size,
+        num_hidden_layers=config.num_hidden_layers, num_attention_heads=config.num_attention_heads,
+        intermediate_size=config.intermediate_size, hidden_act="gelu",
+        hidden_dropout_prob=config.hidden_dropout_prob,
+        attention_probs_dropout_prob=config.attention_probs_dropout_prob,
+        max_position_embeddings=config.max_position_embeddings, type_vocab_size=config.type_vocab_size,
+        layer_norm_eps=config.layer_norm_eps, pad_token_id=config.pad_token_id, attn_implementation="sdpa",
+    )
+    model = BertForMaskedLM(hf_config)
+    if model.config._attn_implementation != "sdpa":
+        raise RuntimeError(f"BertForMaskedLM runs {model.config._attn_implementation!r} attention, not 'sdpa'")
+    return model.to(device).train()
+
+
+def _ours_loss(model, batch):
+    return model(**batch).loss
+
+
+def _hf_loss(model, batch):
+    return model(**batch).loss
+
+
+def make_step(model: torch.nn.Module, loss_fn: Callable, batch: Dict[str, torch.Tensor],
+              compile_backend: Optional[str]) -> Callable[[], None]:
+    """A closure running one optimizer step of ``model`` on ``batch`` (fresh fused AdamW)."""
+    from spanbert_fast.training import parameter_groups
+
+    cuda = next(model.parameters()).is_cuda
+    optimizer = torch.optim.AdamW(parameter_groups(model, WEIGHT_DECAY), lr=LR,
+                                  **({"fused": True} if cuda else {}))
+    forward = model
+    if compile_backend is not None:
+        torch._dynamo.reset()
+        forward = torch.compile(model, backend=compile_backend)
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext():
+            loss = loss_fn(forward, batch)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+# --------------------------------------------------------------------------- measuring
+def time_step(step: Callable[[], None], smoke: bool) -> float:
+    """Median ms per step: do_bench with long windows on CUDA, two wall-clock runs in smoke mode."""
+    if torch.cuda.is_available() and not smoke:
+        import triton.testing
+
+        step()  # compile, autotune, allocate optimizer state
+        torch.cuda.synchronize()
+        return float(triton.testing.do_bench(step, warmup=STEP_WARMUP_MS, rep=STEP_REP_MS, return_mode="median"))
+    return bench_ms(step, smoke=True, reps=1)
+
+
+def step_peak_mb(step: Callable[[], None]) -> Optional[float]:
+    """Peak allocated CUDA memory during one (warm) step, MB; None without CUDA."""
+    if not torch.cuda.is_available():
+        return None
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    step()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() / 1e6
+
+
+def host_syncs(step: Callable[[], None]) -> Tuple[int, str]:
+    """Synchronising CUDA calls in one step (``set_sync_debug_mode("warn")``) and where they are."""
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            step()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    torch.cuda.synchronize()
+    syncs = [w for w in caught if "synchroniz" in str(w.message)]
+    where = collections.Counter(f"{w.filename.rsplit('/', 2)[-1] if '/' in w.filename else w.filename}:{w.lineno}"
+                                for w in syncs)
+    return len(syncs), "; ".join(f"{loc} x{n}" for loc, n in where.most_common()) or "none"
+
+
+def matmul_ceiling(smoke: bool) -> Result:
+    """bf16 matmul 8192^3 TFLOP/s (CPU smoke: fp32 128^3): the MFU denominator of this run."""
+    cuda = torch.cuda.is_available() and not smoke
+    size = MATMUL_SIZE if cuda else 128
+    dtype = torch.bfloat16 if cuda else torch.float32
+    device = "cuda" if cuda else "cpu"
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    ms = bench_ms(lambda: torch.matmul(a, b), smoke=smoke)
+    dtype_name = str(dtype).replace("torch.", "")
+    return Result(SUITE, f"matmul-{size}x{size}x{size}-{dtype_name}", "torch.matmul", "fwd", ms, "TFLOP/s",
+                  F.tflops(F.matmul_flops(size, size, size), ms), "MFU denominator of this run")
+
+
+def _impls(compile_backend: Optional[str], with_compile: bool):
+    """(name, family, compile backend) in measuring order; the baseline comes first."""
+    impls = [(BASELINE, "hf", None)]
+    if with_compile:
+        impls.append((f"{BASELINE}+compile", "hf", compile_backend))
+    impls.append(("ours", "ours", None))
+    if with_compile:
+        impls.append(("ours+compile", "ours", compile_backend))
+    return impls
+
+
+def run(smoke: bool = False, presets: Optional[Sequence[str]] = None, variants: Optional[Sequence[str]] = None,
+        with_compile: bool = True) -> List[Result]:
+    """Every (preset, variant, impl) row; see the module docstring."""
+    from spanbert_fast import SpanBertConfig
+
+    cuda = torch.cuda.is_available() and not smoke
+    device = torch.device("cuda" if cuda else "cpu")
+    backend = "auto" if cuda else "torch"
+    compile_backend = "inductor" if cuda else "eager"
+    presets = list(presets or (["tiny"] if smoke else PRESETS))
+    variants = list(variants or (["pad"] if smoke else VARIANTS))
+    shape = SMOKE_SHAPE if smoke else FULL_SHAPE
+
+    ceiling = matmul_ceiling(smoke)
+    rows: List[Result] = [ceiling]
+    note = "bf16 autocast, fused AdamW" if cuda else "CPU smoke: checks the suite runs, not a speed figure"
+    for preset in presets:
+        config = SpanBertConfig(**SMOKE_CONFIG) if preset == "tiny" else SpanBertConfig.preset(preset)
+        batches = {}
+        for variant in variants:
+            lengths = case_lengths(variant, shape["batch"], shape["seq_len"])
+            case = f"{preset}-B{shape['batch']}-S{shape['seq_len']}"
+            if variant == "pad":
+                case += f"-pad{shape['seq_len'] // 4}..{shape['seq_len']}"
+            batches[variant] = (case, make_batch(lengths, config.vocab_size).to(device))
+        measured: Dict[Tuple[str, str], Tuple[float, Optional[float]]] = {}
+        for family in ("hf", "ours"):
+            torch.manual_seed(0)
+            model = build_hf(config, device) if family == "hf" else build_ours(config, device, backend)
+            loss_fn = _hf_loss if family == "hf" else _ours_loss
+            for variant in variants:
+                case, batch = batches[variant]
+                for impl, impl_family, impl_compile in _impls(compile_backend, with_compile):
+                    if impl_family != family:
+                        continue
+                    step = make_step(model, loss_fn, batch.hf if family == "hf" else batch.ours, impl_compile)
+                    ms = time_step(step, smoke)
+                    peak = step_peak_mb(step) if cuda else None
+                    measured[(case, impl)] = (ms, peak)
+                    rows += _step_rows(case, impl, ms, peak, batch, config, family, ceiling.value, note)
+                    if cuda and family == "ours":
+                        count, where = host_syncs(step)
+                        rows.append(Result(SUITE, case, impl, "train step", ms, "host syncs", float(count), where))
+                    del step
+                    _free_memory()
+            del model
+            _free_memory()
+        rows += _ratio_rows(measured)
+    return rows
+
+
+def _step_rows(case, impl, ms, peak, batch: StepBatch, config, family, peak_tflops, note) -> List[Result]:
+    n_sbo = batch.n_sbo if family == "ours" else 0
+    flops = F.train_step_flops(batch.lengths, config.hidden_size, config.num_hidden_layers,
+                               config.intermediate_size, config.vocab_size, batch.n_masked, n_sbo,
+                               config.sbo_position_embedding_size)
+    tokens = sum(batch.lengths)
+    achieved = F.tflops(flops, ms)
+    counts = f"{tokens} real tokens, {batch.n_masked} masked, {n_sbo} SBO targets; {note}"
+    rows = [
+        Result(SUITE, case, impl, "train step", ms, "tokens/s", tokens / ms * 1e3, counts),
+        Result(SUITE, case, impl, "train step", ms, "TFLOP/s", achieved, "useful FLOPs (benchmarks/flops.py)"),
+        Result(SUITE, case, impl, "train step", ms, "MFU %", F.mfu_percent(achieved, peak_tflops),
+               "vs the matmul row of this run"),
+    ]
+    if peak is not None:
+        rows.append(Result(SUITE, case, impl, "train step", ms, "peak MB", peak, "max_memory_allocated, one step"))
+    return rows
+
+
+def _ratio_rows(measured: Dict[Tuple[str, str], Tuple[float, Optional[float]]]) -> List[Result]:
+    rows = []
+    for (case, impl), (ms, peak) in measured.items():
+        if impl == BASELINE or (case, BASELINE) not in measured:
+            continue
+        base_ms, base_peak = measured[(case, BASELINE)]
+        rows.append(Result(SUITE, case, impl, "train step", ms, f"x {BASELINE} tokens/s", base_ms / ms,
+                           "same batch, same run"))
+        if peak is not None and base_peak:
+            rows.append(Result(SUITE, case, impl, "train step", ms, f"x {BASELINE} peak memory", peak / base_peak,
+                               "same batch, same run"))
+    return rows
+
+
+def _free_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="tiny config on CPU: checks the suite runs")
+    parser.add_argument("--preset", action="append", choices=PRESETS, help="repeatable; default: base and large")
+    parser.add_argument("--variant", action="append", choices=VARIANTS, help="repeatable; default: both")
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
+    parser.add_argument("--csv", default=None, help="also write the rows to this CSV file")
+    args = parser.parse_args(argv)
+    rows = run(smoke=args.smoke, presets=args.preset, variants=args.variant, with_compile=not args.no_compile)
+    print(f"{'case':28} {'impl':16} {'ms':>9} {'value':>12} {'metric':22} extra")
+    for r in rows:
+        print(f"{r.case:28} {r.impl:16} {r.ms:9.2f} {r.value:12.4g} {r.metric:22} {r.extra}")
+    if args.csv:
+        print("wrote", write_csv(rows, args.csv))
+
+
+if __name__ == "__main__":
+    main()
