@@ -15,7 +15,7 @@ from spanbert_fast.model import (
     SpanBertModel,
 )
 
-from spanbert_fast.tasks import fill_mask  # noqa: E402  (tasks need the model imported first)
+from spanbert_fast.tasks import SpanBertForSequenceClassification, embed, fill_mask  # noqa: E402  (tasks need the model imported first)
 
 __version__ = "0.1.0"
 
@@ -25,6 +25,8 @@ __all__ = [
     "SpanBertForPreTraining",
     "EncoderOutput",
     "PreTrainingOutput",
+    "SpanBertForSequenceClassification",
+    "embed",
     "fill_mask",
     "__version__",
 ]

@@ -12,6 +12,7 @@ COMMANDS = [
     "info",
     "fill_mask",
     "embed",
+    "finetune",
 ]
 
 

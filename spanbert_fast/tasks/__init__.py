@@ -5,7 +5,8 @@
 ``embed``                       [CLS]/mean/per-token embeddings of any layer range (:mod:`.embeddings`)
 ==============================  ==========================================================
 """
+from spanbert_fast.tasks.classification import SpanBertForSequenceClassification
 from spanbert_fast.tasks.embeddings import embed, load_ragged, save_embeddings
 from spanbert_fast.tasks.fill_mask import fill_mask
 
-__all__ = ["embed", "fill_mask", "load_ragged", "save_embeddings"]
+__all__ = ["SpanBertForSequenceClassification", "embed", "fill_mask", "load_ragged", "save_embeddings"]

@@ -237,3 +237,32 @@ def check_length(n_tokens: int, model: torch.nn.Module, what: str) -> None:
     limit = model.config.max_position_embeddings
     if n_tokens > limit:
         raise ValueError(f"{what} has {n_tokens} tokens with [CLS]/[SEP]; the model takes at most {limit}")
+
+
+def inference_context(device: torch.device):
+    """bf16 autocast on CUDA (as training uses), nothing on CPU."""
+    import contextlib
+
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+class truncation:
+    """``with truncation(tokenizer, max_length):`` encodes cut to ``max_length`` tokens
+    (longest-first for pairs), then restores the tokenizer's own truncation setting."""
+
+    def __init__(self, tokenizer, max_length: int):
+        self.tokenizer, self.max_length = tokenizer, max_length
+
+    def __enter__(self):
+        self.saved = self.tokenizer.truncation
+        self.tokenizer.enable_truncation(self.max_length)
+        return self.tokenizer
+
+    def __exit__(self, *exc):
+        if self.saved is None:
+            self.tokenizer.no_truncation()
+        else:
+            self.tokenizer.enable_truncation(**self.saved)
+        return False

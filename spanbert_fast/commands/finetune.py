@@ -1,0 +1,74 @@
+"""``spanbert-fast finetune-cls | finetune-ner | finetune-qa``: one driver, one set of common flags.
+
+Each subcommand adds only its task's flags and builds its task object; training,
+saving (model + ``task.json`` + tokenizer into ``--out``) and evaluation go through
+:func:`spanbert_fast.tasks.finetune.finetune` and the shared ``Trainer``.
+"""
+from __future__ import annotations
+
+import json
+
+
+def add_common_arguments(parser, default_max_length: int) -> None:
+    """Flags every fine-tuning command takes."""
+    data = parser.add_argument_group("data and checkpoints")
+    data.add_argument("--train", required=True, help="training file")
+    data.add_argument("--eval", help="evaluation file (metrics and predictions written to --out)")
+    data.add_argument("--init", required=True, help="checkpoint folder to start from (encoder, pre-training "
+                                                    "or fine-tuned; a missing head is initialised fresh)")
+    data.add_argument("--out", required=True, help="output folder: model, task.json, tokenizer, logs, results")
+    data.add_argument("--tokenizer", help="tokenizer.json, vocab.txt or folder (default: the one in --init)")
+    data.add_argument("--max-length", type=int, default=default_max_length, help="tokens per sequence")
+    optim = parser.add_argument_group("optimisation (spanbert_fast.training.Trainer)")
+    optim.add_argument("--batch-size", type=int, default=16)
+    optim.add_argument("--eval-batch-size", type=int, default=64)
+    optim.add_argument("--epochs", type=float, default=3.0)
+    optim.add_argument("--max-steps", type=int, default=None, help="optimizer steps (overrides --epochs)")
+    optim.add_argument("--lr", type=float, default=3e-5)
+    optim.add_argument("--warmup-ratio", type=float, default=0.1)
+    optim.add_argument("--weight-decay", type=float, default=0.01)
+    optim.add_argument("--grad-accum", type=int, default=1)
+    optim.add_argument("--grad-clip", type=float, default=1.0)
+    optim.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"])
+    optim.add_argument("--seed", type=int, default=0)
+    optim.add_argument("--log-every", type=int, default=10)
+    optim.add_argument("--save-every", type=int, default=0, help="steps between checkpoints (0: only at the end)")
+    optim.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    optim.add_argument("--compile", action="store_true", help="torch.compile the model")
+    optim.add_argument("--backend", default="auto", choices=["auto", "torch", "triton"])
+    optim.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    optim.add_argument("--no-progress", action="store_true")
+
+
+def run_finetune(task, args) -> int:
+    """Build the training settings from the common flags and run :func:`finetune`."""
+    from spanbert_fast.tasks.finetune import finetune
+
+    result = finetune(
+        task, train_path=args.train, eval_path=args.eval, init=args.init, out_dir=args.out,
+        tokenizer_path=args.tokenizer, batch_size=args.batch_size, eval_batch_size=args.eval_batch_size,
+        epochs=args.epochs, max_steps=args.max_steps, warmup_ratio=args.warmup_ratio, backend=args.backend,
+        lr=args.lr, weight_decay=args.weight_decay, grad_accum=args.grad_accum, grad_clip=args.grad_clip,
+        precision=args.precision, seed=args.seed, log_every=args.log_every, save_every=args.save_every,
+        resume=args.resume, compile=args.compile, device=args.device, progress=not args.no_progress,
+    )
+    print(f"saved the fine-tuned model to {result.out_dir}")
+    if result.metrics is not None:
+        print(json.dumps(result.metrics, indent=2, ensure_ascii=False))
+    return 0
+
+
+def run_classification(args) -> int:
+    from spanbert_fast.tasks.classification import ClassificationTask
+
+    return run_finetune(ClassificationTask(args.max_length, args.pooling, args.use_pooler), args)
+
+
+def register(subparsers) -> None:
+    cls = subparsers.add_parser(
+        "finetune-cls", help="fine-tune sequence classification on CSV/JSONL text,label data")
+    add_common_arguments(cls, default_max_length=128)
+    head = cls.add_argument_group("head")
+    head.add_argument("--pooling", default="cls", choices=["cls", "mean"], help="[CLS] vector or mean of tokens")
+    head.add_argument("--use-pooler", action="store_true", help="dense + tanh before the classifier (BERT pooler)")
+    cls.set_defaults(func=run_classification)

@@ -1,0 +1,83 @@
+"""The one fine-tuning driver every task shares: data -> features -> Trainer -> save -> evaluate.
+
+A *task* object (``ClassificationTask``, ``NerTask``, ``QuestionAnsweringTask``) supplies
+the task-specific parts:
+
+* ``read(path)`` -> examples (clear ``path:line:`` errors on bad input);
+* ``build_model(init, examples, backend)`` -> a :class:`SpanBertTaskModel` loaded from
+  ``init`` (an encoder checkpoint gets a fresh head; the load report says so);
+* ``features(examples, tokenizer, model, path)`` -> feature dicts for
+  :func:`~spanbert_fast.tasks.common.collate_features`;
+* ``evaluate(model, tokenizer, path, out_dir, batch_size)`` -> metrics dict (and writes
+  its predictions into ``out_dir``).
+
+:func:`finetune` does the rest the same way for all of them: tokenizer resolution, seeded
+epoch batches, :class:`spanbert_fast.training.Trainer` (AdamW, warm-up + linear decay, bf16
+on GPU, checkpoints, progress bar, CSV log), then writes the final model, its ``task.json``
+and the tokenizer into ``out_dir`` (a folder ``from_pretrained`` and the CLI reload) and the
+evaluation metrics into ``out_dir/eval_results.json``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import math
+import os
+from typing import Optional
+
+from spanbert_fast.tasks.common import EpochBatches, collate_features, resolve_tokenizer, write_json_atomic
+
+logger = logging.getLogger(__name__)
+
+EVAL_RESULTS = "eval_results.json"
+
+
+@dataclasses.dataclass
+class FineTuneResult:
+    model: object  # the fine-tuned task model (in eval mode)
+    out_dir: str
+    metrics: Optional[dict]  # evaluation metrics, None without an eval file
+    train: object  # spanbert_fast.training.TrainResult
+
+
+def finetune(task, *, train_path: str, init: str, out_dir: str, eval_path: Optional[str] = None,
+             tokenizer_path: Optional[str] = None, batch_size: int = 16, eval_batch_size: int = 64,
+             epochs: float = 3.0, max_steps: Optional[int] = None, warmup_ratio: float = 0.1,
+             backend: str = "auto", **training_args) -> FineTuneResult:
+    """Fine-tune ``task``'s model from the checkpoint ``init`` on ``train_path``.
+
+    ``max_steps`` (optimizer steps) wins over ``epochs``; ``warmup_ratio`` of them warm up.
+    ``training_args`` are further :class:`~spanbert_fast.training.TrainingArgs` fields
+    (``lr``, ``weight_decay``, ``grad_accum``, ``precision``, ``seed``, ``save_every``,
+    ``log_every``, ``progress``, ``resume``, ``device`` ...).
+    """
+    from spanbert_fast.data.tokenizer import save_tokenizer, special_ids
+    from spanbert_fast.training import Trainer, TrainingArgs
+
+    tokenizer = resolve_tokenizer(init, tokenizer_path)
+    pad_id = special_ids(tokenizer).pad
+    examples = task.read(train_path)
+    model = task.build_model(init, examples, backend)
+    features = task.features(examples, tokenizer, model, train_path)
+    seed = training_args.get("seed", 0)
+    batches = EpochBatches(features, batch_size, functools.partial(collate_features, pad_id=pad_id), seed=seed)
+    grad_accum = training_args.get("grad_accum", 1)
+    if max_steps is None:
+        max_steps = max(1, math.ceil(epochs * batches.batches_per_epoch / grad_accum))
+    args = TrainingArgs(out_dir=out_dir, max_steps=max_steps, warmup_steps=int(warmup_ratio * max_steps),
+                        **{"plot": False, **training_args})
+    logger.info("fine-tuning %s: %d examples -> %d features, %d steps of batch %d",
+                task.name, len(examples), len(features), max_steps, batch_size)
+    trainer = Trainer(model, batches, args)
+    train_result = trainer.train()
+    model.eval()
+    if not trainer.ctx.is_main:
+        return FineTuneResult(model, out_dir, None, train_result)
+    model.save_pretrained(out_dir)
+    save_tokenizer(tokenizer, out_dir)
+    metrics = None
+    if eval_path is not None:
+        metrics = task.evaluate(model, tokenizer, eval_path, out_dir, eval_batch_size)
+        write_json_atomic(os.path.join(out_dir, EVAL_RESULTS), metrics)
+    return FineTuneResult(model, out_dir, metrics, train_result)

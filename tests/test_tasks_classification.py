@@ -1,0 +1,87 @@
+"""Sequence classification: overfit the fixture rows, reload, metrics, bad input."""
+import json
+import os
+
+import pytest
+import torch
+
+from task_fixtures import data_path, fixture_tokenizer, tiny_checkpoint
+from spanbert_fast.cli import main
+from spanbert_fast.tasks import SpanBertForSequenceClassification
+from spanbert_fast.tasks.classification import ClassificationTask, classification_metrics, read_classification_file
+from spanbert_fast.tasks.common import InputFileError
+from spanbert_fast.tasks.finetune import finetune
+
+FAST = dict(lr=3e-3, warmup_ratio=0.0, log_every=10, progress=False, backend="torch")
+
+
+@pytest.fixture(scope="module")
+def init(tmp_path_factory):
+    return tiny_checkpoint(tmp_path_factory.mktemp("cls_init"))
+
+
+def test_cli_overfits_csv_and_folder_reloads(init, tmp_path, capsys):
+    out = str(tmp_path / "cls")
+    csv_path = data_path("classification.csv")
+    assert main(["finetune-cls", "--train", csv_path, "--eval", csv_path, "--init", init, "--out", out,
+                 "--max-steps", "40", "--batch-size", "10", "--lr", "3e-3", "--warmup-ratio", "0",
+                 "--no-progress", "--backend", "torch"]) == 0
+    with open(os.path.join(out, "eval_results.json")) as f:
+        metrics = json.load(f)
+    assert metrics["accuracy"] == 1.0 and metrics["macro_f1"] == 1.0 and metrics["count"] == 10
+    assert '"accuracy": 1.0' in capsys.readouterr().out
+    model = SpanBertForSequenceClassification.from_pretrained(out, backend="torch")
+    assert model.labels == ["negative", "neutral", "positive"] and model.load_report.missing == []
+    again = ClassificationTask().evaluate(model, fixture_tokenizer(), csv_path, None)
+    assert again["accuracy"] == 1.0
+    with open(os.path.join(out, "predictions.jsonl")) as f:
+        rows = [json.loads(line) for line in f]
+    assert all(r["label"] == r["prediction"] for r in rows) and len(rows) == 10
+    assert os.path.isfile(os.path.join(out, "tokenizer.json")) and os.path.isfile(os.path.join(out, "log.csv"))
+
+
+def test_mean_pooling_with_pooler_overfits_jsonl(init, tmp_path):
+    jsonl = data_path("classification.jsonl")
+    result = finetune(ClassificationTask(pooling="mean", use_pooler=True), train_path=jsonl, eval_path=jsonl,
+                      init=init, out_dir=str(tmp_path / "mean"), batch_size=10, max_steps=40, **FAST)
+    assert result.metrics["accuracy"] == 1.0
+    reloaded = SpanBertForSequenceClassification.from_pretrained(str(tmp_path / "mean"), backend="torch")
+    assert reloaded.pooling == "mean" and reloaded.use_pooler
+    for name, tensor in result.model.state_dict().items():
+        torch.testing.assert_close(reloaded.state_dict()[name], tensor.cpu(), msg=name)
+
+
+def test_encoder_checkpoint_gets_a_fresh_reported_head(init):
+    model = SpanBertForSequenceClassification.from_pretrained(init, labels=["a", "b"], backend="torch")
+    assert sorted(model.load_report.missing) == ["classifier.out_proj.bias", "classifier.out_proj.weight"]
+    assert not any(k.startswith("bert.") for k in model.load_report.missing)
+
+
+def test_metrics_known_case():
+    labels = ["a", "b", "c"]
+    # gold a a b b c ; predicted a b b b a -> a: P=1/2 R=1/2 F1=.5 ; b: P=2/3 R=1 F1=.8 ; c: P=0 R=0 F1=0
+    metrics = classification_metrics([0, 0, 1, 1, 2], [0, 1, 1, 1, 0], labels)
+    assert metrics["accuracy"] == pytest.approx(3 / 5)
+    assert metrics["f1_per_label"] == pytest.approx({"a": 0.5, "b": 0.8, "c": 0.0})
+    assert metrics["macro_f1"] == pytest.approx(1.3 / 3)
+
+
+def test_unknown_eval_label_names_file_and_line(init, tmp_path):
+    bad = tmp_path / "eval.csv"
+    bad.write_text("text,label\nfine day,positive\nodd day,surprised\n")
+    model = SpanBertForSequenceClassification.from_pretrained(init, labels=["negative", "positive"], backend="torch")
+    with pytest.raises(InputFileError, match=rf"{bad}:3: label 'surprised' is not one of"):
+        ClassificationTask().evaluate(model, fixture_tokenizer(), str(bad), None)
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("bad.jsonl", '{"text": "a", "label": "x"}\n{"text": "b", "label": \n', r"bad.jsonl:2: not valid JSON"),
+    ("keys.jsonl", '{"text": "a"}\n', r"keys.jsonl:1: each line must be an object"),
+    ("header.csv", "sentence,label\na,x\n", r"header.csv:1: the CSV header must name"),
+    ("columns.csv", "text,label\na,x\nb\n", r"columns.csv:3: expected 2 columns"),
+], ids=["jsonl-malformed", "jsonl-missing-key", "csv-header", "csv-column-count"])
+def test_bad_files_name_file_and_line(tmp_path, name, content, message):
+    path = tmp_path / name
+    path.write_text(content)
+    with pytest.raises(InputFileError, match=message):
+        read_classification_file(str(path))
