@@ -10,8 +10,10 @@ depends only on (seed, epoch, step, rank, world size), never on worker processes
 was resumed.
 
 Position: ``state_dict()`` = ``{"epoch", "step", ...}``, where ``step`` counts the batches already
-handed out in ``epoch``; ``load_state_dict`` continues exactly with the next batch. Iterating the
-loader yields the rest of the current epoch and then moves to the next epoch (step 0).
+handed out in ``epoch``; ``load_state_dict`` continues exactly with the next batch. Iterating
+never ends: after the last batch of an epoch the next epoch (new order, fresh masks) starts at
+step 0; the training loop decides when to stop. ``G`` = ``batch_size · world_size``, where
+``batch_size`` is the per-rank (micro-)batch size.
 """
 from __future__ import annotations
 
@@ -29,52 +31,66 @@ ORDER_STREAM = 0x5EED  # separates the order generator from the per-block mask g
 class _EpochBatches(torch.utils.data.Dataset):
     """Map-style view: item ``step`` is the collated batch of that step (for DataLoader workers)."""
 
-    def __init__(self, loader: "PretrainingLoader", epoch: int):
-        self.loader = loader
+    def __init__(self, batches: "PretrainingBatches", epoch: int):
+        self.batches = batches
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return self.loader.steps_per_epoch
+        return self.batches.steps_per_epoch
 
     def __getitem__(self, step: int):
-        return self.loader.make_batch(self.epoch, step)
+        return self.batches.make_batch(self.epoch, step)
 
 
-class PretrainingLoader:
-    """Batches for one DDP rank, in a deterministic order, with a restorable position.
+class PretrainingBatches:
+    """Endless, deterministic, resumable stream of collated batches for one DDP rank.
 
     Args:
-        dataset: indexable blocks (``dataset[i]`` → (token_ids, word_starts)), e.g. ``BlockDataset``.
-        masker: the :class:`SpanMasker` (its seed keys the masks).
-        global_batch_size: blocks per optimiser step over all ranks; divisible by ``world_size``.
-        seed: seed of the block order.
+        dataset: indexable blocks (``dataset[i]`` → (token_ids, word_starts)) with ``special_ids``
+            and ``vocab_size`` attributes, e.g. :class:`~spanbert_fast.data.prepare.BlockDataset`.
+        batch_size: blocks per batch on this rank; the global batch is ``batch_size · world_size``.
+        seed: seed of the block order and (unless ``masker`` is given) of the masks.
+        masking: ``"span"`` | ``"word"`` | ``"subword"`` (ignored when ``masker`` is given).
         rank, world_size: this process's DDP rank and the number of ranks.
-        num_workers: DataLoader worker processes for masking/collation (0 = in this process).
+        num_workers: DataLoader worker processes that mask and collate (0 = in this process).
+        unigram_replacement: draw random replacement tokens from the corpus unigram counts
+            (``dataset.unigram_counts()``) instead of uniformly over non-special ids.
+        masker: a ready :class:`SpanMasker` to use instead of building one.
         pad_to_multiple_of: passed to the collator.
     """
 
     def __init__(
         self,
         dataset,
-        masker: SpanMasker,
-        global_batch_size: int,
+        batch_size: int,
         *,
         seed: int = 0,
+        masking: str = "span",
         rank: int = 0,
         world_size: int = 1,
         num_workers: int = 0,
+        unigram_replacement: bool = False,
+        masker: Optional[SpanMasker] = None,
         pad_to_multiple_of: Optional[int] = None,
     ):
-        if global_batch_size < 1 or global_batch_size % world_size:
-            raise ValueError(f"global_batch_size {global_batch_size} must be a positive multiple of world_size {world_size}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside 0..{world_size - 1}")
+        global_batch_size = batch_size * world_size
         if len(dataset) < global_batch_size:
-            raise ValueError(f"dataset has {len(dataset)} blocks, fewer than one global batch ({global_batch_size})")
+            raise ValueError(
+                f"dataset has {len(dataset)} blocks, fewer than one global batch "
+                f"({batch_size} x {world_size} ranks = {global_batch_size})"
+            )
+        if masker is None:
+            counts = dataset.unigram_counts() if unigram_replacement else None
+            masker = SpanMasker(dataset.special_ids, dataset.vocab_size, scheme=masking,
+                                unigram_counts=counts, seed=seed)
         self.dataset = dataset
         self.masker = masker
+        self.batch_size = batch_size
         self.global_batch_size = global_batch_size
-        self.local_batch_size = global_batch_size // world_size
         self.seed = int(seed)
         self.rank = rank
         self.world_size = world_size
@@ -86,6 +102,7 @@ class PretrainingLoader:
 
     @property
     def steps_per_epoch(self) -> int:
+        """Batches per epoch (the incomplete last global batch is dropped)."""
         return len(self.dataset) // self.global_batch_size
 
     def epoch_order(self, epoch: int) -> np.ndarray:
@@ -99,11 +116,11 @@ class PretrainingLoader:
         """Block indices this rank gets at (epoch, step)."""
         if not 0 <= step < self.steps_per_epoch:
             raise IndexError(f"step {step} outside 0..{self.steps_per_epoch - 1}")
-        first = step * self.global_batch_size + self.rank * self.local_batch_size
-        return self.epoch_order(epoch)[first : first + self.local_batch_size]
+        first = step * self.global_batch_size + self.rank * self.batch_size
+        return self.epoch_order(epoch)[first : first + self.batch_size]
 
     def make_batch(self, epoch: int, step: int) -> Dict[str, torch.Tensor]:
-        """Mask and collate this rank's blocks of (epoch, step)."""
+        """Mask and collate this rank's blocks of (epoch, step); a pure function of its arguments."""
         masked = []
         for index in self.batch_indices(epoch, step).tolist():
             token_ids, word_starts = self.dataset[index]
@@ -111,36 +128,41 @@ class PretrainingLoader:
         return collate_masked_blocks(masked, self.masker.special_ids, pad_to_multiple_of=self.pad_to_multiple_of)
 
     def state_dict(self) -> Dict[str, int]:
-        """Position (epoch, batches already handed out) plus the layout it is valid for."""
+        """Position (epoch, batches already handed out in it) plus the layout it is valid for."""
         return {"epoch": self.epoch, "step": self.step, "seed": self.seed,
                 "global_batch_size": self.global_batch_size, "num_blocks": len(self.dataset)}
 
     def load_state_dict(self, state: Dict[str, int]) -> None:
-        """Resume at ``state``; refuses a state saved with another seed, batch size or dataset."""
+        """Continue after the last batch handed out when ``state`` was saved.
+
+        Refuses a state saved with another seed, global batch size or dataset size (the order
+        would differ). The world size may change if the global batch size stays the same.
+        """
+        mine = self.state_dict()
         for key in ("seed", "global_batch_size", "num_blocks"):
-            mine = self.state_dict()[key]
-            if key in state and state[key] != mine:
-                raise ValueError(f"data position saved with {key}={state[key]}, this loader has {mine}")
+            if key in state and state[key] != mine[key]:
+                raise ValueError(f"data position saved with {key}={state[key]}, this batch source has {mine[key]}")
         if not 0 <= state["step"] <= self.steps_per_epoch:
             raise ValueError(f"step {state['step']} outside 0..{self.steps_per_epoch}")
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
 
-    def __iter__(self) -> Iterator[Dict[str, torch.Tensor]]:
-        """Yield the remaining batches of the current epoch, then advance to the next epoch."""
-        if self.step >= self.steps_per_epoch:
-            self.epoch, self.step = self.epoch + 1, 0
-        epoch, first = self.epoch, self.step
+    def _epoch_batches(self, epoch: int, first: int) -> Iterator[Dict[str, torch.Tensor]]:
         if self.num_workers > 0:
-            batches = torch.utils.data.DataLoader(
+            return iter(torch.utils.data.DataLoader(
                 _EpochBatches(self, epoch), batch_size=None, sampler=range(first, self.steps_per_epoch),
                 num_workers=self.num_workers,
-            )
-        else:
-            batches = (self.make_batch(epoch, step) for step in range(first, self.steps_per_epoch))
-        for batch in batches:
-            self.step += 1
-            yield batch
-        self.epoch, self.step = epoch + 1, 0
+            ))
+        return (self.make_batch(epoch, step) for step in range(first, self.steps_per_epoch))
+
+    def __iter__(self) -> Iterator[Dict[str, torch.Tensor]]:
+        """Yield batches from the current position on, forever (epoch after epoch)."""
+        while True:
+            if self.step >= self.steps_per_epoch:
+                self.epoch, self.step = self.epoch + 1, 0
+            for batch in self._epoch_batches(self.epoch, self.step):
+                self.step += 1
+                yield batch
 
     def __len__(self) -> int:
+        """Batches per epoch."""
         return self.steps_per_epoch
