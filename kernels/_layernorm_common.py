@@ -120,16 +120,25 @@ def load_vector(PTR, D, BLOCK_D: tl.constexpr):
 
 
 @triton.jit
-def layernorm_rows(s, mask, D, eps):
-    """LayerNorm statistics of a tile ``s`` [R, BLOCK_D] fp32 (zero where ``mask`` is False).
+def load_biased_rows(X, BIAS, offsets, mask, D, HAS_BIAS: tl.constexpr, BLOCK_D: tl.constexpr):
+    """``x + bias`` of a row tile in fp32, zero outside ``mask``."""
+    h = tl.load(X + offsets, mask=mask, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        h += load_vector(BIAS, D, BLOCK_D)[None, :]
+    return tl.where(mask, h, 0.0)
 
-    Returns (xhat [R, BLOCK_D], zero outside ``mask``; mean [R]; rstd [R]).
-    """
+
+@triton.jit
+def layernorm_forward(s, mask, rows, row_ok, offsets, W, B, Y, MEAN, RSTD, D, eps, BLOCK_D: tl.constexpr):
+    """Normalise a tile ``s`` [R, BLOCK_D] fp32 (zero outside ``mask``): store y, mean and rstd."""
     mean = tl.sum(s, axis=1) / D
     centered = tl.where(mask, s - mean[:, None], 0.0)
     var = tl.sum(centered * centered, axis=1) / D
     rstd = 1.0 / tl.sqrt(var + eps)
-    return centered * rstd[:, None], mean, rstd
+    y = centered * rstd[:, None] * load_vector(W, D, BLOCK_D)[None, :] + load_vector(B, D, BLOCK_D)[None, :]
+    tl.store(Y + offsets, y.to(Y.dtype.element_ty), mask=mask)
+    tl.store(MEAN + rows, mean, mask=row_ok)
+    tl.store(RSTD + rows, rstd, mask=row_ok)
 
 
 @triton.jit
@@ -213,15 +222,31 @@ def backward_programs(x: torch.Tensor) -> int:
     return max(1, min(n_rows, 4 * _sm_count(x.device.index or 0)))
 
 
-def new_partials(x: torch.Tensor, n_sums: int) -> torch.Tensor:
-    """The [G, n_sums, D] fp32 partial-sum buffer of a backward launch (every entry is written)."""
-    return torch.empty((backward_programs(x), n_sums, x.shape[1]), dtype=torch.float32, device=x.device)
+def new_forward_outputs(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(y [N, D] like x, mean [N] fp32, rstd [N] fp32), uninitialised (also the fake impls' outputs)."""
+    mean = x.new_empty(x.shape[0], dtype=torch.float32)
+    return torch.empty_like(x), mean, torch.empty_like(mean)
+
+
+def n_param_grads(bias: Optional[torch.Tensor]) -> int:
+    """K, the parameter grads summed over rows: dgamma, dbeta, and dbias when there is a bias."""
+    return 2 if bias is None else 3
+
+
+def empty_param_grad_totals(x: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    """The [K, D] fp32 row sums the backward returns (uninitialised; also the fake impls' output)."""
+    return x.new_empty((n_param_grads(bias), x.shape[1]), dtype=torch.float32)
+
+
+def new_partials(x: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    """The [G, K, D] fp32 partial-sum buffer of a backward launch (the kernel writes every entry)."""
+    return x.new_empty((backward_programs(x), n_param_grads(bias), x.shape[1]), dtype=torch.float32)
 
 
 def sum_partials(partials: torch.Tensor) -> torch.Tensor:
     """Stage two: [G, K, D] fp32 partial sums -> [K, D] fp32 totals, in a fixed order."""
     n_programs, n_sums, d = partials.shape
-    total = torch.empty((n_sums, d), dtype=torch.float32, device=partials.device)
+    total = partials.new_empty((n_sums, d))
     m = n_sums * d
     _sum_partials_kernel[lambda meta: (triton.cdiv(m, meta["BLOCK_M"]),)](partials, total, n_programs, m)
     return total

@@ -36,11 +36,14 @@ import triton.language as tl
 from ._layernorm_common import (
     INTERPRETING,
     block_d,
+    empty_param_grad_totals,
     forward_grid,
+    layernorm_forward,
     layernorm_input_grad,
-    layernorm_rows,
+    load_biased_rows,
     load_vector,
     load_xhat,
+    new_forward_outputs,
     new_partials,
     row_autotune,
     row_tile,
@@ -62,25 +65,16 @@ def _keep(seed, offsets, p):
 
 
 @triton.jit
-def _dropped_input(X, BIAS, offsets, mask, D, seed, p, scale,
-                   HAS_BIAS: tl.constexpr, HAS_DROPOUT: tl.constexpr, BLOCK_D: tl.constexpr):
-    """``keep * (x + bias) * scale`` of a row tile in fp32 and the keep-mask (all True without dropout)."""
-    h = tl.load(X + offsets, mask=mask, other=0.0).to(tl.float32)
-    if HAS_BIAS:
-        h += load_vector(BIAS, D, BLOCK_D)[None, :]
+def _residual_sum(X, BIAS, RES, offsets, mask, D, seed, p, scale,
+                  HAS_BIAS: tl.constexpr, HAS_DROPOUT: tl.constexpr, BLOCK_D: tl.constexpr):
+    """``s = dropout(x + bias) + residual`` of a row tile (fp32, zero outside ``mask``) and the
+    keep-mask (``mask`` itself without dropout)."""
+    h = load_biased_rows(X, BIAS, offsets, mask, D, HAS_BIAS, BLOCK_D)
     keep = mask
     if HAS_DROPOUT:
         keep = mask & _keep(seed, offsets, p)
-        h = h * scale
-    return tl.where(keep, h, 0.0), keep
-
-
-@triton.jit
-def _residual_sum(X, BIAS, RES, offsets, mask, D, seed, p, scale,
-                  HAS_BIAS: tl.constexpr, HAS_DROPOUT: tl.constexpr, BLOCK_D: tl.constexpr):
-    """``s = dropout(x + bias) + residual`` of a row tile (fp32, zero outside ``mask``) and the keep-mask."""
-    dropped, keep = _dropped_input(X, BIAS, offsets, mask, D, seed, p, scale, HAS_BIAS, HAS_DROPOUT, BLOCK_D)
-    return dropped + tl.load(RES + offsets, mask=mask, other=0.0).to(tl.float32), keep
+        h = tl.where(keep, h * scale, 0.0)
+    return h + tl.load(RES + offsets, mask=mask, other=0.0).to(tl.float32), keep
 
 
 @triton.autotune(key=["D", "HAS_BIAS", "HAS_DROPOUT"], **row_autotune(registers_per_element=6))
@@ -107,11 +101,7 @@ def _bias_dropout_add_layernorm_fwd_kernel(
 ):
     rows, row_ok, col_ok, offsets, mask = row_tile(tl.program_id(0), N, D, BLOCK_ROWS, BLOCK_D)
     s, _ = _residual_sum(X, BIAS, RES, offsets, mask, D, seed, p, scale, HAS_BIAS, HAS_DROPOUT, BLOCK_D)
-    xhat, mean, rstd = layernorm_rows(s, mask, D, eps)
-    y = xhat * load_vector(W, D, BLOCK_D)[None, :] + load_vector(B, D, BLOCK_D)[None, :]
-    tl.store(Y + offsets, y.to(Y.dtype.element_ty), mask=mask)
-    tl.store(MEAN + rows, mean, mask=row_ok)
-    tl.store(RSTD + rows, rstd, mask=row_ok)
+    layernorm_forward(s, mask, rows, row_ok, offsets, W, B, Y, MEAN, RSTD, D, eps, BLOCK_D)
 
 
 @triton.autotune(key=["D", "HAS_BIAS", "HAS_DROPOUT"], **row_autotune(registers_per_element=12))
@@ -191,9 +181,7 @@ def _forward(
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Launch the forward on validated inputs: (y [N, D], mean [N] fp32, rstd [N] fp32)."""
     n_rows, d = x.shape
-    y = torch.empty_like(x)
-    mean = torch.empty(n_rows, dtype=torch.float32, device=x.device)
-    rstd = torch.empty_like(mean)
+    y, mean, rstd = new_forward_outputs(x)
     if n_rows > 0:
         _bias_dropout_add_layernorm_fwd_kernel[forward_grid(n_rows)](
             x, weight if bias is None else bias, residual, weight, ln_bias, y, mean, rstd, n_rows, d, eps,
@@ -217,7 +205,7 @@ def _backward(
     n_rows, d = x.shape
     dx = torch.empty_like(x)
     dresidual = torch.empty_like(residual)
-    partials = new_partials(x, 2 if bias is None else 3)
+    partials = new_partials(x, bias)
     _bias_dropout_add_layernorm_bwd_kernel[(partials.shape[0],)](
         grad_y, x, weight if bias is None else bias, residual, weight, mean, rstd, dx, dresidual, partials,
         n_rows, d, partials.shape[0],
@@ -266,8 +254,7 @@ def _fwd_op(
 
 @_fwd_op.register_fake
 def _(x, bias, residual, weight, ln_bias, p, seed, eps):
-    mean = x.new_empty(x.shape[0], dtype=torch.float32)
-    return torch.empty_like(x), mean, torch.empty_like(mean)
+    return new_forward_outputs(x)
 
 
 @torch.library.custom_op("spanbert_fast::bias_dropout_add_layernorm_bwd", mutates_args=())
@@ -287,8 +274,7 @@ def _bwd_op(
 
 @_bwd_op.register_fake
 def _(grad_y, x, bias, residual, weight, mean, rstd, p, seed):
-    totals = x.new_empty((2 if bias is None else 3, x.shape[1]), dtype=torch.float32)
-    return torch.empty_like(x), torch.empty_like(residual), totals
+    return torch.empty_like(x), torch.empty_like(residual), empty_param_grad_totals(x, bias)
 
 
 def _setup_context(ctx, inputs, output):

@@ -31,11 +31,14 @@ import triton.language as tl
 
 from ._layernorm_common import (
     block_d,
+    empty_param_grad_totals,
     forward_grid,
+    layernorm_forward,
     layernorm_input_grad,
-    layernorm_rows,
+    load_biased_rows,
     load_vector,
     load_xhat,
+    new_forward_outputs,
     new_partials,
     row_autotune,
     row_tile,
@@ -57,15 +60,6 @@ def _gelu_erf(h):
     return h * cdf, cdf + h * pdf
 
 
-@triton.jit
-def _load_preactivation(X, BIAS, offsets, mask, D, HAS_BIAS: tl.constexpr, BLOCK_D: tl.constexpr):
-    """``h = x + bias`` of a row tile, fp32, zero outside ``mask``."""
-    h = tl.load(X + offsets, mask=mask, other=0.0).to(tl.float32)
-    if HAS_BIAS:
-        h += load_vector(BIAS, D, BLOCK_D)[None, :]
-    return tl.where(mask, h, 0.0)
-
-
 @triton.autotune(key=["D", "HAS_BIAS"], **row_autotune(registers_per_element=5))
 @triton.jit
 def _bias_gelu_layernorm_fwd_kernel(
@@ -84,13 +78,8 @@ def _bias_gelu_layernorm_fwd_kernel(
     BLOCK_ROWS: tl.constexpr,
 ):
     rows, row_ok, col_ok, offsets, mask = row_tile(tl.program_id(0), N, D, BLOCK_ROWS, BLOCK_D)
-    h = _load_preactivation(X, BIAS, offsets, mask, D, HAS_BIAS, BLOCK_D)
-    activation, _ = _gelu_erf(h)
-    xhat, mean, rstd = layernorm_rows(tl.where(mask, activation, 0.0), mask, D, eps)
-    y = xhat * load_vector(W, D, BLOCK_D)[None, :] + load_vector(B, D, BLOCK_D)[None, :]
-    tl.store(Y + offsets, y.to(Y.dtype.element_ty), mask=mask)
-    tl.store(MEAN + rows, mean, mask=row_ok)
-    tl.store(RSTD + rows, rstd, mask=row_ok)
+    activation, _ = _gelu_erf(load_biased_rows(X, BIAS, offsets, mask, D, HAS_BIAS, BLOCK_D))
+    layernorm_forward(activation, mask, rows, row_ok, offsets, W, B, Y, MEAN, RSTD, D, eps, BLOCK_D)
 
 
 @triton.autotune(key=["D", "HAS_BIAS"], **row_autotune(registers_per_element=11))
@@ -117,8 +106,7 @@ def _bias_gelu_layernorm_bwd_kernel(
     dbias = tl.zeros((BLOCK_D,), dtype=tl.float32)
     for tile in range(tl.program_id(0), tl.cdiv(N, BLOCK_ROWS), G):
         rows, row_ok, col_ok, offsets, mask = row_tile(tile, N, D, BLOCK_ROWS, BLOCK_D)
-        h = _load_preactivation(X, BIAS, offsets, mask, D, HAS_BIAS, BLOCK_D)
-        activation, activation_grad = _gelu_erf(h)
+        activation, activation_grad = _gelu_erf(load_biased_rows(X, BIAS, offsets, mask, D, HAS_BIAS, BLOCK_D))
         xhat, rstd = load_xhat(activation, mask, MEAN, RSTD, rows, row_ok)
         dy = tl.load(DY + offsets, mask=mask, other=0.0).to(tl.float32)
         dh = layernorm_input_grad(dy, xhat, gamma, rstd, D) * activation_grad
@@ -140,9 +128,7 @@ def _forward(
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Launch the forward on validated inputs: (y [N, D], mean [N] fp32, rstd [N] fp32)."""
     n_rows, d = x.shape
-    y = torch.empty_like(x)
-    mean = torch.empty(n_rows, dtype=torch.float32, device=x.device)
-    rstd = torch.empty_like(mean)
+    y, mean, rstd = new_forward_outputs(x)
     if n_rows > 0:
         _bias_gelu_layernorm_fwd_kernel[forward_grid(n_rows)](
             x, weight if bias is None else bias, weight, ln_bias, y, mean, rstd, n_rows, d, eps,
@@ -162,7 +148,7 @@ def _backward(
     """Launch the backward: (dx [N, D], param grads [2 + has_bias, D] fp32: dgamma, dbeta, dbias)."""
     n_rows, d = x.shape
     dx = torch.empty_like(x)
-    partials = new_partials(x, 2 if bias is None else 3)
+    partials = new_partials(x, bias)
     _bias_gelu_layernorm_bwd_kernel[(partials.shape[0],)](
         grad_y, x, weight if bias is None else bias, weight, mean, rstd, dx, partials,
         n_rows, d, partials.shape[0], HAS_BIAS=bias is not None, BLOCK_D=block_d(d),
@@ -180,8 +166,7 @@ def _fwd_op(
 
 @_fwd_op.register_fake
 def _(x, bias, weight, ln_bias, eps):
-    mean = x.new_empty(x.shape[0], dtype=torch.float32)
-    return torch.empty_like(x), mean, torch.empty_like(mean)
+    return new_forward_outputs(x)
 
 
 @torch.library.custom_op("spanbert_fast::bias_gelu_layernorm_bwd", mutates_args=())
@@ -198,7 +183,7 @@ def _bwd_op(
 
 @_bwd_op.register_fake
 def _(grad_y, x, bias, weight, mean, rstd):
-    return torch.empty_like(x), x.new_empty((2 if bias is None else 3, x.shape[1]), dtype=torch.float32)
+    return torch.empty_like(x), empty_param_grad_totals(x, bias)
 
 
 def _setup_context(ctx, inputs, output):
