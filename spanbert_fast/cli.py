@@ -10,6 +10,8 @@ from typing import List, Optional
 # ``register(subparsers)`` which adds its parser and sets ``func(args) -> int``.
 COMMANDS = [
     "info",
+    "tokenizer",
+    "prepare",
     "fill_mask",
     "embed",
     "finetune",

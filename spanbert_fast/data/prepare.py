@@ -282,7 +282,7 @@ def prepare_documents(
     """Tokenise and pack a stream of documents into ``out_dir`` (format in the module docstring).
 
     Raises ValueError when the stream holds no token at all (nothing is left behind then).
-    ``total_chars`` only sizes the progress bar.
+    ``total_chars`` only sizes the progress bar (characters; the file size in bytes is close enough).
     """
     from tqdm import tqdm
 
@@ -346,6 +346,8 @@ def prepare_documents(
                 shards[-1]["length"] += end - position
                 n_tokens += end - position
                 position = end
+        if total_chars:
+            bar.update(max(0, total_chars - bar.n))  # blank lines and markup are not counted above
         bar.close()
         if n_tokens == 0:
             raise ValueError("empty corpus: the input holds no token (no non-blank document)")
