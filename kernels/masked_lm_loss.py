@@ -176,7 +176,7 @@ def _forward_stats_kernel(
         new_max = tl.maximum(run_max, tile_max)
         run_sum = run_sum * tl.exp(run_max - new_max) + tl.sum(tl.exp(z - new_max[:, None]), axis=1)
         run_max = new_max
-        is_target = cols[None, :] == targets[:, None]
+        is_target = (cols[None, :] == targets[:, None]) & col_mask[None, :]  # not a later split's column
         target_logit += tl.sum(tl.where(is_target, z, 0.0), axis=1)
 
     out = split * M + rows

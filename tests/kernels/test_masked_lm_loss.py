@@ -138,8 +138,21 @@ def test_unselected_rows_get_zero_grad_and_duplicates_accumulate():
     assert_close_fp32(d_hidden[2], alone[0] + alone[1], name="d hidden of the twice-selected row")
 
 
-def test_argmax_ties_take_the_first_index():
-    """Vocabulary rows 5 and 1500 are equal (in different V-blocks): the lower index is the prediction."""
+def test_forward_merges_vocabulary_splits(monkeypatch):
+    """On a GPU the forward cuts V into splits merged in PyTorch; force 4 splits of 256 columns."""
+    monkeypatch.setattr(mlm, "_vocab_splits", lambda M, V, device: 256)
+    inputs = make_inputs(330, 64, 1000, 300, duplicates=True, ignore_every=6)
+    assert_parity(
+        loss_and_grads(mlm.masked_lm_loss, *inputs), loss_and_grads(ops.masked_lm_loss_torch, *inputs), FP32_TOL
+    )
+
+
+@pytest.mark.parametrize("split_cols", [None, 512], ids=["one-split", "splits-of-512"])
+def test_argmax_ties_take_the_first_index(monkeypatch, split_cols):
+    """Vocabulary rows 5, 700 and 1500 are equal (different V-blocks, and with splits of 512
+    columns different splits): the lowest index is the prediction."""
+    if split_cols is not None:
+        monkeypatch.setattr(mlm, "_vocab_splits", lambda M, V, device: split_cols)
     hidden, _, weight, bias, positions = make_inputs(6, 16, 2000, 4, bias=False)
     weight[5] = hidden[positions[0]] * 10
     weight[1500] = weight[5]
