@@ -15,7 +15,12 @@ from spanbert_fast.model import (
     SpanBertModel,
 )
 
-from spanbert_fast.tasks import SpanBertForSequenceClassification, embed, fill_mask  # noqa: E402  (tasks need the model imported first)
+from spanbert_fast.tasks import (  # noqa: E402  (tasks need the model imported first)
+    SpanBertForSequenceClassification,
+    SpanBertForTokenClassification,
+    embed,
+    fill_mask,
+)
 
 __version__ = "0.1.0"
 
@@ -26,6 +31,7 @@ __all__ = [
     "EncoderOutput",
     "PreTrainingOutput",
     "SpanBertForSequenceClassification",
+    "SpanBertForTokenClassification",
     "embed",
     "fill_mask",
     "__version__",

@@ -64,6 +64,12 @@ def run_classification(args) -> int:
     return run_finetune(ClassificationTask(args.max_length, args.pooling, args.use_pooler), args)
 
 
+def run_ner(args) -> int:
+    from spanbert_fast.tasks.ner import NerTask
+
+    return run_finetune(NerTask(args.max_length), args)
+
+
 def register(subparsers) -> None:
     cls = subparsers.add_parser(
         "finetune-cls", help="fine-tune sequence classification on CSV/JSONL text,label data")
@@ -72,3 +78,8 @@ def register(subparsers) -> None:
     head.add_argument("--pooling", default="cls", choices=["cls", "mean"], help="[CLS] vector or mean of tokens")
     head.add_argument("--use-pooler", action="store_true", help="dense + tanh before the classifier (BERT pooler)")
     cls.set_defaults(func=run_classification)
+
+    ner = subparsers.add_parser(
+        "finetune-ner", help="fine-tune token classification (NER) on CoNLL files; entity-level P/R/F1")
+    add_common_arguments(ner, default_max_length=256)
+    ner.set_defaults(func=run_ner)

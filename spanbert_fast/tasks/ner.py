@@ -1,0 +1,264 @@
+"""Token classification (NER): CoNLL reader, first-subword labelling, entity-level scoring.
+
+Model: ``logits = classifier(dropout(h))`` for every token; loss = mean cross-entropy over
+labelled tokens. A word's label sits on its **first** subword; its other subwords, ``[CLS]``,
+``[SEP]`` and padding get ``-100`` (ignored). A word's prediction is its first subword's.
+
+Data: CoNLL format -- one token per line, whitespace-separated columns, the token first and
+its tag in the **last** column (CoNLL-2003's ``word POS chunk NER`` works as is); a blank line
+ends a sentence; ``-DOCSTART-`` lines are skipped. Every token line of a file must have the
+same number of columns.
+
+Scoring (:func:`entity_scores`): entities are read from BIO / IOB2 tags as conlleval does:
+an entity starts at ``B-X``, or at ``I-X`` after ``O`` or after a tag of another type, and
+continues over the following ``I-X``. Precision/recall/F1 count exactly matching
+(type, start, end) entities, micro-averaged over all types, plus per type.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from typing import Dict, List, Optional, Sequence, Set, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from spanbert_fast.config import SpanBertConfig
+from spanbert_fast.model import SpanBertModel
+from spanbert_fast.tasks.common import (
+    IGNORE_INDEX,
+    InputFileError,
+    SpanBertTaskModel,
+    batched,
+    collate_features,
+    inference_context,
+    model_device,
+)
+
+logger = logging.getLogger(__name__)
+
+OUTSIDE = "O"
+
+
+# --------------------------------------------------------------------------- model
+@dataclasses.dataclass
+class TokenClassifierOutput:
+    loss: Optional[torch.Tensor]  # mean CE over labelled tokens (None without labels)
+    logits: torch.Tensor  # [B, L, num_labels]
+    labels: Optional[torch.Tensor] = None  # [B, L], -100 = not scored
+
+    def metrics(self) -> Dict[str, torch.Tensor]:
+        """Accuracy over labelled tokens (a tensor, logged by the trainer)."""
+        if self.labels is None:
+            return {}
+        scored = self.labels != IGNORE_INDEX
+        correct = (self.logits.argmax(-1) == self.labels) & scored
+        return {"token_acc": correct.sum() / scored.sum().clamp(min=1)}
+
+
+class SpanBertForTokenClassification(SpanBertTaskModel):
+    """SpanBERT encoder + a linear tag classifier on every token."""
+
+    task = "token-classification"
+
+    def __init__(self, config: SpanBertConfig, *, labels: Sequence[str] = (OUTSIDE,),
+                 classifier_dropout: Optional[float] = None):
+        super().__init__(config)
+        if not labels or len(set(labels)) != len(labels):
+            raise ValueError(f"labels must be distinct tag names, got {list(labels)}")
+        self.labels = [str(x) for x in labels]
+        self.classifier_dropout = config.hidden_dropout_prob if classifier_dropout is None else classifier_dropout
+        self.bert = SpanBertModel(config)
+        self.dropout = nn.Dropout(self.classifier_dropout)
+        self.classifier = nn.Linear(config.hidden_size, len(self.labels))
+        self.init_weights()
+
+    def head_settings(self) -> dict:
+        return {"labels": list(self.labels), "classifier_dropout": self.classifier_dropout}
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, **unused):
+        """``labels`` [B, L] int64 with -100 where not scored -> :class:`TokenClassifierOutput`."""
+        hidden = self.bert(input_ids, attention_mask, token_type_ids).last_hidden_state
+        logits = self.classifier(self.dropout(hidden))
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX)
+        return TokenClassifierOutput(loss, logits, labels)
+
+
+# --------------------------------------------------------------------------- CoNLL data
+@dataclasses.dataclass
+class ConllSentence:
+    words: List[str]
+    tags: List[str]
+    lines: List[int]  # 1-based line of each token in its file
+
+
+def read_conll(path: str) -> List[ConllSentence]:
+    """Sentences of a CoNLL file (see the module docstring for the format)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: file not found")
+    sentences: List[ConllSentence] = []
+    current = ConllSentence([], [], [])
+    columns: Optional[Tuple[int, int]] = None  # (count, line where it was set)
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            fields = line.split()
+            if not fields:
+                if current.words:
+                    sentences.append(current)
+                current = ConllSentence([], [], [])
+                continue
+            if fields[0] == "-DOCSTART-":
+                continue
+            if columns is None:
+                if len(fields) < 2:
+                    raise InputFileError(path, number, "a token line needs at least two columns: token ... tag")
+                columns = (len(fields), number)
+            elif len(fields) != columns[0]:
+                raise InputFileError(path, number, f"{len(fields)} columns, but line {columns[1]} has {columns[0]}; "
+                                                   "every token line needs the same columns (token first, tag last)")
+            current.words.append(fields[0])
+            current.tags.append(fields[-1])
+            current.lines.append(number)
+    if current.words:
+        sentences.append(current)
+    if not sentences:
+        raise InputFileError(path, None, "no sentences")
+    return sentences
+
+
+def encode_sentence(sentence: ConllSentence, tokenizer, max_length: int, label2id: Dict[str, int],
+                    path: str) -> dict:
+    """``[CLS] subwords [SEP]`` ids with the tag id on each word's first subword (else -100).
+
+    ``word_index[i]`` is the word a labelled position belongs to (for reading predictions back).
+    """
+    from spanbert_fast.tasks.common import truncation
+
+    for tag, line in zip(sentence.tags, sentence.lines):
+        if tag not in label2id:
+            raise InputFileError(path, line, f"tag {tag!r} is not one of the model's labels {sorted(label2id)}")
+    with truncation(tokenizer, max_length):
+        encoding = tokenizer.encode(sentence.words, is_pretokenized=True)
+    token_labels, first_subword, previous = [], {}, None
+    for position, word in enumerate(encoding.word_ids):
+        if word is not None and word != previous:
+            token_labels.append(label2id[sentence.tags[word]])
+            first_subword[word] = position
+        else:
+            token_labels.append(IGNORE_INDEX)
+        previous = word
+    return {"input_ids": encoding.ids, "token_labels": token_labels, "first_subword": first_subword,
+            "n_words": len(sentence.words)}
+
+
+# --------------------------------------------------------------------------- entity scoring
+def entity_spans(tags: Sequence[str]) -> Set[Tuple[str, int, int]]:
+    """Entities ``(type, first word, last word)`` in a BIO / IOB2 tag sequence (conlleval rules)."""
+    spans, start, kind = set(), None, None
+    for index, tag in enumerate(list(tags) + [OUTSIDE]):
+        if tag == OUTSIDE:
+            prefix, tag_type = OUTSIDE, None
+        elif len(tag) > 2 and tag[1] == "-" and tag[0] in "BI":
+            prefix, tag_type = tag[0], tag[2:]
+        else:
+            raise ValueError(f"tag {tag!r} at position {index} is not BIO/IOB2 (O, B-TYPE or I-TYPE)")
+        continues = prefix == "I" and tag_type == kind
+        if start is not None and not continues:
+            spans.add((kind, start, index - 1))
+            start, kind = None, None
+        if prefix != OUTSIDE and not continues:
+            start, kind = index, tag_type
+    return spans
+
+
+def _prf(correct: int, predicted: int, gold: int) -> Dict[str, float]:
+    precision = correct / predicted if predicted else 0.0
+    recall = correct / gold if gold else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"precision": precision, "recall": recall, "f1": f1}
+
+
+def entity_scores(gold: Sequence[Sequence[str]], predicted: Sequence[Sequence[str]]) -> dict:
+    """Entity-level micro precision/recall/F1 over sentences, and the same per entity type."""
+    if len(gold) != len(predicted):
+        raise ValueError(f"{len(gold)} gold sentences but {len(predicted)} predicted")
+    counts: Dict[str, List[int]] = {}  # type -> [correct, predicted, gold]
+    for number, (gold_tags, pred_tags) in enumerate(zip(gold, predicted)):
+        if len(gold_tags) != len(pred_tags):
+            raise ValueError(f"sentence {number}: {len(gold_tags)} gold tags but {len(pred_tags)} predicted")
+        gold_spans, pred_spans = entity_spans(gold_tags), entity_spans(pred_tags)
+        for span in gold_spans | pred_spans:
+            row = counts.setdefault(span[0], [0, 0, 0])
+            row[0] += span in gold_spans and span in pred_spans
+            row[1] += span in pred_spans
+            row[2] += span in gold_spans
+    totals = [sum(row[i] for row in counts.values()) for i in range(3)]
+    result = _prf(*totals)
+    result.update(correct=totals[0], predicted=totals[1], gold=totals[2])
+    result["per_type"] = {kind: {**_prf(*row), "support": row[2]} for kind, row in sorted(counts.items())}
+    return result
+
+
+# --------------------------------------------------------------------------- fine-tuning task
+class NerTask:
+    """What :func:`spanbert_fast.tasks.finetune.finetune` needs for token classification."""
+
+    name = "ner"
+
+    def __init__(self, max_length: int = 256):
+        self.max_length = max_length
+
+    def read(self, path: str) -> List[ConllSentence]:
+        return read_conll(path)
+
+    def build_model(self, init: str, sentences: List[ConllSentence], backend: str):
+        tags = {tag for s in sentences for tag in s.tags}
+        labels = [OUTSIDE] * (OUTSIDE in tags) + sorted(tags - {OUTSIDE})
+        return SpanBertForTokenClassification.from_pretrained(init, backend=backend, labels=labels)
+
+    def features(self, sentences, tokenizer, model, path: str) -> List[dict]:
+        features = [encode_sentence(s, tokenizer, self.max_length, model.label2id, path) for s in sentences]
+        cut = sum(len(f["first_subword"]) < f["n_words"] for f in features)
+        if cut:
+            logger.warning("%s: %d sentences are longer than %d tokens; their last words are not seen",
+                           path, cut, self.max_length)
+        return [{"input_ids": f["input_ids"], "token_labels": f["token_labels"]} for f in features]
+
+    @torch.no_grad()
+    def predict(self, model, tokenizer, sentences: List[ConllSentence], path: str,
+                batch_size: int = 64) -> List[List[str]]:
+        """Predicted tag of every word (``O`` for words cut by ``max_length``)."""
+        from spanbert_fast.data.tokenizer import special_ids
+
+        encoded = [encode_sentence(s, tokenizer, self.max_length, model.label2id, path) for s in sentences]
+        pad, device = special_ids(tokenizer).pad, model_device(model)
+        model.eval()
+        predictions = []
+        for chunk in batched(encoded, batch_size):
+            batch = collate_features([{"input_ids": f["input_ids"]} for f in chunk], pad)
+            with inference_context(device):
+                logits = model(**{k: v.to(device) for k, v in batch.items()}).logits
+            best = logits.argmax(-1).tolist()
+            for row, feature in enumerate(chunk):
+                tags = [OUTSIDE] * feature["n_words"]
+                for word, position in feature["first_subword"].items():
+                    tags[word] = model.labels[best[row][position]]
+                predictions.append(tags)
+        return predictions
+
+    def evaluate(self, model, tokenizer, path: str, out_dir: Optional[str], batch_size: int = 64) -> dict:
+        """Entity P/R/F1 on ``path``; writes ``predictions.conll`` (word gold predicted) into ``out_dir``."""
+        sentences = self.read(path)
+        predicted = self.predict(model, tokenizer, sentences, path, batch_size)
+        scores = entity_scores([s.tags for s in sentences], predicted)
+        if out_dir is not None:
+            os.makedirs(out_dir, exist_ok=True)
+            with open(os.path.join(out_dir, "predictions.conll"), "w", encoding="utf-8") as f:
+                for sentence, tags in zip(sentences, predicted):
+                    f.writelines(f"{w} {g} {p}\n" for w, g, p in zip(sentence.words, sentence.tags, tags))
+                    f.write("\n")
+        return scores

@@ -1,0 +1,98 @@
+"""Token classification: CoNLL reader, first-subword labels, entity scorer, overfit, bad input."""
+import os
+
+import pytest
+
+from task_fixtures import data_path, fixture_tokenizer, tiny_checkpoint
+from spanbert_fast.cli import main
+from spanbert_fast.data.tokenizer import load_tokenizer
+from spanbert_fast.tasks import SpanBertForTokenClassification, entity_scores
+from spanbert_fast.tasks.common import IGNORE_INDEX, InputFileError
+from spanbert_fast.tasks.ner import ConllSentence, NerTask, encode_sentence, entity_spans, read_conll
+
+
+# --------------------------------------------------------------------------- scorer
+def test_entity_spans_bio_rules():
+    tags = ["B-PER", "I-PER", "O", "I-LOC", "I-LOC", "B-LOC", "I-ORG", "B-PER"]
+    assert entity_spans(tags) == {("PER", 0, 1), ("LOC", 3, 4), ("LOC", 5, 5), ("ORG", 6, 6), ("PER", 7, 7)}
+    assert entity_spans(["O", "O"]) == set()
+    with pytest.raises(ValueError, match="E-PER"):
+        entity_spans(["E-PER"])
+
+
+def test_entity_scores_known_case():
+    gold = [["B-PER", "I-PER", "O", "B-LOC"], ["B-ORG", "O"]]
+    predicted = [["B-PER", "O", "O", "B-LOC"], ["B-ORG", "B-LOC"]]
+    # gold: PER(0,1) LOC(3,3) ORG(0,0); predicted: PER(0,0) LOC(3,3) ORG(0,0) LOC(1,1): 2 correct
+    scores = entity_scores(gold, predicted)
+    assert (scores["correct"], scores["predicted"], scores["gold"]) == (2, 4, 3)
+    assert scores["precision"] == pytest.approx(0.5) and scores["recall"] == pytest.approx(2 / 3)
+    assert scores["f1"] == pytest.approx(2 * 0.5 * (2 / 3) / (0.5 + 2 / 3))
+    assert scores["per_type"]["PER"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 1}
+    assert scores["per_type"]["LOC"]["precision"] == 0.5 and scores["per_type"]["LOC"]["recall"] == 1.0
+    assert entity_scores(gold, gold)["f1"] == 1.0
+
+
+def test_entity_scores_type_must_match():
+    assert entity_scores([["B-PER", "I-PER"]], [["B-LOC", "I-LOC"]])["f1"] == 0.0
+
+
+# --------------------------------------------------------------------------- data
+def test_read_conll_fixture():
+    sentences = read_conll(data_path("conll.txt"))
+    assert len(sentences) == 5
+    assert sentences[0].words[:2] == ["Gustave", "Eiffel"] and sentences[0].tags[:3] == ["B-PER", "I-PER", "O"]
+    assert sentences[0].lines[0] == 3  # the -DOCSTART- line and the blank line come first
+
+
+def test_first_subword_carries_the_label(tmp_path):
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "un", "##be", "##lie", "##vable",
+                                "things"]) + "\n")
+    tokenizer = load_tokenizer(vocab)
+    sentence = ConllSentence(["unbelievable", "things"], ["B-X", "O"], [1, 2])
+    feature = encode_sentence(sentence, tokenizer, 64, {"O": 0, "B-X": 1}, "mem")
+    # [CLS] un ##be ##lie ##vable things [SEP]
+    assert feature["input_ids"] == [2, 5, 6, 7, 8, 9, 3]
+    assert feature["token_labels"] == [IGNORE_INDEX, 1, IGNORE_INDEX, IGNORE_INDEX, IGNORE_INDEX, 0, IGNORE_INDEX]
+    assert feature["first_subword"] == {0: 1, 1: 5}
+    cut = encode_sentence(sentence, tokenizer, 4, {"O": 0, "B-X": 1}, "mem")  # [CLS] un ##be [SEP]
+    assert cut["token_labels"] == [IGNORE_INDEX, 1, IGNORE_INDEX, IGNORE_INDEX] and cut["first_subword"] == {0: 1}
+
+
+@pytest.mark.parametrize("content, message", [
+    ("a X O\nb X\n", r"bad.conll:2: 2 columns, but line 1 has 3"),
+    ("lonely\n", r"bad.conll:1: a token line needs at least two columns"),
+    ("\n\n", r"bad.conll: no sentences"),
+], ids=["column-count", "one-column", "empty"])
+def test_bad_conll_names_file_and_line(tmp_path, content, message):
+    path = tmp_path / "bad.conll"
+    path.write_text(content)
+    with pytest.raises(InputFileError, match=message):
+        read_conll(str(path))
+
+
+def test_unknown_eval_tag_names_file_and_line(tmp_path):
+    path = tmp_path / "eval.conll"
+    path.write_text("Paris B-LOC\n\nRome B-CITY\n")
+    init = tiny_checkpoint(tmp_path / "init")
+    model = SpanBertForTokenClassification.from_pretrained(init, labels=["O", "B-LOC", "I-LOC"], backend="torch")
+    with pytest.raises(InputFileError, match=r"eval.conll:3: tag 'B-CITY' is not one of"):
+        NerTask().evaluate(model, fixture_tokenizer(), str(path), None)
+
+
+# --------------------------------------------------------------------------- training
+def test_cli_overfits_conll_and_reloads(tmp_path, capsys):
+    init = tiny_checkpoint(tmp_path / "init")
+    out = str(tmp_path / "ner")
+    conll = data_path("conll.txt")
+    assert main(["finetune-ner", "--train", conll, "--eval", conll, "--init", init, "--out", out,
+                 "--max-steps", "50", "--batch-size", "5", "--lr", "3e-3", "--warmup-ratio", "0",
+                 "--no-progress", "--backend", "torch"]) == 0
+    assert '"f1": 1.0' in capsys.readouterr().out
+    model = SpanBertForTokenClassification.from_pretrained(out, backend="torch")
+    assert model.labels == ["O", "B-LOC", "B-ORG", "B-PER", "I-LOC", "I-ORG", "I-PER"]
+    scores = NerTask().evaluate(model, fixture_tokenizer(), conll, str(tmp_path / "again"))
+    assert scores["f1"] == 1.0 and scores["gold"] == 9
+    with open(os.path.join(tmp_path, "again", "predictions.conll")) as f:
+        assert f.readline().split() == ["Gustave", "B-PER", "B-PER"]
