@@ -148,19 +148,73 @@ def _allowed(offs_m, offs_n, length, window, HAS_WINDOW: tl.constexpr):
 
 
 @triton.jit
-def _visit_range(tile_start, TILE: tl.constexpr, length, window, OTHER_TILE: tl.constexpr,
-                 HAS_WINDOW: tl.constexpr):
-    """Range [lo, hi) of the other axis that a tile [tile_start, tile_start + TILE) must visit."""
+def _visit_ranges(tile_start, TILE: tl.constexpr, length, window, OTHER_TILE: tl.constexpr,
+                  HAS_WINDOW: tl.constexpr):
+    """Tiles of the other axis that the tile [tile_start, tile_start + TILE) visits.
+
+    Returns ``lo <= full_lo <= full_hi <= hi``: [lo, hi) holds every tile with an allowed
+    pair; [full_lo, full_hi) the tiles where *every* pair is allowed (both tiles inside the
+    sequence, every |i - j| <= window), which run without masks. The edges need masks.
+    """
     lo = 0
     hi = length
     if HAS_WINDOW:
         lo = tl.maximum(tile_start - window, 0) // OTHER_TILE * OTHER_TILE
         hi = tl.minimum(tile_start + TILE + window, length)
     hi = tl.where(tile_start < length, hi, lo)  # a tile past the end has no work
-    return lo, hi
+    full_lo = lo
+    full_hi = length // OTHER_TILE * OTHER_TILE
+    if HAS_WINDOW:
+        full_lo = tl.cdiv(tl.maximum(tile_start + TILE - 1 - window, 0), OTHER_TILE) * OTHER_TILE
+        full_hi = tl.minimum(full_hi, (tile_start + window + 1) // OTHER_TILE * OTHER_TILE)
+    full_lo = tl.minimum(tl.maximum(full_lo, lo), hi)
+    full_hi = tl.maximum(tl.minimum(full_hi, hi), full_lo)
+    # A tile that runs past the end of its sequence masks everything.
+    full_hi = tl.where(tile_start + TILE <= length, full_hi, full_lo)
+    return lo, full_lo, full_hi, hi
 
 
 # --------------------------------------------------------------------------- forward kernel
+@triton.jit
+def _fwd_loop(
+    acc, l_i, m_i, q, k_base, v_base, stride_ks, stride_vs, offs_m, offs_d, n_start, n_end,
+    length, window, qk_scale, dropout_p, seed, pid_bh, seq_len,
+    MASKED: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    """Online-softmax update of (acc, l_i, m_i) over key tiles [n_start, n_end)."""
+    for n0 in range(n_start, n_end, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        k_ptrs = k_base + offs_n[None, :] * stride_ks + offs_d[:, None]  # [D, BLOCK_N]
+        v_ptrs = v_base + offs_n[:, None] * stride_vs + offs_d[None, :]  # [BLOCK_N, D]
+        if MASKED:
+            k_t = tl.load(k_ptrs, mask=offs_n[None, :] < length, other=0.0)
+        else:
+            k_t = tl.load(k_ptrs)
+        scores = tl.dot(q, k_t, input_precision=DOT_PRECISION) * qk_scale  # [BLOCK_M, BLOCK_N]
+        if MASKED:
+            allowed = _allowed(offs_m[:, None], offs_n[None, :], length, window, HAS_WINDOW)
+            scores = tl.where(allowed, scores, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(scores, 1))
+            m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing allowed yet
+        else:
+            m_new = tl.maximum(m_i, tl.max(scores, 1))
+            m_use = m_new
+        p = tl.exp2(scores - m_use[:, None])
+        alpha = tl.exp2(m_i - m_use)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        if HAS_DROPOUT:
+            keep = _dropout_keep(seed, pid_bh, offs_m[:, None], offs_n[None, :], seq_len, dropout_p)
+            p = tl.where(keep, p, 0.0)
+        if MASKED:
+            v = tl.load(v_ptrs, mask=offs_n[:, None] < length, other=0.0)
+        else:
+            v = tl.load(v_ptrs)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+        m_i = m_new
+    return acc, l_i, m_i
+
+
 @triton.autotune(configs=FWD_CONFIGS, key=AUTOTUNE_KEY)
 @triton.jit
 def _attention_fwd_kernel(
@@ -208,25 +262,17 @@ def _attention_fwd_kernel(
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
-    lo, hi = _visit_range(m0, BLOCK_M, length, window, BLOCK_N, HAS_WINDOW)
-    for n0 in range(lo, hi, BLOCK_N):
-        offs_n = n0 + tl.arange(0, BLOCK_N)
-        key_rows = offs_n[None, :] < length
-        k_t = tl.load(k_base + offs_n[None, :] * stride_ks + offs_d[:, None], mask=key_rows, other=0.0)
-        scores = tl.dot(q, k_t, input_precision=DOT_PRECISION) * qk_scale  # [BLOCK_M, BLOCK_N]
-        allowed = _allowed(offs_m[:, None], offs_n[None, :], length, window, HAS_WINDOW)
-        scores = tl.where(allowed, scores, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(scores, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing allowed yet
-        p = tl.exp2(scores - m_safe[:, None])
-        alpha = tl.exp2(m_i - m_safe)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        if HAS_DROPOUT:
-            keep = _dropout_keep(seed, pid_bh, offs_m[:, None], offs_n[None, :], seq_len, dropout_p)
-            p = tl.where(keep, p, 0.0)
-        v = tl.load(v_base + offs_n[:, None] * stride_vs + offs_d[None, :], mask=offs_n[:, None] < length, other=0.0)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
-        m_i = m_new
+    lo, full_lo, full_hi, hi = _visit_ranges(m0, BLOCK_M, length, window, BLOCK_N, HAS_WINDOW)
+    # Interior tiles first (no masks), then the masked edges; the online softmax is order-free.
+    acc, l_i, m_i = _fwd_loop(acc, l_i, m_i, q, k_base, v_base, stride_ks, stride_vs, offs_m, offs_d,
+                              full_lo, full_hi, length, window, qk_scale, dropout_p, seed, pid_bh, seq_len,
+                              False, HAS_WINDOW, HAS_DROPOUT, DOT_PRECISION, BLOCK_N)
+    acc, l_i, m_i = _fwd_loop(acc, l_i, m_i, q, k_base, v_base, stride_ks, stride_vs, offs_m, offs_d,
+                              lo, full_lo, length, window, qk_scale, dropout_p, seed, pid_bh, seq_len,
+                              True, HAS_WINDOW, HAS_DROPOUT, DOT_PRECISION, BLOCK_N)
+    acc, l_i, m_i = _fwd_loop(acc, l_i, m_i, q, k_base, v_base, stride_ks, stride_vs, offs_m, offs_d,
+                              full_hi, hi, length, window, qk_scale, dropout_p, seed, pid_bh, seq_len,
+                              True, HAS_WINDOW, HAS_DROPOUT, DOT_PRECISION, BLOCK_N)
 
     row_real = offs_m < length
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
@@ -234,6 +280,7 @@ def _attention_fwd_kernel(
     if HAS_DROPOUT:
         out = out * (1.0 / (1.0 - dropout_p))
     out = tl.where(row_real[:, None], out, 0.0)  # padded query rows are zeros
+    # Rows past the end get lse = 0: the backward loads them as 0 too (see _dkdv_loop).
     lse = tl.where(row_real & (l_i > 0.0), m_i + tl.log2(l_safe), 0.0)
     # Padded layouts own all S rows (zeros past the length); packed ones only their own.
     rows_owned = seq_len if MODE != 2 else length
@@ -274,6 +321,49 @@ def _attention_bwd_preprocess_kernel(
     rows_owned = seq_len if MODE != 2 else length
     lse_base = DELTA + b.to(tl.int64) * stride_lb + h.to(tl.int64) * stride_lh + start
     tl.store(lse_base + offs_m, delta, mask=offs_m < rows_owned)
+
+
+@triton.jit
+def _dkdv_loop(
+    dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qs, stride_os, offs_n, offs_d, m_start, m_end,
+    length, window, qk_scale, dropout_p, seed, pid_bh, seq_len,
+    MASKED: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+):
+    """Accumulate dK, dV of one key tile over query tiles [m_start, m_end)."""
+    for m0 in range(m_start, m_end, BLOCK_M):
+        offs_m = m0 + tl.arange(0, BLOCK_M)
+        q_ptrs = q_base + offs_m[:, None] * stride_qs + offs_d[None, :]
+        do_ptrs = do_base + offs_m[:, None] * stride_os + offs_d[None, :]
+        if MASKED:
+            query_rows = offs_m[:, None] < length
+            q = tl.load(q_ptrs, mask=query_rows, other=0.0)
+            do = tl.load(do_ptrs, mask=query_rows, other=0.0)
+            lse = tl.load(lse_base + offs_m, mask=offs_m < length, other=0.0)
+            delta = tl.load(delta_base + offs_m, mask=offs_m < length, other=0.0)
+        else:
+            q = tl.load(q_ptrs)
+            do = tl.load(do_ptrs)
+            lse = tl.load(lse_base + offs_m)
+            delta = tl.load(delta_base + offs_m)
+        # Transposed tiles [BLOCK_N, BLOCK_M]: rows are keys, columns are queries.
+        scores_t = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION) * qk_scale
+        p_t = tl.exp2(scores_t - lse[None, :])
+        if MASKED:
+            allowed_t = _allowed(offs_m[None, :], offs_n[:, None], length, window, HAS_WINDOW)
+            p_t = tl.where(allowed_t, p_t, 0.0)
+        dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
+        if HAS_DROPOUT:
+            keep_t = _dropout_keep(seed, pid_bh, offs_m[None, :], offs_n[:, None], seq_len, dropout_p)
+            inv_keep = 1.0 / (1.0 - dropout_p)
+            p_dropped_t = tl.where(keep_t, p_t * inv_keep, 0.0)
+            dp_t = tl.where(keep_t, dp_t * inv_keep, 0.0)
+        else:
+            p_dropped_t = p_t
+        dv += tl.dot(p_dropped_t.to(do.dtype), do, input_precision=DOT_PRECISION)
+        ds_t = p_t * (dp_t - delta[None, :])
+        dk += tl.dot(ds_t.to(q.dtype), q, input_precision=DOT_PRECISION)
+    return dk, dv
 
 
 @triton.autotune(configs=BWD_DKDV_CONFIGS, key=AUTOTUNE_KEY)
@@ -330,35 +420,58 @@ def _attention_bwd_dkdv_kernel(
     dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
 
-    lo, hi = _visit_range(n0, BLOCK_N, length, window, BLOCK_M, HAS_WINDOW)
-    for m0 in range(lo, hi, BLOCK_M):
-        offs_m = m0 + tl.arange(0, BLOCK_M)
-        query_rows = offs_m[:, None] < length
-        q = tl.load(q_base + offs_m[:, None] * stride_qs + offs_d[None, :], mask=query_rows, other=0.0)
-        do = tl.load(DO + o_offset + offs_m[:, None] * stride_os + offs_d[None, :], mask=query_rows, other=0.0)
-        lse = tl.load(LSE + lse_offset + offs_m, mask=offs_m < length, other=0.0)
-        delta = tl.load(DELTA + lse_offset + offs_m, mask=offs_m < length, other=0.0)
-        # Transposed tiles [BLOCK_N, BLOCK_M]: rows are keys, columns are queries.
-        scores_t = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION) * qk_scale
-        allowed_t = _allowed(offs_m[None, :], offs_n[:, None], length, window, HAS_WINDOW)
-        p_t = tl.where(allowed_t, tl.exp2(scores_t - lse[None, :]), 0.0)
-        dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
-        if HAS_DROPOUT:
-            keep_t = _dropout_keep(seed, pid_bh, offs_m[None, :], offs_n[:, None], seq_len, dropout_p)
-            inv_keep = 1.0 / (1.0 - dropout_p)
-            p_dropped_t = tl.where(keep_t, p_t * inv_keep, 0.0)
-            dp_t = tl.where(keep_t, dp_t * inv_keep, 0.0)
-        else:
-            p_dropped_t = p_t
-        dv += tl.dot(p_dropped_t.to(do.dtype), do, input_precision=DOT_PRECISION)
-        ds_t = p_t * (dp_t - delta[None, :])
-        dk += tl.dot(ds_t.to(q.dtype), q, input_precision=DOT_PRECISION)
+    lo, full_lo, full_hi, hi = _visit_ranges(n0, BLOCK_N, length, window, BLOCK_M, HAS_WINDOW)
+    dk, dv = _dkdv_loop(dk, dv, k, v, q_base, DO + o_offset, LSE + lse_offset, DELTA + lse_offset,
+                        stride_qs, stride_os, offs_n, offs_d, full_lo, full_hi,
+                        length, window, qk_scale, dropout_p, seed, pid_bh, seq_len,
+                        False, HAS_WINDOW, HAS_DROPOUT, DOT_PRECISION, BLOCK_M)
+    dk, dv = _dkdv_loop(dk, dv, k, v, q_base, DO + o_offset, LSE + lse_offset, DELTA + lse_offset,
+                        stride_qs, stride_os, offs_n, offs_d, lo, full_lo,
+                        length, window, qk_scale, dropout_p, seed, pid_bh, seq_len,
+                        True, HAS_WINDOW, HAS_DROPOUT, DOT_PRECISION, BLOCK_M)
+    dk, dv = _dkdv_loop(dk, dv, k, v, q_base, DO + o_offset, LSE + lse_offset, DELTA + lse_offset,
+                        stride_qs, stride_os, offs_n, offs_d, full_hi, hi,
+                        length, window, qk_scale, dropout_p, seed, pid_bh, seq_len,
+                        True, HAS_WINDOW, HAS_DROPOUT, DOT_PRECISION, BLOCK_M)
 
     dk = dk * softmax_scale
-    rows_owned = seq_len if MODE != 2 else length
+    rows_owned = seq_len if MODE != 2 else length  # padded layouts: zeros for padded keys
     out_ptrs = o_offset + offs_n[:, None] * stride_os + offs_d[None, :]
     tl.store(DK + out_ptrs, dk.to(DK.dtype.element_ty), mask=offs_n[:, None] < rows_owned)
     tl.store(DV + out_ptrs, dv.to(DV.dtype.element_ty), mask=offs_n[:, None] < rows_owned)
+
+
+@triton.jit
+def _dq_loop(
+    dq, q, do, lse, delta, k_base, v_base, stride_ks, stride_vs, offs_m, offs_d, n_start, n_end,
+    length, window, qk_scale, dropout_p, seed, pid_bh, seq_len,
+    MASKED: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    """Accumulate dQ of one query tile over key tiles [n_start, n_end)."""
+    for n0 in range(n_start, n_end, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        k_ptrs = k_base + offs_n[:, None] * stride_ks + offs_d[None, :]
+        v_ptrs = v_base + offs_n[:, None] * stride_vs + offs_d[None, :]
+        if MASKED:
+            key_rows = offs_n[:, None] < length
+            k = tl.load(k_ptrs, mask=key_rows, other=0.0)
+            v = tl.load(v_ptrs, mask=key_rows, other=0.0)
+        else:
+            k = tl.load(k_ptrs)
+            v = tl.load(v_ptrs)
+        scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # [BLOCK_M, BLOCK_N]
+        p = tl.exp2(scores - lse[:, None])
+        if MASKED:
+            allowed = _allowed(offs_m[:, None], offs_n[None, :], length, window, HAS_WINDOW)
+            p = tl.where(allowed, p, 0.0)
+        dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
+        if HAS_DROPOUT:
+            keep = _dropout_keep(seed, pid_bh, offs_m[:, None], offs_n[None, :], seq_len, dropout_p)
+            dp = tl.where(keep, dp * (1.0 / (1.0 - dropout_p)), 0.0)
+        ds = p * (dp - delta[:, None])
+        dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION)
+    return dq
 
 
 @triton.autotune(configs=BWD_DQ_CONFIGS, key=AUTOTUNE_KEY)
@@ -415,24 +528,19 @@ def _attention_bwd_dq_kernel(
     delta = tl.load(DELTA + lse_offset + offs_m, mask=offs_m < length, other=0.0)
     dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
 
-    lo, hi = _visit_range(m0, BLOCK_M, length, window, BLOCK_N, HAS_WINDOW)
-    for n0 in range(lo, hi, BLOCK_N):
-        offs_n = n0 + tl.arange(0, BLOCK_N)
-        key_rows = offs_n[:, None] < length
-        k = tl.load(k_base + offs_n[:, None] * stride_ks + offs_d[None, :], mask=key_rows, other=0.0)
-        v = tl.load(v_base + offs_n[:, None] * stride_vs + offs_d[None, :], mask=key_rows, other=0.0)
-        scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # [BLOCK_M, BLOCK_N]
-        allowed = _allowed(offs_m[:, None], offs_n[None, :], length, window, HAS_WINDOW)
-        p = tl.where(allowed, tl.exp2(scores - lse[:, None]), 0.0)
-        dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
-        if HAS_DROPOUT:
-            keep = _dropout_keep(seed, pid_bh, offs_m[:, None], offs_n[None, :], seq_len, dropout_p)
-            dp = tl.where(keep, dp * (1.0 / (1.0 - dropout_p)), 0.0)
-        ds = p * (dp - delta[:, None])
-        dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION)
+    lo, full_lo, full_hi, hi = _visit_ranges(m0, BLOCK_M, length, window, BLOCK_N, HAS_WINDOW)
+    dq = _dq_loop(dq, q, do, lse, delta, k_base, v_base, stride_ks, stride_vs, offs_m, offs_d, full_lo, full_hi,
+                  length, window, qk_scale, dropout_p, seed, pid_bh, seq_len,
+                  False, HAS_WINDOW, HAS_DROPOUT, DOT_PRECISION, BLOCK_N)
+    dq = _dq_loop(dq, q, do, lse, delta, k_base, v_base, stride_ks, stride_vs, offs_m, offs_d, lo, full_lo,
+                  length, window, qk_scale, dropout_p, seed, pid_bh, seq_len,
+                  True, HAS_WINDOW, HAS_DROPOUT, DOT_PRECISION, BLOCK_N)
+    dq = _dq_loop(dq, q, do, lse, delta, k_base, v_base, stride_ks, stride_vs, offs_m, offs_d, full_hi, hi,
+                  length, window, qk_scale, dropout_p, seed, pid_bh, seq_len,
+                  True, HAS_WINDOW, HAS_DROPOUT, DOT_PRECISION, BLOCK_N)
 
     dq = dq * softmax_scale
-    rows_owned = seq_len if MODE != 2 else length
+    rows_owned = seq_len if MODE != 2 else length  # padded layouts: zeros for padded queries
     tl.store(DQ + o_offset + offs_m[:, None] * stride_os + offs_d[None, :], dq.to(DQ.dtype.element_ty),
              mask=offs_m[:, None] < rows_owned)
 
@@ -766,11 +874,14 @@ def attention_varlen(
     if isinstance(max_seqlen, bool) or not isinstance(max_seqlen, int) or max_seqlen < 0:
         raise ValueError(f"{fn}: max_seqlen must be a Python int >= 0, got {max_seqlen!r}")
     total = q.shape[0]
-    if _may_sync(cu_seqlens):
+    if _may_sync(cu_seqlens):  # one host sync for all value checks
         lengths = cu_seqlens[1:] - cu_seqlens[:-1]
-        first, last = int(cu_seqlens[0]), int(cu_seqlens[-1])
-        longest = int(lengths.max()) if lengths.numel() else 0
-        if first != 0 or last != total or bool((lengths < 0).any()):
+        if lengths.numel() == 0:
+            lengths = cu_seqlens.new_zeros(1)
+        first, last, shortest, longest = torch.stack(
+            [cu_seqlens[0], cu_seqlens[-1], lengths.min(), lengths.max()]
+        ).tolist()
+        if first != 0 or last != total or shortest < 0:
             raise ValueError(
                 f"{fn}: cu_seqlens must start at 0, never decrease and end at T={total}, got "
                 f"{cu_seqlens.tolist()}"
