@@ -181,8 +181,10 @@ class Trainer:
     """Runs ``args.max_steps`` optimizer steps of ``model`` on ``batches``."""
 
     def __init__(self, model: torch.nn.Module, batches: Iterable, args: TrainingArgs,
-                 dist_ctx: Optional[DistributedContext] = None):
+                 dist_ctx: Optional[DistributedContext] = None, checkpoint_files: Iterable[str] = ()):
+        """``checkpoint_files`` (e.g. ``tokenizer.json``) are copied into every checkpoint folder."""
         self.args = args
+        self.checkpoint_files = list(checkpoint_files)
         self.ctx = dist_ctx or init_distributed(args.device)
         self.device = self.ctx.device
         self.model = model.to(self.device)
@@ -236,6 +238,8 @@ class Trainer:
         tmp = tempfile.mkdtemp(dir=root, prefix=f"step-{self.step:08d}.", suffix=".tmp")
         try:
             self.model.save_pretrained(tmp)
+            for path in self.checkpoint_files:
+                shutil.copy2(path, os.path.join(tmp, os.path.basename(path)))
             state = {
                 "step": self.step,
                 "optimizer": self.optimizer.state_dict(),

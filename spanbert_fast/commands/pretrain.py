@@ -1,0 +1,177 @@
+"""``spanbert-fast pretrain``: SpanBERT pre-training on a prepared corpus, or the CPU demo.
+
+    spanbert-fast pretrain --preset base --data DIR --out runs/base --batch-size 32 --max-steps 100000
+    spanbert-fast pretrain --init-from spanbert-base-cased/ --data DIR --out runs/continued
+    torchrun --nproc-per-node 8 -m spanbert_fast pretrain --preset large --data DIR --out runs/large
+    spanbert-fast pretrain --demo        # tokenizer + corpus + tiny model on CPU, a few minutes
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import time
+
+DEMO_OUT = os.path.join("runs", "demo")
+# Defaults of a real run (DESIGN §3 scaled to one node) and of the CPU demo.
+PRETRAIN_DEFAULTS = dict(preset="base", batch_size=32, max_steps=10000, lr=1e-4, save_every=1000)
+DEMO_DEFAULTS = dict(preset="tiny", batch_size=16, max_steps=300, lr=1e-3, warmup_steps=30, save_every=0)
+
+
+def add_training_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of the shared training loop. Options left at ``None`` are filled by
+    :func:`fill_defaults` (their defaults differ between e.g. ``--demo`` and real runs)."""
+    group = parser.add_argument_group("training")
+    group.add_argument("--out", help="output folder: checkpoints, log.csv, training.png")
+    group.add_argument("--batch-size", type=int, help="sequences per micro-batch per process")
+    group.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
+    group.add_argument("--max-steps", type=int, help="optimizer steps")
+    group.add_argument("--lr", type=float, help="peak learning rate")
+    group.add_argument("--warmup-steps", type=int, default=None, help="linear warm-up steps (default: 1%% of max-steps)")
+    group.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (≥2-dim weights only)")
+    group.add_argument("--adam-eps", type=float, default=1e-8)
+    group.add_argument("--grad-clip", type=float, default=1.0)
+    group.add_argument("--precision", choices=["auto", "bf16", "fp16", "fp32"], default="auto",
+                       help="auto: bf16 autocast on CUDA, fp32 on CPU")
+    group.add_argument("--compile", action="store_true", help="torch.compile the model")
+    group.add_argument("--backend", choices=["auto", "triton", "torch"], default="auto",
+                       help="hot-op backend: auto = Triton kernels on CUDA, PyTorch references on CPU")
+    group.add_argument("--log-every", type=int, default=10)
+    group.add_argument("--save-every", type=int, help="steps between checkpoints (0: only at the end)")
+    group.add_argument("--seed", type=int, default=0)
+    group.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    group.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    group.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def fill_defaults(args: argparse.Namespace, defaults: dict) -> argparse.Namespace:
+    """Set every option the user left unset (``None``) to ``defaults[name]``."""
+    for key, value in defaults.items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+    return args
+
+
+def training_args_from(args: argparse.Namespace, out_dir: str):
+    """:class:`TrainingArgs` from the options of :func:`add_training_arguments`."""
+    from spanbert_fast.training import TrainingArgs
+
+    warmup = args.warmup_steps if args.warmup_steps is not None else max(1, args.max_steps // 100)
+    return TrainingArgs(
+        out_dir=out_dir, max_steps=args.max_steps, lr=args.lr, warmup_steps=warmup,
+        weight_decay=args.weight_decay, adam_eps=args.adam_eps, grad_clip=args.grad_clip,
+        grad_accum=args.grad_accum, precision=args.precision, compile=args.compile,
+        log_every=args.log_every, save_every=args.save_every, seed=args.seed, resume=args.resume,
+        progress=not args.no_progress, device=args.device,
+    )
+
+
+def build_model(args, vocab_size: int, max_positions: int):
+    """The model to train: ``--init-from`` a checkpoint, or a fresh ``--preset`` / ``--config``."""
+    from spanbert_fast import SpanBertConfig, SpanBertForPreTraining
+
+    if args.init_from:
+        model = SpanBertForPreTraining.from_pretrained(args.init_from, backend=args.backend)
+        if model.config.vocab_size != vocab_size:
+            raise ValueError(
+                f"--init-from {args.init_from}: vocab_size {model.config.vocab_size} differs from the corpus "
+                f"tokenizer's {vocab_size}; prepare the corpus with the checkpoint's vocab.txt"
+            )
+        print(model.load_report.message(args.init_from))
+    else:
+        if args.config:
+            config = SpanBertConfig.load(args.config)
+        else:
+            config = SpanBertConfig.preset(args.preset)
+        config = dataclasses.replace(config, vocab_size=vocab_size)
+        model = SpanBertForPreTraining(config).set_backend(args.backend)
+    if model.config.max_position_embeddings < max_positions:
+        raise ValueError(
+            f"the corpus has blocks of {max_positions - 2} tokens (+[CLS]/[SEP]) but the model has only "
+            f"{model.config.max_position_embeddings} positions; prepare with a smaller --block-size"
+        )
+    return model
+
+
+def run_pretraining(args: argparse.Namespace, data_dir: str, out_dir: str):
+    """Build data, model and trainer from ``args`` and train; returns the TrainResult."""
+    from spanbert_fast.data.loader import PretrainingBatches
+    from spanbert_fast.data.prepare import BlockDataset
+    from spanbert_fast.training import Trainer, init_distributed, seed_everything
+
+    ctx = init_distributed(args.device)
+    dataset = BlockDataset(data_dir)
+    batches = PretrainingBatches(
+        dataset, batch_size=args.batch_size, seed=args.seed, masking=args.masking,
+        rank=ctx.rank, world_size=ctx.world_size,
+    )
+    seed_everything(args.seed)  # same initial weights on every rank and every run
+    model = build_model(args, dataset.vocab_size, dataset.block_size + 2)
+    if ctx.is_main:
+        n = model.num_parameters(exclude_embeddings=True)
+        print(f"model: {model.config.num_hidden_layers} layers, d={model.config.hidden_size}, "
+              f"{n / 1e6:.1f}M non-embedding parameters; data: {len(dataset)} blocks from {data_dir}")
+    tokenizer_file = os.path.join(data_dir, dataset.meta["files"]["tokenizer"])
+    trainer = Trainer(model, batches, training_args_from(args, out_dir), dist_ctx=ctx,
+                      checkpoint_files=[tokenizer_file])
+    return trainer.train()
+
+
+def prepare_demo(out_dir: str) -> str:
+    """Tokenizer + prepared corpus from Python's own help topics (no download); returns the data dir."""
+    from spanbert_fast.data.corpus import Document, demo_corpus_texts
+    from spanbert_fast.data.prepare import META_FILE, prepare_documents
+    from spanbert_fast.data.tokenizer import train_tokenizer
+
+    data_dir = os.path.join(out_dir, "data")
+    if os.path.isfile(os.path.join(data_dir, META_FILE)):
+        return data_dir
+    texts = demo_corpus_texts()
+    print(f"demo: training a WordPiece tokenizer on {len(texts)} Python help topics")
+    tokenizer = train_tokenizer(texts, vocab_size=4000)
+    documents = (Document(text=text, source=f"pydoc_data.topics[{i}]") for i, text in enumerate(texts))
+    prepare_documents(documents, tokenizer, data_dir, block_size=126, overwrite=True)
+    return data_dir
+
+
+def run(args: argparse.Namespace) -> int:
+    started = time.time()
+    if args.demo and (args.config or args.init_from):
+        raise SystemExit("pretrain: --demo trains its own tiny model; drop --config/--init-from")
+    fill_defaults(args, DEMO_DEFAULTS if args.demo else PRETRAIN_DEFAULTS)  # preset unused with --config/--init-from
+    if args.demo:
+        out_dir = args.out or DEMO_OUT
+        data_dir = prepare_demo(out_dir)
+    else:
+        if not args.data or not args.out:
+            raise SystemExit("pretrain: --data DIR and --out DIR are required (or use --demo)")
+        out_dir, data_dir = args.out, args.data
+    result = run_pretraining(args, data_dir, out_dir)
+    if result.history:
+        first, last = result.history[0], result.history[-1]
+        print(f"loss {float(first['loss']):.3f} -> {float(last['loss']):.3f} over {result.step} steps "
+              f"({time.time() - started:.0f} s)")
+    print(f"checkpoint: {result.checkpoint}")
+    print(f"log:        {os.path.join(result.out_dir, 'log.csv')}")
+    if result.plot:
+        print(f"plot:       {result.plot}")
+    print(f"everything is in {os.path.abspath(result.out_dir)}")
+    return 0
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "pretrain", help="pre-train SpanBERT (MLM + SBO) on a prepared corpus",
+        description="Pre-train SpanBERT (MLM + SBO) on a corpus made by `spanbert-fast prepare`.",
+    )
+    parser.add_argument("--demo", action="store_true",
+                        help="CPU demo: tokenizer, corpus and tiny model from Python's help topics")
+    parser.add_argument("--data", help="prepared corpus folder (from `spanbert-fast prepare`)")
+    model = parser.add_mutually_exclusive_group()
+    model.add_argument("--preset", choices=["tiny", "base", "large"], default=None)
+    model.add_argument("--config", help="a config.json to build a fresh model from")
+    model.add_argument("--init-from", help="continue pre-training from an HF BERT / SpanBERT checkpoint folder")
+    parser.add_argument("--masking", choices=["span", "word", "subword"], default="span",
+                        help="span (SpanBERT), word (whole-word) or subword masking (the paper's ablation)")
+    add_training_arguments(parser)
+    parser.set_defaults(func=run)

@@ -1,0 +1,82 @@
+"""``spanbert-fast pretrain`` end to end on CPU: demo, checkpoints, kill -9 + --resume."""
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from spanbert_fast import SpanBertForPreTraining
+from spanbert_fast.cli import main
+from spanbert_fast.data.corpus import Document, demo_corpus_texts
+from spanbert_fast.data.prepare import prepare_documents
+from spanbert_fast.data.tokenizer import train_tokenizer
+
+
+@pytest.fixture(scope="module")
+def corpus_dir(tmp_path_factory):
+    texts = demo_corpus_texts()[:12]
+    tokenizer = train_tokenizer(texts, vocab_size=600)
+    out = tmp_path_factory.mktemp("corpus")
+    documents = (Document(text=t, source=str(i)) for i, t in enumerate(texts))
+    prepare_documents(documents, tokenizer, out, block_size=62, overwrite=True, progress=False)
+    return str(out)
+
+
+def pretrain_args(data, out, *extra):
+    return ["pretrain", "--data", data, "--out", str(out), "--preset", "tiny", "--batch-size", "4",
+            "--max-steps", "12", "--save-every", "4", "--log-every", "1", "--no-progress", "--seed", "3",
+            "--lr", "1e-3", *extra]
+
+
+def read_losses(out):
+    with open(os.path.join(out, "log.csv")) as f:
+        return [(int(r["step"]), float(r["loss"])) for r in csv.DictReader(f)]
+
+
+def final_state(out):
+    return SpanBertForPreTraining.from_pretrained(os.path.join(out, "checkpoints", "step-00000012")).state_dict()
+
+
+def test_kill_9_then_resume_is_bit_identical(corpus_dir, tmp_path):
+    straight = tmp_path / "straight"
+    assert main(pretrain_args(corpus_dir, straight)) == 0
+
+    resumed = tmp_path / "resumed"
+    command = [sys.executable, "-m", "spanbert_fast", *pretrain_args(corpus_dir, resumed)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first_checkpoint = resumed / "checkpoints" / "step-00000004" / "trainer_state.pt"
+    deadline = time.time() + 240
+    while not first_checkpoint.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert first_checkpoint.exists(), "the run never wrote its first checkpoint"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert main(pretrain_args(corpus_dir, resumed, "--resume")) == 0
+
+    assert read_losses(resumed) == read_losses(straight)
+    a, b = final_state(straight), final_state(resumed)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_checkpoint_folder_is_a_usable_model_with_its_tokenizer(corpus_dir, tmp_path):
+    assert main(pretrain_args(corpus_dir, tmp_path, "--max-steps", "2")) == 0
+    checkpoint = tmp_path / "checkpoints" / "step-00000002"
+    assert {"config.json", "model.safetensors", "trainer_state.pt", "tokenizer.json"} <= set(os.listdir(checkpoint))
+    assert (tmp_path / "training.png").is_file()
+
+
+def test_demo_runs_and_names_its_output(tmp_path, capsys):
+    assert main(["pretrain", "--demo", "--out", str(tmp_path), "--max-steps", "3", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert str(tmp_path) in printed and "loss" in printed
+    assert (tmp_path / "checkpoints" / "step-00000003" / "model.safetensors").is_file()
+
+
+def test_missing_data_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="meta.json"):
+        main(pretrain_args(str(tmp_path / "nothing"), tmp_path / "out"))
