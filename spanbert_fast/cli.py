@@ -12,9 +12,11 @@ COMMANDS = [
     "info",
     "tokenizer",
     "prepare",
+    "pretrain",
     "fill_mask",
     "embed",
     "finetune",
+    "bench",
 ]
 
 
