@@ -142,23 +142,21 @@ def layernorm_forward(s, mask, rows, row_ok, offsets, W, B, Y, MEAN, RSTD, D, ep
 
 
 @triton.jit
-def load_xhat(s, mask, MEAN, RSTD, rows, row_ok):
-    """Recompute ``xhat`` from a tile ``s`` and the saved per-row mean and rstd.
+def layernorm_backward(s, mask, rows, row_ok, offsets, DY, MEAN, RSTD, gamma, D):
+    """LayerNorm backward of a tile ``s`` [R, BLOCK_D] recomputed as in the forward.
 
-    Returns (xhat [R, BLOCK_D], zero outside ``mask``; rstd [R], zero on rows past N).
+    Reads dy and the saved mean/rstd; ``gamma`` is [BLOCK_D] fp32. Returns (ds [R, BLOCK_D]
+    fp32, zero outside ``mask``; this tile's dgamma and dbeta row sums, [BLOCK_D] each).
     """
     mean = tl.load(MEAN + rows, mask=row_ok, other=0.0)
     rstd = tl.load(RSTD + rows, mask=row_ok, other=0.0)
-    return tl.where(mask, (s - mean[:, None]) * rstd[:, None], 0.0), rstd
-
-
-@triton.jit
-def layernorm_input_grad(dy, xhat, gamma, rstd, D):
-    """``ds`` of a LayerNorm tile: dy, xhat [R, BLOCK_D] (zero outside the mask), gamma [BLOCK_D], rstd [R]."""
+    xhat = tl.where(mask, (s - mean[:, None]) * rstd[:, None], 0.0)
+    dy = tl.load(DY + offsets, mask=mask, other=0.0).to(tl.float32)
     g = dy * gamma[None, :]
     mean_g = tl.sum(g, axis=1) / D
     mean_gx = tl.sum(g * xhat, axis=1) / D
-    return (g - mean_g[:, None] - xhat * mean_gx[:, None]) * rstd[:, None]
+    ds = (g - mean_g[:, None] - xhat * mean_gx[:, None]) * rstd[:, None]
+    return tl.where(mask, ds, 0.0), tl.sum(dy * xhat, axis=0), tl.sum(dy, axis=0)
 
 
 @triton.jit

@@ -38,11 +38,10 @@ from ._layernorm_common import (
     block_d,
     empty_param_grad_totals,
     forward_grid,
+    layernorm_backward,
     layernorm_forward,
-    layernorm_input_grad,
     load_biased_rows,
     load_vector,
-    load_xhat,
     new_forward_outputs,
     new_partials,
     row_autotune,
@@ -135,17 +134,14 @@ def _bias_dropout_add_layernorm_bwd_kernel(
     for tile in range(tl.program_id(0), tl.cdiv(N, BLOCK_ROWS), G):
         rows, row_ok, col_ok, offsets, mask = row_tile(tile, N, D, BLOCK_ROWS, BLOCK_D)
         s, keep = _residual_sum(X, BIAS, RES, offsets, mask, D, seed, p, scale, HAS_BIAS, HAS_DROPOUT, BLOCK_D)
-        xhat, rstd = load_xhat(s, mask, MEAN, RSTD, rows, row_ok)
-        dy = tl.load(DY + offsets, mask=mask, other=0.0).to(tl.float32)
-        ds = layernorm_input_grad(dy, xhat, gamma, rstd, D)
+        ds, dgamma_rows, dbeta_rows = layernorm_backward(s, mask, rows, row_ok, offsets, DY, MEAN, RSTD, gamma, D)
         dx = ds
         if HAS_DROPOUT:
-            dx = ds * scale
-        dx = tl.where(keep, dx, 0.0)
+            dx = tl.where(keep, ds * scale, 0.0)
         tl.store(DRES + offsets, ds.to(DRES.dtype.element_ty), mask=mask)
         tl.store(DX + offsets, dx.to(DX.dtype.element_ty), mask=mask)
-        dgamma += tl.sum(dy * xhat, axis=0)
-        dbeta += tl.sum(dy, axis=0)
+        dgamma += dgamma_rows
+        dbeta += dbeta_rows
         if HAS_BIAS:
             dbias += tl.sum(dx, axis=0)
     store_partials(PARTIAL, D, dgamma, dbeta, dbias, HAS_BIAS, BLOCK_D)

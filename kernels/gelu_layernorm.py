@@ -33,11 +33,10 @@ from ._layernorm_common import (
     block_d,
     empty_param_grad_totals,
     forward_grid,
+    layernorm_backward,
     layernorm_forward,
-    layernorm_input_grad,
     load_biased_rows,
     load_vector,
-    load_xhat,
     new_forward_outputs,
     new_partials,
     row_autotune,
@@ -107,14 +106,14 @@ def _bias_gelu_layernorm_bwd_kernel(
     for tile in range(tl.program_id(0), tl.cdiv(N, BLOCK_ROWS), G):
         rows, row_ok, col_ok, offsets, mask = row_tile(tile, N, D, BLOCK_ROWS, BLOCK_D)
         activation, activation_grad = _gelu_erf(load_biased_rows(X, BIAS, offsets, mask, D, HAS_BIAS, BLOCK_D))
-        xhat, rstd = load_xhat(activation, mask, MEAN, RSTD, rows, row_ok)
-        dy = tl.load(DY + offsets, mask=mask, other=0.0).to(tl.float32)
-        dh = layernorm_input_grad(dy, xhat, gamma, rstd, D) * activation_grad
+        da, dgamma_rows, dbeta_rows = layernorm_backward(activation, mask, rows, row_ok, offsets, DY, MEAN, RSTD,
+                                                         gamma, D)
+        dh = da * activation_grad
         tl.store(DX + offsets, dh.to(DX.dtype.element_ty), mask=mask)
-        dgamma += tl.sum(dy * xhat, axis=0)
-        dbeta += tl.sum(dy, axis=0)
+        dgamma += dgamma_rows
+        dbeta += dbeta_rows
         if HAS_BIAS:
-            dbias += tl.sum(tl.where(mask, dh, 0.0), axis=0)
+            dbias += tl.sum(dh, axis=0)
     store_partials(PARTIAL, D, dgamma, dbeta, dbias, HAS_BIAS, BLOCK_D)
 
 
