@@ -62,6 +62,35 @@ def mask_budget(n_tokens: int, mask_ratio: float = 0.15) -> int:
     return int(math.ceil(round(n_tokens * mask_ratio, 9)))
 
 
+def masked_runs(masked: np.ndarray):
+    """Merged spans of a bool mask: (starts, inclusive ends) of its maximal runs of True.
+
+    Overlapping and adjacent spans therefore come out as one span (the reference's
+    ``merge_intervals`` merges ``[a, b]`` and ``[b + 1, c]`` too).
+    """
+    edges = np.diff(np.concatenate(([0], np.asarray(masked, dtype=np.int8), [0])))
+    starts = np.flatnonzero(edges == 1).astype(np.int64)
+    ends = (np.flatnonzero(edges == -1) - 1).astype(np.int64)
+    return starts, ends
+
+
+def span_boundary_targets(starts: np.ndarray, ends: np.ndarray, n_tokens: int, max_targets: int = 15):
+    """SBO targets of merged spans [starts[i], ends[i]] in a block of ``n_tokens`` tokens.
+
+    Spans with ``start == 0`` or ``end == n_tokens - 1`` get none; every other span gives its first
+    ``min(length, max_targets)`` tokens. Returns int64 arrays (positions, left, right, rel_pos):
+    target position, ``start - 1``, ``end + 1`` and ``position - start``, span after span.
+    """
+    starts = np.asarray(starts, dtype=np.int64)
+    ends = np.asarray(ends, dtype=np.int64)
+    inside = np.flatnonzero((starts > 0) & (ends < n_tokens - 1))
+    per_span = np.minimum(ends[inside] - starts[inside] + 1, max_targets)
+    span_of_target = np.repeat(inside, per_span)
+    first_target = np.repeat(np.cumsum(per_span) - per_span, per_span)
+    rel_pos = np.arange(span_of_target.size, dtype=np.int64) - first_target
+    return (starts[span_of_target] + rel_pos, starts[span_of_target] - 1, ends[span_of_target] + 1, rel_pos)
+
+
 @dataclass
 class MaskedBlock:
     """One block after masking. All positions index the block (0..n-1, no [CLS]); the collator
@@ -197,10 +226,7 @@ class SpanMasker:
         masked, drawn = self._draw_spans(maskable, np.asarray(word_starts, dtype=bool), budget, rng)
         positions = np.flatnonzero(masked)
 
-        # merged spans = maximal runs of masked tokens
-        edges = np.diff(np.concatenate(([0], masked.view(np.int8), [0])))
-        starts = np.flatnonzero(edges == 1).astype(np.int64)
-        ends = (np.flatnonzero(edges == -1) - 1).astype(np.int64)
+        starts, ends = masked_runs(masked)
         lengths = ends - starts + 1
 
         # replacement
@@ -215,12 +241,9 @@ class SpanMasker:
         random_positions = positions[token_kind == REPLACE_RANDOM]
         inputs[random_positions] = self.sample_random_tokens(rng, random_positions.size)
 
-        # SBO targets: spans strictly inside the block, first max_sbo_targets tokens of each
-        inside = np.flatnonzero((starts > 0) & (ends < n - 1))
-        per_span = np.minimum(lengths[inside], self.max_sbo_targets)
-        span_of_target = np.repeat(inside, per_span)
-        first_target = np.repeat(np.cumsum(per_span) - per_span, per_span)
-        rel_pos = np.arange(span_of_target.size, dtype=np.int64) - first_target
+        sbo_positions, sbo_left, sbo_right, sbo_rel_pos = span_boundary_targets(
+            starts, ends, n, self.max_sbo_targets
+        )
         return MaskedBlock(
             input_ids=inputs,
             original_ids=original,
@@ -228,10 +251,10 @@ class SpanMasker:
             span_starts=starts,
             span_ends=ends,
             span_replacement=span_kind,
-            sbo_positions=starts[span_of_target] + rel_pos,
-            sbo_left=starts[span_of_target] - 1,
-            sbo_right=ends[span_of_target] + 1,
-            sbo_rel_pos=rel_pos,
+            sbo_positions=sbo_positions,
+            sbo_left=sbo_left,
+            sbo_right=sbo_right,
+            sbo_rel_pos=sbo_rel_pos,
             drawn_spans=np.asarray(drawn, dtype=np.int64).reshape(-1, 2),
         )
 
