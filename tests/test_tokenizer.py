@@ -1,0 +1,111 @@
+"""WordPiece tokenizer: training (cased, special ids), save/load round trip, loading a BERT
+vocab.txt with BERT-cased special ids, word starts, and the ``spanbert-fast tokenizer`` CLI."""
+import json
+
+import numpy as np
+import pytest
+
+from spanbert_fast.cli import main
+from spanbert_fast.data.corpus import demo_corpus_texts
+from spanbert_fast.data.tokenizer import (
+    SpecialIds,
+    is_word_start,
+    load_tokenizer,
+    save_tokenizer,
+    special_ids,
+    train_tokenizer,
+    word_start_table,
+)
+
+SENTENCE = "When a name is not bound, an attempt to evaluate it raises a NameError exception."
+
+
+@pytest.fixture(scope="module")
+def demo_tokenizer():
+    return train_tokenizer(demo_corpus_texts(), vocab_size=2000)
+
+
+def bert_cased_like_vocab(path):
+    """A vocab.txt laid out like bert-base-cased: [PAD]=0, [unusedN], [UNK]=100 .. [MASK]=103."""
+    tokens = ["[PAD]"] + [f"[unused{i}]" for i in range(1, 100)] + ["[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tokens += ["Hello", "world", "Span", "##BE", "##RT", "!", ",", "the", "##s", "cat"]
+    path.write_text("".join(token + "\n" for token in tokens), encoding="utf-8")
+    return tokens
+
+
+def test_trained_tokenizer_has_specials_first_and_is_cased(demo_tokenizer):
+    assert special_ids(demo_tokenizer) == SpecialIds(pad=0, unk=1, cls=2, sep=3, mask=4)
+    assert demo_tokenizer.get_vocab_size() == 2000
+    upper = demo_tokenizer.encode("Python", add_special_tokens=False).ids
+    lower = demo_tokenizer.encode("python", add_special_tokens=False).ids
+    assert upper != lower
+    with_specials = demo_tokenizer.encode("a name").ids
+    assert with_specials[0] == 2 and with_specials[-1] == 3
+
+
+def test_round_trip_text(demo_tokenizer):
+    ids = demo_tokenizer.encode(SENTENCE, add_special_tokens=False).ids
+    assert 1 not in ids  # no [UNK] for text from the training corpus
+    assert demo_tokenizer.decode(ids) == SENTENCE
+
+
+def test_save_and_load_give_the_same_ids(demo_tokenizer, tmp_path):
+    save_tokenizer(demo_tokenizer, tmp_path / "tok")
+    vocab_lines = (tmp_path / "tok" / "vocab.txt").read_text(encoding="utf-8").splitlines()
+    assert len(vocab_lines) == 2000 and vocab_lines[:5] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    expected = demo_tokenizer.encode(SENTENCE).ids
+    for path in (tmp_path / "tok", tmp_path / "tok" / "tokenizer.json", tmp_path / "tok" / "vocab.txt"):
+        assert load_tokenizer(path).encode(SENTENCE).ids == expected, path
+
+
+def test_load_bert_vocab_txt_uses_its_special_ids(tmp_path):
+    tokens = bert_cased_like_vocab(tmp_path / "vocab.txt")
+    tokenizer = load_tokenizer(tmp_path)
+    assert special_ids(tokenizer) == SpecialIds(pad=0, unk=100, cls=101, sep=102, mask=103)
+    encoding = tokenizer.encode("Hello world, SpanBERTs! hello")
+    assert encoding.tokens == ["[CLS]", "Hello", "world", ",", "Span", "##BE", "##RT", "##s", "!", "[UNK]", "[SEP]"]
+    assert encoding.ids[1] == tokens.index("Hello")
+    table = word_start_table(tokenizer)
+    assert table.shape == (len(tokens),)
+    assert table[tokens.index("Span")] and not table[tokens.index("##BE")]
+    assert np.array_equal(table, [is_word_start(token) for token in tokens])
+    assert load_tokenizer(tmp_path / "vocab.txt", lowercase=True).encode("HELLO").tokens[1] == "[UNK]"
+
+
+def test_load_errors_name_the_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        load_tokenizer(tmp_path / "nowhere")
+    with pytest.raises(FileNotFoundError, match="no tokenizer.json or vocab.txt"):
+        load_tokenizer(tmp_path)
+    (tmp_path / "vocab.txt").write_text("a\nb\n")
+    with pytest.raises(ValueError, match="no \\[UNK\\]"):
+        load_tokenizer(tmp_path / "vocab.txt")
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(ValueError, match="bad.json"):
+        load_tokenizer(tmp_path / "bad.json")
+
+
+def test_special_ids_missing_token_is_an_error(tmp_path):
+    (tmp_path / "vocab.txt").write_text("[PAD]\n[UNK]\nword\n")
+    with pytest.raises(ValueError, match="\\[CLS\\]"):
+        special_ids(load_tokenizer(tmp_path))
+
+
+def test_tokenizer_cli_trains_and_saves(tmp_path, capsys):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n\n".join(demo_corpus_texts()[:20]), encoding="utf-8")
+    jsonl = tmp_path / "more.jsonl"
+    jsonl.write_text(json.dumps({"text": "Spans of text."}) + "\n", encoding="utf-8")
+    code = main(["tokenizer", "--corpus", str(corpus), str(jsonl), "--vocab-size", "800",
+                 "--out", str(tmp_path / "tok"), "--quiet"])
+    assert code == 0
+    tokenizer = load_tokenizer(tmp_path / "tok")
+    assert tokenizer.get_vocab_size() == 800
+    assert (tmp_path / "tok" / "vocab.txt").read_text().splitlines()[:5] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    assert "800 tokens" in capsys.readouterr().out
+
+
+def test_tokenizer_cli_reports_missing_corpus(tmp_path):
+    with pytest.raises(SystemExit, match="missing.txt"):
+        main(["tokenizer", "--corpus", str(tmp_path / "missing.txt"), "--vocab-size", "100",
+              "--out", str(tmp_path / "tok"), "--quiet"])
