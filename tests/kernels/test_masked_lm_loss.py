@@ -211,6 +211,7 @@ BAD_INPUTS = {
     "targets-wrong-length": (lambda h, t, w, b, p: (h, t[:-1], w, b, p), "targets"),
     "weight-wrong-d": (lambda h, t, w, b, p: (h, t, w[:, :8], b, p), "weight"),
     "weight-dtype": (lambda h, t, w, b, p: (h, t, w.double(), b, p), "weight"),
+    "weight-bf16-rows-fp32": (lambda h, t, w, b, p: (h, t, w.bfloat16(), b, p), "weight"),
     "bias-wrong-length": (lambda h, t, w, b, p: (h, t, w, b[:-1], p), "bias"),
     "bias-dtype": (lambda h, t, w, b, p: (h, t, w, b.half(), p), "bias"),
     "hidden-3d": (lambda h, t, w, b, p: (h[None], t, w, b, p), "hidden"),
@@ -235,6 +236,18 @@ def test_low_precision_on_cpu_within_twice_torch_error(dtype):
     """The bf16/fp16 path (16-bit dlogits chunks, fp32 dX accumulation) by the 2x rule, small shapes."""
     inputs = make_inputs(350, 64, 1000, 300, duplicates=True, ignore_every=8)
     check_low_precision(inputs, dtype)
+
+
+def test_fp32_master_weights_with_bf16_rows_match_a_bf16_decoder():
+    """Autocast hands bf16 rows and the fp32 decoder: same result as casting the decoder,
+    with fp32 gradients for the fp32 weight and bias."""
+    hidden, targets, weight, bias, positions = make_inputs(40, 16, 100, 30, ignore_every=4)
+    hidden = hidden.to(torch.bfloat16)
+    mixed = loss_and_grads(mlm.masked_lm_loss, hidden, targets, weight, bias, positions)
+    lowp = loss_and_grads(mlm.masked_lm_loss, hidden, targets, weight.bfloat16(), bias.bfloat16(), positions)
+    assert mixed[3].dtype == torch.float32 and mixed[4].dtype == torch.float32
+    for name, a, b in zip(("loss", "n_correct", "d hidden", "d weight", "d bias"), mixed, lowp):
+        assert torch.equal(a, b.to(a.dtype)), name
 
 
 def test_deterministic_on_cpu():
