@@ -388,13 +388,17 @@ def masked_lm_loss(
     positions: Optional[torch.Tensor] = None,  # [M]
     ignore_index: int = -100,
     *,
+    validate: bool = True,
     backend: str = "auto",
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Mean cross-entropy of ``hidden[positions] @ weight.T + bias`` against ``targets``.
 
     The Triton kernel never materialises the ``[M, V]`` logits. Returns
-    ``(loss, n_correct)`` as :func:`masked_lm_loss_torch` does.
+    ``(loss, n_correct)`` as :func:`masked_lm_loss_torch` does. ``validate=False`` skips the
+    Triton path's range checks of ``positions``/``targets`` (they cost a device sync).
     """
     if resolve_backend(backend, hidden) == "torch":
         return masked_lm_loss_torch(hidden, targets, weight, bias, positions, ignore_index)
-    return _kernel("masked_lm_loss").masked_lm_loss(hidden, targets, weight, bias, positions, ignore_index)
+    return _kernel("masked_lm_loss").masked_lm_loss(
+        hidden, targets, weight, bias, positions, ignore_index, validate=validate
+    )
