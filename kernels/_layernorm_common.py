@@ -100,16 +100,14 @@ else:
 def row_tile(tile, N, D, BLOCK_ROWS: tl.constexpr, BLOCK_D: tl.constexpr):
     """Rows ``tile * BLOCK_ROWS + [0, BLOCK_ROWS)`` of a contiguous [N, D] tensor.
 
-    Returns (rows [R] int32, row_ok [R], col_ok [BLOCK_D], offsets [R, BLOCK_D] int64,
-    mask [R, BLOCK_D]).
+    Returns (rows [R] int32, row_ok [R], offsets [R, BLOCK_D] int64, mask [R, BLOCK_D]).
     """
     rows = tile * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
     cols = tl.arange(0, BLOCK_D)
     row_ok = rows < N
-    col_ok = cols < D
     offsets = rows.to(tl.int64)[:, None] * D + cols[None, :]
-    mask = row_ok[:, None] & col_ok[None, :]
-    return rows, row_ok, col_ok, offsets, mask
+    mask = row_ok[:, None] & (cols < D)[None, :]
+    return rows, row_ok, offsets, mask
 
 
 @triton.jit

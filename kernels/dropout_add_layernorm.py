@@ -98,7 +98,7 @@ def _bias_dropout_add_layernorm_fwd_kernel(
     BLOCK_D: tl.constexpr,
     BLOCK_ROWS: tl.constexpr,
 ):
-    rows, row_ok, col_ok, offsets, mask = row_tile(tl.program_id(0), N, D, BLOCK_ROWS, BLOCK_D)
+    rows, row_ok, offsets, mask = row_tile(tl.program_id(0), N, D, BLOCK_ROWS, BLOCK_D)
     s, _ = _residual_sum(X, BIAS, RES, offsets, mask, D, seed, p, scale, HAS_BIAS, HAS_DROPOUT, BLOCK_D)
     layernorm_forward(s, mask, rows, row_ok, offsets, W, B, Y, MEAN, RSTD, D, eps, BLOCK_D)
 
@@ -132,7 +132,7 @@ def _bias_dropout_add_layernorm_bwd_kernel(
     dbeta = tl.zeros((BLOCK_D,), dtype=tl.float32)
     dbias = tl.zeros((BLOCK_D,), dtype=tl.float32)
     for tile in range(tl.program_id(0), tl.cdiv(N, BLOCK_ROWS), G):
-        rows, row_ok, col_ok, offsets, mask = row_tile(tile, N, D, BLOCK_ROWS, BLOCK_D)
+        rows, row_ok, offsets, mask = row_tile(tile, N, D, BLOCK_ROWS, BLOCK_D)
         s, keep = _residual_sum(X, BIAS, RES, offsets, mask, D, seed, p, scale, HAS_BIAS, HAS_DROPOUT, BLOCK_D)
         ds, dgamma_rows, dbeta_rows = layernorm_backward(s, mask, rows, row_ok, offsets, DY, MEAN, RSTD, gamma, D)
         dx = ds

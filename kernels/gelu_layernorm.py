@@ -76,7 +76,7 @@ def _bias_gelu_layernorm_fwd_kernel(
     BLOCK_D: tl.constexpr,
     BLOCK_ROWS: tl.constexpr,
 ):
-    rows, row_ok, col_ok, offsets, mask = row_tile(tl.program_id(0), N, D, BLOCK_ROWS, BLOCK_D)
+    rows, row_ok, offsets, mask = row_tile(tl.program_id(0), N, D, BLOCK_ROWS, BLOCK_D)
     activation, _ = _gelu_erf(load_biased_rows(X, BIAS, offsets, mask, D, HAS_BIAS, BLOCK_D))
     layernorm_forward(activation, mask, rows, row_ok, offsets, W, B, Y, MEAN, RSTD, D, eps, BLOCK_D)
 
@@ -104,7 +104,7 @@ def _bias_gelu_layernorm_bwd_kernel(
     dbeta = tl.zeros((BLOCK_D,), dtype=tl.float32)
     dbias = tl.zeros((BLOCK_D,), dtype=tl.float32)
     for tile in range(tl.program_id(0), tl.cdiv(N, BLOCK_ROWS), G):
-        rows, row_ok, col_ok, offsets, mask = row_tile(tile, N, D, BLOCK_ROWS, BLOCK_D)
+        rows, row_ok, offsets, mask = row_tile(tile, N, D, BLOCK_ROWS, BLOCK_D)
         activation, activation_grad = _gelu_erf(load_biased_rows(X, BIAS, offsets, mask, D, HAS_BIAS, BLOCK_D))
         da, dgamma_rows, dbeta_rows = layernorm_backward(activation, mask, rows, row_ok, offsets, DY, MEAN, RSTD,
                                                          gamma, D)
