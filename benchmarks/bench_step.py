@@ -33,9 +33,11 @@ Rows per (case, impl), ``mode="train step"``, ``ms`` = median ms per step
 * ``host syncs`` (ours, CUDA only): synchronising CUDA calls in one step under
   ``torch.cuda.set_sync_debug_mode("warn")``, ``extra`` says where.
 
-``smoke=True``: a tiny config, the ``pad`` variant only (two rows, at most 32 tokens), CPU,
-``backend="torch"``, torch.compile with dynamo's ``eager`` backend (graph capture only, no C++
-build), two steps per model: it checks that the suite runs, not speed.
+``smoke=True``: a tiny one-layer config, the ``pad`` variant only (two rows, at most 32
+tokens), CPU, ``backend="torch"``, two steps per model, no compiled rows unless
+``with_compile=True`` (then dynamo's ``eager`` backend: graph capture only, no C++ build; it
+costs 10-20 s of CPU, tests/test_bench_step.py runs it once): it checks that the suite runs,
+not speed.
 ``python -m benchmarks.bench_step [--smoke] [--preset base] [--variant dense] [--no-compile]
 [--csv PATH]`` runs a part (one CUDA command per preset fits a 10-minute limit better).
 """
@@ -70,7 +72,7 @@ BASELINE = "hf-sdpa"
 PRESETS = ("base", "large")
 VARIANTS = ("dense", "pad")
 FULL_SHAPE = dict(batch=32, seq_len=512)
-SMOKE_CONFIG = dict(vocab_size=256, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+SMOKE_CONFIG = dict(vocab_size=256, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                     intermediate_size=64, max_position_embeddings=64, sbo_position_embedding_size=8)
 SMOKE_SHAPE = dict(batch=2, seq_len=32)
 
@@ -302,8 +304,9 @@ def _impls(compile_backend: Optional[str], with_compile: bool):
 
 
 def run(smoke: bool = False, presets: Optional[Sequence[str]] = None, variants: Optional[Sequence[str]] = None,
-        with_compile: bool = True) -> List[Result]:
-    """Every (preset, variant, impl) row; see the module docstring."""
+        with_compile: Optional[bool] = None) -> List[Result]:
+    """Every (preset, variant, impl) row; see the module docstring. ``with_compile``: default ``not smoke``."""
+    with_compile = (not smoke) if with_compile is None else with_compile
     from spanbert_fast import SpanBertConfig
 
     cuda = torch.cuda.is_available() and not smoke
@@ -399,7 +402,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
     parser.add_argument("--csv", default=None, help="also write the rows to this CSV file")
     args = parser.parse_args(argv)
-    rows = run(smoke=args.smoke, presets=args.preset, variants=args.variant, with_compile=not args.no_compile)
+    rows = run(smoke=args.smoke, presets=args.preset, variants=args.variant,
+               with_compile=False if args.no_compile else None)
     print(f"{'case':28} {'impl':16} {'ms':>9} {'value':>12} {'metric':22} extra")
     for r in rows:
         print(f"{r.case:28} {r.impl:16} {r.ms:9.2f} {r.value:12.4g} {r.metric:22} {r.extra}")

@@ -17,6 +17,7 @@ COMMANDS = [
     "embed",
     "finetune",
     "bench",
+    "bench",
 ]
 
 
