@@ -80,6 +80,7 @@ PADDED_CASES = [
     pytest.param(3, 1, 257, 32, [200, 257, 65], None, id="B3-H1-S257-D32-pad"),
     pytest.param(1, 2, 257, 32, None, 0, id="B1-H2-S257-D32-w0"),
     pytest.param(1, 1, 257, 64, None, 70, id="B1-H1-S257-D64-w70"),
+    pytest.param(1, 1, 257, 32, None, 126, id="B1-H1-S257-D32-w126"),
     pytest.param(3, 1, 129, 64, [129, 1, 100], 16, id="B3-H1-S129-D64-pad-w16"),
     pytest.param(1, 2, 64, 128, None, 64, id="B1-H2-S64-D128-w64"),
     pytest.param(1, 1, 128, 32, None, 63, id="B1-H1-S128-D32-w63"),
