@@ -285,5 +285,7 @@ def test_block_starting_mid_word_anchors_at_zero():
 def test_invalid_configuration_is_rejected():
     with pytest.raises(ValueError, match="scheme"):
         SpanMasker(BERT_CASED, VOCAB, scheme="entity")
+    with pytest.raises(ValueError, match="token ids"):
+        SpanMasker(BERT_CASED, VOCAB)(np.array([5, VOCAB]), np.ones(2, dtype=bool), epoch=0, index=0)
     with pytest.raises(ValueError, match="word_starts"):
         SpanMasker(BERT_CASED, VOCAB)(np.arange(1000, 1010), np.ones(9, dtype=bool), epoch=0, index=0)

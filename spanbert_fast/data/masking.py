@@ -177,6 +177,8 @@ class SpanMasker:
         if specials.max() >= self.vocab_size:
             raise ValueError(f"special ids {special_ids} do not fit vocab_size {vocab_size}")
         self._specials = specials
+        self._is_special = np.zeros(self.vocab_size, dtype=bool)
+        self._is_special[specials] = True
         if unigram_counts is None:
             self._random_ids = np.setdiff1d(np.arange(self.vocab_size, dtype=np.int64), specials)
             self._random_cdf = None
@@ -220,7 +222,9 @@ class SpanMasker:
         n = original.size
         if np.shape(word_starts) != (n,):
             raise ValueError(f"word_starts must have shape ({n},), got {np.shape(word_starts)}")
-        maskable = ~np.isin(original, self._specials)
+        if n and (original.min() < 0 or original.max() >= self.vocab_size):
+            raise ValueError(f"token ids must lie in 0..{self.vocab_size - 1}")
+        maskable = ~self._is_special[original]
         budget = min(mask_budget(n, self.mask_ratio), int(maskable.sum()))
 
         masked, drawn = self._draw_spans(maskable, np.asarray(word_starts, dtype=bool), budget, rng)
@@ -294,7 +298,7 @@ class SpanMasker:
                 start = int(word_bounds[word])
                 end = int(word_bounds[min(word + words, n_words)])  # exclusive
                 new = maskable[start:end] & ~masked[start:end]
-                added = int(new.sum())
+                added = int(np.count_nonzero(new))
                 if count + added > budget:  # cut the span where the budget is reached
                     cut = int(np.flatnonzero(new)[budget - count - 1]) + 1
                     end = start + cut
