@@ -112,7 +112,7 @@ def run(smoke: bool = False) -> List[Result]:
         for name, ours, eager, moved_fwd, moved_fwd_bwd, has_residual in suites:
             case = f"{name}-N{n_rows}-d{d}"
             inputs = [x, params[0]] + ([randn(n_rows, d)] if has_residual else []) + params[1:]
-            compiled = torch.compile(eager, backend=compile_backend, dynamic=False)  # fixed shapes, as in training
+            compiled = torch.compile(eager, backend=compile_backend, dynamic=False)  # fixed shapes, as training
             for impl, fn, extra in (("ours", ours, ""), ("eager", eager, ""), ("torch.compile", compiled, compile_note)):
                 _measure(rows, case, impl, fn, inputs, moved_fwd * tensor_bytes, moved_fwd_bwd * tensor_bytes,
                          smoke, extra)

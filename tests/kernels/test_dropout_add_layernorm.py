@@ -107,10 +107,14 @@ def test_mask_is_reproducible_from_the_seed_and_differs_between_seeds():
     first = bias_dropout_add_layernorm(*inputs, p=0.1, seed=7)
     assert torch.equal(first, bias_dropout_add_layernorm(*inputs, p=0.1, seed=7))
     assert not torch.equal(first, bias_dropout_add_layernorm(*inputs, p=0.1, seed=8))
-    assert torch.equal(dropout_keep_mask((37, 200), 0.1, 7, DEVICE), dropout_keep_mask((37, 200), 0.1, 7, DEVICE))
-    assert not torch.equal(dropout_keep_mask((37, 200), 0.1, 7, DEVICE), dropout_keep_mask((37, 200), 0.1, 8, DEVICE))
+
+    def mask(shape, seed):
+        return dropout_keep_mask(shape, 0.1, seed, DEVICE)
+
+    assert torch.equal(mask((37, 200), 7), mask((37, 200), 7))
+    assert not torch.equal(mask((37, 200), 7), mask((37, 200), 8))
     # the mask follows the flattened [N, d] element index, whatever the leading dims
-    assert torch.equal(dropout_keep_mask((2, 3, 50), 0.1, 7, DEVICE).flatten(), dropout_keep_mask((6, 50), 0.1, 7, DEVICE).flatten())
+    assert torch.equal(mask((2, 3, 50), 7).flatten(), mask((6, 50), 7).flatten())
 
 
 @pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
