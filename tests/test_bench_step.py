@@ -1,0 +1,109 @@
+"""The whole-step benchmark: span-masked batches, the step closure, the smoke rows."""
+import math
+import random
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:  # benchmarks/ is a folder of the repo, not an installed package
+    sys.path.insert(0, str(REPO_ROOT))
+
+from benchmarks import bench_step  # noqa: E402
+from benchmarks import flops as F  # noqa: E402
+
+
+@pytest.mark.parametrize("length", [3, 8, 40, 512])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_mask_spans_fill_the_budget_inside_the_block(length, seed):
+    spans = bench_step.mask_spans(length, random.Random(seed))
+    positions = [p for start, end in spans for p in range(start, end + 1)]
+    assert len(positions) == math.ceil(0.15 * (length - 2))
+    assert len(set(positions)) == len(positions)
+    assert min(positions) >= 1 and max(positions) <= length - 2  # never [CLS] or [SEP]
+    for (_, end), (start, _) in zip(spans, spans[1:]):
+        assert start > end + 1  # sorted, and adjacent spans were merged
+
+
+def test_sbo_targets_by_hand():
+    # length 12: block is positions 1..10. (1, 2) touches [CLS]'s neighbour -> none;
+    # (4, 6) -> boundaries 3 and 7; (10, 10) ends at the block's last token -> none.
+    assert bench_step.sbo_targets([(1, 2), (4, 6), (10, 10)], 12) == [
+        (3, 7, 0, 4), (3, 7, 1, 5), (3, 7, 2, 6)]
+    long_span = bench_step.sbo_targets([(2, 21)], 30)
+    assert len(long_span) == 15 and long_span[-1] == (1, 22, 14, 16)
+
+
+def test_make_batch_formats_agree():
+    lengths = [20, 9, 16]
+    batch = bench_step.make_batch(lengths, vocab_size=300, seed=3)
+    ours, hf = batch.ours, batch.hf
+    seq_len = max(lengths)
+    assert ours["input_ids"].shape == (3, seq_len) and batch.lengths == lengths
+    assert ours["attention_mask"].sum(1).tolist() == lengths
+    for row, length in enumerate(lengths):
+        assert ours["input_ids"][row, 0] == bench_step.CLS_ID
+        assert ours["input_ids"][row, length - 1] == bench_step.SEP_ID
+        assert (ours["input_ids"][row, length:] == bench_step.PAD_ID).all()
+    flat = ours["input_ids"].flatten()
+    assert (flat[ours["mlm_positions"]] == bench_step.MASK_ID).all()
+    assert batch.n_masked == len(ours["mlm_positions"]) == sum(math.ceil(0.15 * (n - 2)) for n in lengths)
+    labels = hf["labels"].flatten()
+    assert (labels != -100).sum() == batch.n_masked
+    assert torch.equal(labels[ours["mlm_positions"]], ours["mlm_labels"])
+    assert (ours["mlm_labels"] >= bench_step.FIRST_REGULAR_ID).all()
+    # SBO targets: boundaries in the target's row, around a masked token, labels from the originals.
+    assert batch.n_sbo == len(ours["sbo_left"]) > 0
+    assert (ours["sbo_left"] // seq_len == ours["sbo_right"] // seq_len).all()
+    assert (ours["sbo_left"] < ours["sbo_right"]).all() and (ours["sbo_rel_pos"] < 15).all()
+    targets = ours["sbo_left"] + 1 + ours["sbo_rel_pos"]
+    assert torch.isin(targets, ours["mlm_positions"]).all()
+    assert torch.equal(ours["sbo_labels"], labels[targets])
+
+
+def test_case_lengths():
+    assert bench_step.case_lengths("dense", 4, 512) == [512] * 4
+    padded = bench_step.case_lengths("pad", 32, 512)
+    assert len(padded) == 32 and all(128 <= n <= 512 for n in padded) and len(set(padded)) > 1
+    with pytest.raises(ValueError, match="variant"):
+        bench_step.case_lengths("packed", 4, 512)
+
+
+def test_smoke_rows_are_consistent():
+    rows = bench_step.run(smoke=True)
+    by_key = {(r.case, r.impl, r.metric): r for r in rows}
+    ceiling = next(r for r in rows if r.impl == "torch.matmul")
+    case = "tiny-B2-S32-pad8..32"
+    config = bench_step.SMOKE_CONFIG
+    batch = bench_step.make_batch(bench_step.case_lengths("pad", 2, 32), config["vocab_size"])
+    for impl, n_sbo in (("hf-sdpa", 0), ("ours", batch.n_sbo)):
+        tokens = by_key[(case, impl, "tokens/s")]
+        assert tokens.suite == "step" and tokens.mode == "train step" and tokens.ms > 0
+        assert tokens.value == pytest.approx(sum(batch.lengths) / tokens.ms * 1e3)
+        flops = F.train_step_flops(batch.lengths, config["hidden_size"], config["num_hidden_layers"],
+                                   config["intermediate_size"], config["vocab_size"], batch.n_masked, n_sbo,
+                                   config["sbo_position_embedding_size"])
+        achieved = by_key[(case, impl, "TFLOP/s")].value
+        assert achieved == pytest.approx(flops / tokens.ms / 1e9)
+        assert by_key[(case, impl, "MFU %")].value == pytest.approx(100 * achieved / ceiling.value)
+    ratio = by_key[(case, "ours", "x hf-sdpa tokens/s")]
+    assert ratio.value == pytest.approx(by_key[(case, "hf-sdpa", "tokens/s")].ms / ratio.ms)
+    assert not any("compile" in r.impl for r in rows)  # smoke: no compiled rows by default
+    assert all(math.isfinite(r.value) and r.value > 0 for r in rows)
+
+
+def test_compiled_step_updates_the_model():
+    """One step of our tiny model through torch.compile (dynamo, eager backend) trains it."""
+    from spanbert_fast import SpanBertConfig
+
+    config = SpanBertConfig(**bench_step.SMOKE_CONFIG)
+    model = bench_step.build_ours(config, "cpu", "torch")
+    batch = bench_step.make_batch([12, 7], config.vocab_size)
+    before = model.bert.encoder.layer[0].attention.self.query.weight.detach().clone()
+    step = bench_step.make_step(model, bench_step._ours_loss, batch.ours, compile_backend="eager")
+    step()
+    after = model.bert.encoder.layer[0].attention.self.query.weight
+    assert not torch.equal(before, after)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
