@@ -186,15 +186,22 @@ def _encoded_chunks(
     # scripts); tokenizers turns its own thread pool off in forked children, as wanted here.
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
     context = multiprocessing.get_context(method)
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    with context.Pool(workers, initializer=_init_worker, initargs=(tokenizer_json,)) as pool:
-        pending: deque = deque()
-        for texts in _chunks(documents, chunk_chars):
-            pending.append(pool.apply_async(_encode_chunk, (texts, block_size)))
-            if len(pending) >= 2 * workers:
+    previous = os.environ.get("TOKENIZERS_PARALLELISM")
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # inherited by the workers
+    try:
+        with context.Pool(workers, initializer=_init_worker, initargs=(tokenizer_json,)) as pool:
+            pending: deque = deque()
+            for texts in _chunks(documents, chunk_chars):
+                pending.append(pool.apply_async(_encode_chunk, (texts, block_size)))
+                if len(pending) >= 2 * workers:
+                    yield pending.popleft().get()
+            while pending:
                 yield pending.popleft().get()
-        while pending:
-            yield pending.popleft().get()
+    finally:
+        if previous is None:
+            os.environ.pop("TOKENIZERS_PARALLELISM", None)
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = previous
 
 
 # --------------------------------------------------------------------------- writing
