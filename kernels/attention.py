@@ -622,6 +622,24 @@ def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packed: bool, 
         )
 
 
+def _check_seq_info(q: torch.Tensor, seq_info: Optional[torch.Tensor], fn: str) -> None:
+    """``seq_lens`` [B] / ``cu_seqlens`` [B + 1] must be int32 on q's device (no host sync)."""
+    if q.dim() == 3 and seq_info is None:
+        raise ValueError(f"{fn}: packed [T, H, D] input needs cu_seqlens")
+    if seq_info is None:
+        return
+    name = "cu_seqlens" if q.dim() == 3 else "seq_lens"
+    if seq_info.dtype != torch.int32 or seq_info.dim() != 1 or seq_info.device != q.device:
+        raise ValueError(
+            f"{fn}: {name} must be a 1-D int32 tensor on {q.device}, got {seq_info.dtype} "
+            f"{tuple(seq_info.shape)} on {seq_info.device}"
+        )
+    if q.dim() == 4 and seq_info.numel() != q.shape[0]:
+        raise ValueError(f"{fn}: seq_lens must be [B={q.shape[0]}], got {tuple(seq_info.shape)}")
+    if q.dim() == 3 and seq_info.numel() < 1:
+        raise ValueError(f"{fn}: cu_seqlens must be [B + 1] with B >= 0, got an empty tensor")
+
+
 def _unit_last_stride(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
@@ -639,6 +657,7 @@ def _attention_forward_launch(
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Run the forward kernel; returns (O like q but contiguous, LSE fp32)."""
     _check_qkv(q, k, v, packed=q.dim() == 3, fn="attention forward")
+    _check_seq_info(q, seq_info, fn="attention forward")
     q, k, v = _unit_last_stride(q), _unit_last_stride(k), _unit_last_stride(v)
     mode, batch, heads, seq_len = _layout(q, seq_info)
     if mode == MODE_VARLEN:
@@ -677,6 +696,7 @@ def _attention_backward_launch(
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Preprocess (Delta), then the dK/dV and dQ kernels; returns contiguous (dq, dk, dv)."""
     _check_qkv(q, k, v, packed=q.dim() == 3, fn="attention backward")
+    _check_seq_info(q, seq_info, fn="attention backward")
     q, k, v = _unit_last_stride(q), _unit_last_stride(k), _unit_last_stride(v)
     out = out.contiguous()
     grad_out = grad_out.to(q.dtype).contiguous()

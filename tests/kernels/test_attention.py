@@ -309,7 +309,15 @@ BAD_VARLEN = [
 ]
 
 
-@pytest.mark.parametrize("call,message", BAD_PADDED + BAD_VARLEN)
+BAD_OP = [  # the registered op validates too (it can be called directly)
+    pytest.param(lambda: kernel.attention_forward_op(*_qkv(2, 1, 8, 32), torch.tensor([8, 2]), 8, -1, 0.0, 0, 0.1),
+                 "int32", id="op-seq-lens-int64"),
+    pytest.param(lambda: kernel.attention_forward_op(*_qkv(8, 1, 32), None, 8, -1, 0.0, 0, 0.1),
+                 "needs cu_seqlens", id="op-packed-without-cu"),
+]
+
+
+@pytest.mark.parametrize("call,message", BAD_PADDED + BAD_VARLEN + BAD_OP)
 def test_bad_input_raises_value_error(call, message):
     with pytest.raises(ValueError, match=message):
         call()
