@@ -109,3 +109,13 @@ def test_tokenizer_cli_reports_missing_corpus(tmp_path):
     with pytest.raises(SystemExit, match="missing.txt"):
         main(["tokenizer", "--corpus", str(tmp_path / "missing.txt"), "--vocab-size", "100",
               "--out", str(tmp_path / "tok"), "--quiet"])
+
+
+def test_vocab_txt_tokenizes_like_transformers_bert_tokenizer(demo_tokenizer, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    save_tokenizer(demo_tokenizer, tmp_path)
+    reference = transformers.BertTokenizer(str(tmp_path / "vocab.txt"), do_lower_case=False)
+    ours = load_tokenizer(tmp_path / "vocab.txt")
+    texts = demo_corpus_texts()[:10] + ["Café naïve — 東京 über\tTabs\u00a0nbsp", "x" * 150, "don't (stop)!"]
+    for text in texts:
+        assert ours.encode(text).ids == reference.encode(text), text[:40]
