@@ -78,7 +78,8 @@ def peak_memory_mb(fn: Callable[[], object]) -> Optional[float]:
     return (torch.cuda.max_memory_allocated() - before) / 1e6
 
 
-CSV_FIELDS = [f.name for f in dataclasses.fields(Result)] + list(environment().keys())
+ENV_FIELDS = ["device", "torch", "triton", "cuda", "date"]  # the keys of environment()
+CSV_FIELDS = [f.name for f in dataclasses.fields(Result)] + ENV_FIELDS
 
 
 def write_csv(results: List[Result], path: str) -> str:
