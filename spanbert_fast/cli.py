@@ -17,7 +17,6 @@ COMMANDS = [
     "embed",
     "finetune",
     "bench",
-    "bench",
 ]
 
 
