@@ -1,7 +1,7 @@
 """Deterministic, resumable, DDP-sharded batches of masked blocks.
 
 Order: in epoch ``e`` the blocks are visited in the permutation drawn from
-``PCG64([seed, e, ORDER_STREAM])``; global batch ``t`` of the epoch is
+``SeedSequence([seed, e], spawn_key=(ORDER_STREAM,))``; global batch ``t`` of the epoch is
 ``perm[t·G : (t+1)·G]`` (G = global batch size); rank ``r`` of ``w`` takes the contiguous slice
 ``[r·G/w, (r+1)·G/w)`` of it. An epoch has ``len(dataset) // G`` steps (the incomplete last batch
 is dropped so every rank runs the same number of steps). Every block is masked with
@@ -25,7 +25,10 @@ import torch
 from .collate import collate_masked_blocks
 from .masking import SpanMasker
 
-ORDER_STREAM = 0x5EED  # separates the order generator from the per-block mask generators
+# The order generator is SeedSequence([seed, epoch], spawn_key=(ORDER_STREAM,)): the spawn key keeps
+# it apart from every mask generator PCG64([seed, epoch, index]). (Appending ORDER_STREAM to the
+# entropy instead would collide with the masks of block ORDER_STREAM.)
+ORDER_STREAM = 0x5EED
 
 
 class _EpochBatches(torch.utils.data.Dataset):
@@ -108,7 +111,8 @@ class PretrainingBatches:
     def epoch_order(self, epoch: int) -> np.ndarray:
         """The permutation of block indices for ``epoch`` (identical on every rank)."""
         if self._order_cache[0] != epoch:
-            rng = np.random.Generator(np.random.PCG64([self.seed, int(epoch), ORDER_STREAM]))
+            sequence = np.random.SeedSequence([self.seed, int(epoch)], spawn_key=(ORDER_STREAM,))
+            rng = np.random.Generator(np.random.PCG64(sequence))
             self._order_cache = (epoch, rng.permutation(len(self.dataset)))
         return self._order_cache[1]
 
