@@ -46,9 +46,11 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import dataclasses
 import gc
 import math
 import random
+import traceback
 import warnings
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -315,13 +317,13 @@ def run(smoke: bool = False, presets: Optional[Sequence[str]] = None, variants: 
     compile_backend = "inductor" if cuda else "eager"
     presets = list(presets or (["tiny"] if smoke else PRESETS))
     variants = list(variants or (["pad"] if smoke else VARIANTS))
-    shape = SMOKE_SHAPE if smoke else FULL_SHAPE
 
     ceiling = matmul_ceiling(smoke)
     rows: List[Result] = [ceiling]
     note = "bf16 autocast, fused AdamW" if cuda else "CPU smoke: checks the suite runs, not a speed figure"
     for preset in presets:
         config = SpanBertConfig(**SMOKE_CONFIG) if preset == "tiny" else SpanBertConfig.preset(preset)
+        shape = SMOKE_SHAPE if preset == "tiny" else FULL_SHAPE
         batches = {}
         for variant in variants:
             lengths = case_lengths(variant, shape["batch"], shape["seq_len"])
@@ -339,20 +341,41 @@ def run(smoke: bool = False, presets: Optional[Sequence[str]] = None, variants: 
                 for impl, impl_family, impl_compile in _impls(compile_backend, with_compile):
                     if impl_family != family:
                         continue
-                    step = make_step(model, loss_fn, batch.hf if family == "hf" else batch.ours, impl_compile)
-                    ms = time_step(step, smoke)
-                    peak = step_peak_mb(step) if cuda else None
+                    inputs = batch.hf if family == "hf" else batch.ours
+                    failure = None
+                    try:
+                        impl_rows, ms, peak = _measure_impl(model, loss_fn, inputs, impl_compile, smoke, cuda,
+                                                            family == "ours")
+                    except Exception as err:  # an OOM or compile error of one impl must not lose the others
+                        if smoke:
+                            raise
+                        traceback.print_exc()
+                        failure = f"{type(err).__name__}: {str(err)[:300]}"
+                    model.zero_grad(set_to_none=True)
+                    if failure is not None:  # outside the except block: its traceback no longer pins memory
+                        rows.append(Result(SUITE, case, impl, "train step", float("nan"), "failed", 0.0, failure))
+                        _free_memory()
+                        continue
                     measured[(case, impl)] = (ms, peak)
                     rows += _step_rows(case, impl, ms, peak, batch, config, family, ceiling.value, note)
-                    if cuda and family == "ours":
-                        count, where = host_syncs(step)
-                        rows.append(Result(SUITE, case, impl, "train step", ms, "host syncs", float(count), where))
-                    del step
+                    rows += [dataclasses.replace(r, case=case, impl=impl) for r in impl_rows]
                     _free_memory()
             del model
             _free_memory()
         rows += _ratio_rows(measured)
     return rows
+
+
+def _measure_impl(model, loss_fn, inputs, compile_backend, smoke, cuda, check_syncs):
+    """``(extra rows, ms per step, peak MB)`` of one implementation on one batch."""
+    step = make_step(model, loss_fn, inputs, compile_backend)
+    ms = time_step(step, smoke)
+    peak = step_peak_mb(step) if cuda else None
+    extra_rows = []
+    if cuda and check_syncs:
+        count, where = host_syncs(step)
+        extra_rows.append(Result(SUITE, "", "", "train step", ms, "host syncs", float(count), where))
+    return extra_rows, ms, peak
 
 
 def _step_rows(case, impl, ms, peak, batch: StepBatch, config, family, peak_tflops, note) -> List[Result]:

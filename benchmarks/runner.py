@@ -95,6 +95,16 @@ def run_suite(name: str, smoke: bool, package: str = "benchmarks", options: Opti
     return SuiteOutcome(name, "ok", list(rows), time.perf_counter() - start)
 
 
+def _release_memory() -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def _short_traceback(err: BaseException, frames: int = 3) -> str:
     lines = traceback.format_exception(type(err), err, err.__traceback__)
     return "".join(lines[-(frames + 1):]).strip()
@@ -252,6 +262,7 @@ def run_benchmarks(suites: Sequence[str], smoke: bool, out_dir: str, results_pat
         echo(f"[bench] {name}{' (smoke)' if smoke else ''} ...")
         outcome = run_suite(name, smoke, package, (suite_options or {}).get(name))
         outcomes.append(outcome)
+        _release_memory()  # the next suite's peak-memory figures start from a clean allocator
         if outcome.status == "ok":
             echo(f"[bench] {name}: {len(outcome.rows)} rows in {outcome.seconds:.1f} s")
         else:

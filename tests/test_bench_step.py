@@ -107,3 +107,21 @@ def test_compiled_step_updates_the_model():
     after = model.bert.encoder.layer[0].attention.self.query.weight
     assert not torch.equal(before, after)
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_a_failing_implementation_is_reported_and_the_others_kept(monkeypatch):
+    measure = bench_step._measure_impl
+
+    def ours_fails(model, loss_fn, inputs, compile_backend, smoke, cuda, check_syncs):
+        if loss_fn is bench_step._ours_loss:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return measure(model, loss_fn, inputs, compile_backend, smoke, cuda, check_syncs)
+
+    monkeypatch.setattr(bench_step, "_measure_impl", ours_fails)
+    rows = bench_step.run(smoke=False, presets=["tiny"], variants=["pad"], with_compile=False)
+    failed = [r for r in rows if r.metric == "failed"]
+    assert [(r.impl, r.extra) for r in failed] == [("ours", "OutOfMemoryError: CUDA out of memory (simulated)")]
+    assert {r.metric for r in rows if r.impl == "hf-sdpa"} >= {"tokens/s", "TFLOP/s", "MFU %"}
+    assert not any(r.metric.startswith("x ") for r in rows)  # no ratio without the ours row
+    with pytest.raises(torch.cuda.OutOfMemoryError):  # smoke runs (CI) fail loudly instead
+        bench_step.run(smoke=True, with_compile=False)
