@@ -253,3 +253,23 @@ def test_prepare_cli_on_text_and_jsonl(tokenizer, tmp_path, capsys):
     with pytest.raises(SystemExit, match="nothing.txt"):
         main(["prepare", "--input", str(tmp_path / "nothing.txt"), "--tokenizer", str(tmp_path / "tok"),
               "--out", str(tmp_path / "out2"), "--quiet"])
+
+
+@pytest.mark.parametrize("workers", [1, 2], ids=["in-process", "2-workers"])
+def test_input_is_consumed_lazily(tokenizer, workers):
+    """Streaming: documents are pulled only a few chunks ahead of what has been encoded."""
+    from spanbert_fast.data.prepare import _encoded_chunks
+
+    pulled = 0
+
+    def documents():
+        nonlocal pulled
+        for i in range(10_000):
+            pulled += 1
+            yield Document(f"Document number {i}. It has two sentences.", str(i))
+
+    chunks = _encoded_chunks(documents(), tokenizer, block_size=64, workers=workers, chunk_chars=400)
+    first = next(chunks)
+    assert first.document_lengths.size == 10  # 10 documents of 40+ characters fill a 400-char chunk
+    assert pulled <= 10 * (2 * workers + 1)
+    chunks.close()
