@@ -16,6 +16,7 @@ from spanbert_fast.model import (
 )
 
 from spanbert_fast.tasks import (  # noqa: E402  (tasks need the model imported first)
+    SpanBertForQuestionAnswering,
     SpanBertForSequenceClassification,
     SpanBertForTokenClassification,
     embed,
@@ -30,6 +31,7 @@ __all__ = [
     "SpanBertForPreTraining",
     "EncoderOutput",
     "PreTrainingOutput",
+    "SpanBertForQuestionAnswering",
     "SpanBertForSequenceClassification",
     "SpanBertForTokenClassification",
     "embed",

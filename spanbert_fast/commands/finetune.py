@@ -70,6 +70,15 @@ def run_ner(args) -> int:
     return run_finetune(NerTask(args.max_length), args)
 
 
+def run_qa(args) -> int:
+    from spanbert_fast.tasks.qa import QuestionAnsweringTask
+
+    task = QuestionAnsweringTask(
+        args.max_length, args.doc_stride, args.max_query_length, args.max_answer_length, args.n_best,
+        args.null_threshold, version_2=True if args.version_2 else None)
+    return run_finetune(task, args)
+
+
 def register(subparsers) -> None:
     cls = subparsers.add_parser(
         "finetune-cls", help="fine-tune sequence classification on CSV/JSONL text,label data")
@@ -83,3 +92,17 @@ def register(subparsers) -> None:
         "finetune-ner", help="fine-tune token classification (NER) on CoNLL files; entity-level P/R/F1")
     add_common_arguments(ner, default_max_length=256)
     ner.set_defaults(func=run_ner)
+
+    qa = subparsers.add_parser(
+        "finetune-qa", help="fine-tune extractive QA on SQuAD v1.1/v2.0 JSON; EM/F1 and predictions.json")
+    add_common_arguments(qa, default_max_length=384)
+    head = qa.add_argument_group("windows and decoding")
+    head.add_argument("--doc-stride", type=int, default=128, help="tokens between the starts of context windows")
+    head.add_argument("--max-query-length", type=int, default=64, help="questions are cut to this many tokens")
+    head.add_argument("--max-answer-length", type=int, default=30, help="longest answer in tokens")
+    head.add_argument("--n-best", type=int, default=20, help="start/end candidates per window")
+    head.add_argument("--null-threshold", type=float, default=0.0,
+                      help="v2.0: answer '' when null score - best span score exceeds this")
+    head.add_argument("--version-2", action="store_true",
+                      help="decode with null answers (default: when the data has impossible questions)")
+    qa.set_defaults(func=run_qa)

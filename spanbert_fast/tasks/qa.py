@@ -1,0 +1,425 @@
+"""Extractive question answering (SQuAD v1.1 and v2.0): windows, n-best decoding, EM/F1.
+
+Model: ``start_logits, end_logits = split(h W + b)`` over every token (``qa_outputs``,
+``d -> 2``); padding gets ``-inf``-like logits; loss = mean of the start and end
+cross-entropies. A window without the answer (and every window of an impossible v2
+question) points both at ``[CLS]`` (position 0).
+
+Features: ``[CLS] question [SEP] context-window [SEP]`` with token types 0 / 1. The
+question is cut to ``max_query_length`` tokens; the context is tokenised once and cut into
+windows of ``max_length - len(question) - 3`` tokens whose starts are ``doc_stride`` tokens
+apart (the original BERT meaning of doc stride: the step between windows). Each context
+token remembers its character span in the context (the tokenizer's offsets), so an answer
+is ``context[start_char:end_char]`` of its first and last token. A token is scored only in
+the window where it has the most context on both sides (BERT's "max context" rule).
+
+Decoding: per example, over all its windows, the ``n_best`` best start and end positions
+are paired into spans inside the context with ``start <= end`` and at most
+``max_answer_length`` tokens, scored ``start_logit + end_logit``. v1.1 answers with the best
+span. v2.0 also scores the null answer, ``min`` over windows of ``start[0] + end[0]``, and
+answers ``""`` when ``null_score - best_span_score > null_threshold``.
+
+Evaluation (:func:`squad_metrics`): the official SQuAD rules -- answers are normalised
+(lower case, punctuation removed, articles a/an/the removed, whitespace collapsed); EM and
+token-overlap F1 take the maximum over the gold answers; an impossible question's only gold
+answer is ``""`` (scored 1 only for an empty prediction). Scores are percentages; v2.0
+also reports the ``HasAns_*`` and ``NoAns_*`` subsets.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import logging
+import os
+import re
+import string
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from spanbert_fast.config import SpanBertConfig
+from spanbert_fast.model import SpanBertModel
+from spanbert_fast.tasks.common import (
+    InputFileError,
+    SpanBertTaskModel,
+    batched,
+    collate_features,
+    inference_context,
+    line_of,
+    model_device,
+    write_json_atomic,
+)
+
+logger = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------- model
+@dataclasses.dataclass
+class QuestionAnsweringOutput:
+    loss: Optional[torch.Tensor]  # (CE(start) + CE(end)) / 2, None without positions
+    start_logits: torch.Tensor  # [B, L] fp32, padding very negative
+    end_logits: torch.Tensor  # [B, L]
+    start_positions: Optional[torch.Tensor] = None  # [B]
+    end_positions: Optional[torch.Tensor] = None  # [B]
+
+    def metrics(self) -> Dict[str, torch.Tensor]:
+        """Accuracy of the start and of the end position (tensors, logged by the trainer)."""
+        if self.start_positions is None:
+            return {}
+        return {
+            "start_acc": (self.start_logits.argmax(-1) == self.start_positions).float().mean(),
+            "end_acc": (self.end_logits.argmax(-1) == self.end_positions).float().mean(),
+        }
+
+
+class SpanBertForQuestionAnswering(SpanBertTaskModel):
+    """SpanBERT encoder + start/end logits for extractive QA."""
+
+    task = "question-answering"
+
+    def __init__(self, config: SpanBertConfig):
+        super().__init__(config)
+        self.bert = SpanBertModel(config)
+        self.qa_outputs = nn.Linear(config.hidden_size, 2)
+        self.init_weights()
+
+    def head_settings(self) -> dict:
+        return {}
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, start_positions=None,
+                end_positions=None, **unused):
+        """``start_positions`` / ``end_positions`` [B] token indices (0 = no answer here)."""
+        hidden = self.bert(input_ids, attention_mask, token_type_ids).last_hidden_state
+        logits = self.qa_outputs(hidden).float()  # [B, L, 2]
+        if attention_mask is not None:
+            logits = logits.masked_fill(~attention_mask.bool()[..., None], -1e9)
+        start_logits, end_logits = logits.unbind(-1)
+        loss = None
+        if start_positions is not None and end_positions is not None:
+            loss = (F.cross_entropy(start_logits, start_positions) + F.cross_entropy(end_logits, end_positions)) / 2
+        return QuestionAnsweringOutput(loss, start_logits, end_logits, start_positions, end_positions)
+
+
+# --------------------------------------------------------------------------- SQuAD files
+@dataclasses.dataclass
+class SquadExample:
+    qid: str
+    question: str
+    context: str
+    answers: List[Tuple[str, int]]  # (text, answer_start); empty for impossible questions
+    is_impossible: bool
+    line: Optional[int]  # line of the question's "id" in its file
+
+
+def _id_line(raw: str, qid: str) -> Optional[int]:
+    match = re.search(r'"id"\s*:\s*' + re.escape(json.dumps(qid)), raw)
+    return line_of(raw, match.start()) if match else None
+
+
+def read_squad(path: str, require_answers: bool = True) -> List[SquadExample]:
+    """Questions of a SQuAD v1.1 / v2.0 JSON file, with their answers checked against the context.
+
+    Raises :class:`InputFileError` (``path:line:``) for malformed JSON, a missing field, an
+    answer whose offsets fall outside its context or whose text is not at ``answer_start``,
+    and (``require_answers``) an answerable question without answers.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: file not found")
+    with open(path, encoding="utf-8") as f:
+        raw = f.read()
+    try:
+        dataset = json.loads(raw)
+    except json.JSONDecodeError as err:
+        raise InputFileError(path, err.lineno, f"not valid JSON ({err.msg}, column {err.colno})") from err
+    if not isinstance(dataset, dict) or not isinstance(dataset.get("data"), list):
+        raise InputFileError(path, 1, 'not a SQuAD file: expected {"data": [{"paragraphs": [...]}, ...]}')
+    examples = []
+    for article in dataset["data"]:
+        for paragraph in article.get("paragraphs", []):
+            context = paragraph.get("context")
+            for qa in paragraph.get("qas", []):
+                qid = str(qa.get("id"))
+                line = _id_line(raw, qid)
+                if not isinstance(context, str) or "question" not in qa:
+                    raise InputFileError(path, line, f"question {qid}: missing 'context' or 'question'")
+                impossible = bool(qa.get("is_impossible", False))
+                answers = []
+                for answer in [] if impossible else qa.get("answers", []):
+                    text, start = answer.get("text"), answer.get("answer_start")
+                    if not isinstance(text, str) or not isinstance(start, int):
+                        raise InputFileError(path, line, f"question {qid}: an answer needs 'text' and an "
+                                                         "integer 'answer_start'")
+                    if start < 0 or start + len(text) > len(context):
+                        raise InputFileError(path, line, f"question {qid}: answer {text!r} at {start}..."
+                                                         f"{start + len(text)} lies outside its context "
+                                                         f"({len(context)} characters)")
+                    if context[start: start + len(text)] != text:
+                        raise InputFileError(path, line, f"question {qid}: answer {text!r} is not at "
+                                                         f"answer_start {start} (context there: "
+                                                         f"{context[start: start + len(text)]!r})")
+                    answers.append((text, start))
+                if require_answers and not impossible and not answers:
+                    raise InputFileError(path, line, f"question {qid} has no answers; mark it "
+                                                     '"is_impossible": true (SQuAD 2.0) or add one')
+                examples.append(SquadExample(qid, qa["question"], context, answers, impossible, line))
+    if not examples:
+        raise InputFileError(path, None, "no questions")
+    return examples
+
+
+# --------------------------------------------------------------------------- windows
+@dataclasses.dataclass
+class ContextTokens:
+    ids: List[int]
+    offsets: List[Tuple[int, int]]  # character span of each token in the context
+
+
+def tokenize_context(tokenizer, context: str) -> ContextTokens:
+    encoding = tokenizer.encode(context, add_special_tokens=False)
+    return ContextTokens(list(encoding.ids), [tuple(o) for o in encoding.offsets])
+
+
+def answer_token_span(context: ContextTokens, start_char: int, end_char: int) -> Optional[Tuple[int, int]]:
+    """First and last context token overlapping the characters ``[start_char, end_char)``."""
+    tokens = [i for i, (s, e) in enumerate(context.offsets) if s < end_char and e > start_char]
+    return (tokens[0], tokens[-1]) if tokens else None
+
+
+def window_starts(n_tokens: int, window: int, stride: int) -> List[int]:
+    """Starts of windows of ``window`` tokens, ``stride`` apart, the last one reaching the end."""
+    starts, start = [], 0
+    while True:
+        starts.append(start)
+        if start + window >= n_tokens:
+            return starts
+        start += stride
+
+
+def max_context_flags(starts: Sequence[int], window: int, n_tokens: int) -> List[List[bool]]:
+    """``flags[w][i]``: window ``w`` is the one where its ``i``-th token has the most context."""
+    best: Dict[int, Tuple[float, int]] = {}
+    for w, start in enumerate(starts):
+        length = min(window, n_tokens - start)
+        for i in range(length):
+            score = min(i, length - 1 - i) + 0.01 * length
+            token = start + i
+            if token not in best or score > best[token][0]:
+                best[token] = (score, w)
+    return [[best[start + i][1] == w for i in range(min(window, n_tokens - start))] for w, start in enumerate(starts)]
+
+
+def make_features(example: SquadExample, tokenizer, max_length: int, doc_stride: int,
+                  max_query_length: int, context: Optional[ContextTokens] = None) -> List[dict]:
+    """The windows of one example, each with its training target and decoding metadata.
+
+    Feature keys: ``input_ids``, ``token_type_ids``, ``start_positions``, ``end_positions``
+    (model inputs) and ``context_start`` (position of the first context token), ``token_start``
+    (index of that token in the whole context), ``max_context`` (flags per window token).
+    """
+    from spanbert_fast.data.tokenizer import special_ids
+
+    ids = special_ids(tokenizer)
+    question = tokenizer.encode(example.question, add_special_tokens=False).ids[:max_query_length]
+    context = context or tokenize_context(tokenizer, example.context)
+    window = max_length - len(question) - 3
+    if window <= 0:
+        raise ValueError(f"max_length {max_length} leaves no room for the context after a "
+                         f"{len(question)}-token question; raise max_length or lower max_query_length")
+    starts = window_starts(len(context.ids), window, min(doc_stride, window))
+    flags = max_context_flags(starts, window, len(context.ids))
+    target = None
+    if example.answers:
+        text, start_char = example.answers[0]
+        target = answer_token_span(context, start_char, start_char + len(text))
+    features = []
+    context_start = len(question) + 2
+    for start, max_context in zip(starts, flags):
+        piece = context.ids[start: start + window]
+        start_position = end_position = 0
+        if target is not None and start <= target[0] and target[1] < start + len(piece):
+            start_position, end_position = target[0] - start + context_start, target[1] - start + context_start
+        features.append({
+            "input_ids": [ids.cls] + question + [ids.sep] + piece + [ids.sep],
+            "token_type_ids": [0] * context_start + [1] * (len(piece) + 1),
+            "start_positions": start_position, "end_positions": end_position,
+            "context_start": context_start, "token_start": start, "max_context": max_context,
+        })
+    return features
+
+
+# --------------------------------------------------------------------------- decoding
+def decode_answers(example: SquadExample, context: ContextTokens, features: Sequence[dict],
+                   start_logits: Sequence[Sequence[float]], end_logits: Sequence[Sequence[float]], *,
+                   n_best: int = 20, max_answer_length: int = 30, version_2: bool = False,
+                   null_threshold: float = 0.0) -> Tuple[str, List[dict], float]:
+    """(answer text, n-best list of ``{text, score, start, end}``, null-score difference).
+
+    ``start_logits[w]`` / ``end_logits[w]`` are the logits of window ``features[w]`` (its
+    real tokens). The null-score difference is ``null_score - best_span_score``
+    (``+inf``-like when no span is valid); v2.0 answers ``""`` when it exceeds ``null_threshold``.
+    """
+    candidates, null_score = [], float("inf")
+    for feature, starts, ends in zip(features, start_logits, end_logits):
+        null_score = min(null_score, starts[0] + ends[0])
+        first, count = feature["context_start"], len(feature["max_context"])
+        best_starts = sorted(range(first, first + count), key=lambda i: -starts[i])[:n_best]
+        best_ends = sorted(range(first, first + count), key=lambda i: -ends[i])[:n_best]
+        for s in best_starts:
+            if not feature["max_context"][s - first]:
+                continue
+            for e in best_ends:
+                if e < s or e - s + 1 > max_answer_length:
+                    continue
+                token_s, token_e = feature["token_start"] + s - first, feature["token_start"] + e - first
+                char_s, char_e = context.offsets[token_s][0], context.offsets[token_e][1]
+                candidates.append({"text": example.context[char_s:char_e], "score": starts[s] + ends[e],
+                                   "start": char_s, "end": char_e})
+    candidates.sort(key=lambda c: -c["score"])
+    nbest, seen = [], set()
+    for candidate in candidates:  # the same span from two windows counts once
+        if (candidate["start"], candidate["end"]) not in seen:
+            seen.add((candidate["start"], candidate["end"]))
+            nbest.append(candidate)
+        if len(nbest) == n_best:
+            break
+    best_score = nbest[0]["score"] if nbest else -1e30
+    null_diff = null_score - best_score
+    if version_2:
+        nbest.append({"text": "", "score": null_score, "start": -1, "end": -1})
+        nbest.sort(key=lambda c: -c["score"])
+        answer = "" if (not candidates or null_diff > null_threshold) else candidates[0]["text"]
+    else:
+        answer = candidates[0]["text"] if candidates else ""
+    return answer, nbest, null_diff
+
+
+# --------------------------------------------------------------------------- official-style metrics
+def normalize_answer(text: str) -> str:
+    """Lower case, drop punctuation, drop the articles a/an/the, collapse whitespace (SQuAD rules)."""
+    text = text.lower()
+    text = "".join(ch for ch in text if ch not in set(string.punctuation))
+    text = re.sub(r"\b(a|an|the)\b", " ", text)
+    return " ".join(text.split())
+
+
+def exact_match_score(prediction: str, gold: str) -> float:
+    return float(normalize_answer(prediction) == normalize_answer(gold))
+
+
+def f1_score(prediction: str, gold: str) -> float:
+    """Token-overlap F1 of the normalised answers; when either is empty, 1 only if both are."""
+    pred_tokens, gold_tokens = normalize_answer(prediction).split(), normalize_answer(gold).split()
+    if not pred_tokens or not gold_tokens:
+        return float(pred_tokens == gold_tokens)
+    common = collections.Counter(pred_tokens) & collections.Counter(gold_tokens)
+    overlap = sum(common.values())
+    if overlap == 0:
+        return 0.0
+    precision, recall = overlap / len(pred_tokens), overlap / len(gold_tokens)
+    return 2 * precision * recall / (precision + recall)
+
+
+def squad_metrics(examples: Sequence[SquadExample], predictions: Dict[str, str]) -> dict:
+    """EM and F1 (percentages) of ``predictions`` {qid: text}; a missing prediction scores 0.
+
+    Each score is the maximum over the example's gold answers (``[""]`` for impossible ones).
+    With impossible questions present, ``HasAns_*`` / ``NoAns_*`` subsets are added.
+    """
+    rows = []
+    for example in examples:
+        golds = [text for text, _ in example.answers if normalize_answer(text)] or [""]
+        if example.qid not in predictions:
+            rows.append((example, 0.0, 0.0))
+            continue
+        prediction = predictions[example.qid]
+        rows.append((example, max(exact_match_score(prediction, g) for g in golds),
+                     max(f1_score(prediction, g) for g in golds)))
+
+    def summary(subset, prefix=""):
+        n = len(subset)
+        return {f"{prefix}exact": 100.0 * sum(r[1] for r in subset) / n if n else 0.0,
+                f"{prefix}f1": 100.0 * sum(r[2] for r in subset) / n if n else 0.0,
+                f"{prefix}total": n}
+
+    metrics = summary(rows)
+    if any(example.is_impossible for example in examples):
+        metrics.update(summary([r for r in rows if not r[0].is_impossible], "HasAns_"))
+        metrics.update(summary([r for r in rows if r[0].is_impossible], "NoAns_"))
+    return metrics
+
+
+# --------------------------------------------------------------------------- fine-tuning task
+class QuestionAnsweringTask:
+    """What :func:`spanbert_fast.tasks.finetune.finetune` needs for SQuAD-style QA."""
+
+    name = "qa"
+
+    def __init__(self, max_length: int = 384, doc_stride: int = 128, max_query_length: int = 64,
+                 max_answer_length: int = 30, n_best: int = 20, null_threshold: float = 0.0,
+                 version_2: Optional[bool] = None):
+        self.max_length, self.doc_stride, self.max_query_length = max_length, doc_stride, max_query_length
+        self.max_answer_length, self.n_best, self.null_threshold = max_answer_length, n_best, null_threshold
+        self.version_2 = version_2  # None: v2.0 when the data has impossible questions
+
+    def read(self, path: str) -> List[SquadExample]:
+        return read_squad(path)
+
+    def build_model(self, init: str, examples: List[SquadExample], backend: str):
+        if self.version_2 is None and any(e.is_impossible for e in examples):
+            self.version_2 = True
+        return SpanBertForQuestionAnswering.from_pretrained(init, backend=backend)
+
+    def features(self, examples, tokenizer, model, path: str) -> List[dict]:
+        keys = ("input_ids", "token_type_ids", "start_positions", "end_positions")
+        return [{k: f[k] for k in keys} for e in examples for f in self._windows(e, tokenizer)]
+
+    def _windows(self, example: SquadExample, tokenizer, context: Optional[ContextTokens] = None) -> List[dict]:
+        return make_features(example, tokenizer, self.max_length, self.doc_stride, self.max_query_length, context)
+
+    @torch.no_grad()
+    def predict(self, model, tokenizer, examples: List[SquadExample], version_2: bool,
+                batch_size: int = 64) -> Tuple[Dict[str, str], Dict[str, List[dict]], Dict[str, float]]:
+        """(predictions {qid: text}, n-best lists, null-score differences) for ``examples``."""
+        from spanbert_fast.data.tokenizer import special_ids
+
+        pad, device = special_ids(tokenizer).pad, model_device(model)
+        model.eval()
+        contexts, windows = [], []
+        for index, example in enumerate(examples):
+            contexts.append(tokenize_context(tokenizer, example.context))
+            windows.extend((index, f) for f in self._windows(example, tokenizer, contexts[-1]))
+        logits_of: Dict[int, List[Tuple[dict, List[float], List[float]]]] = collections.defaultdict(list)
+        for chunk in batched(windows, batch_size):
+            batch = collate_features([{"input_ids": f["input_ids"], "token_type_ids": f["token_type_ids"]}
+                                      for _, f in chunk], pad)
+            with inference_context(device):
+                output = model(**{k: v.to(device) for k, v in batch.items()})
+            for row, (index, feature) in enumerate(chunk):
+                length = len(feature["input_ids"])
+                logits_of[index].append((feature, output.start_logits[row, :length].tolist(),
+                                         output.end_logits[row, :length].tolist()))
+        predictions, nbest, null_diffs = {}, {}, {}
+        for index, example in enumerate(examples):
+            features, starts, ends = zip(*logits_of[index])
+            answer, candidates, null_diff = decode_answers(
+                example, contexts[index], features, starts, ends, n_best=self.n_best,
+                max_answer_length=self.max_answer_length, version_2=version_2, null_threshold=self.null_threshold)
+            predictions[example.qid], nbest[example.qid], null_diffs[example.qid] = answer, candidates, null_diff
+        return predictions, nbest, null_diffs
+
+    def evaluate(self, model, tokenizer, path: str, out_dir: Optional[str], batch_size: int = 64) -> dict:
+        """EM/F1 on ``path``; writes ``predictions.json``, ``nbest_predictions.json`` (and v2.0
+        ``null_odds.json``) into ``out_dir``."""
+        examples = read_squad(path, require_answers=False)
+        version_2 = bool(self.version_2) or any(e.is_impossible for e in examples)
+        predictions, nbest, null_diffs = self.predict(model, tokenizer, examples, version_2, batch_size)
+        metrics = squad_metrics(examples, predictions)
+        if out_dir is not None:
+            write_json_atomic(os.path.join(out_dir, "predictions.json"), predictions)
+            write_json_atomic(os.path.join(out_dir, "nbest_predictions.json"), nbest)
+            if version_2:
+                write_json_atomic(os.path.join(out_dir, "null_odds.json"), null_diffs)
+        return metrics

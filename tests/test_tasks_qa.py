@@ -1,0 +1,202 @@
+"""Extractive QA: SQuAD reading, windows, decoding, official-style EM/F1, overfitting v1.1 and v2.0."""
+import json
+import os
+
+import pytest
+
+from task_fixtures import data_path, fixture_tokenizer, tiny_checkpoint
+from spanbert_fast.cli import main
+from spanbert_fast.tasks import SpanBertForQuestionAnswering, squad_metrics
+from spanbert_fast.tasks.common import InputFileError
+from spanbert_fast.tasks.finetune import finetune
+from spanbert_fast.tasks.qa import (
+    ContextTokens,
+    QuestionAnsweringTask,
+    SquadExample,
+    decode_answers,
+    exact_match_score,
+    f1_score,
+    make_features,
+    max_context_flags,
+    normalize_answer,
+    read_squad,
+    tokenize_context,
+    window_starts,
+)
+
+
+# --------------------------------------------------------------------------- metrics
+def test_normalize_answer_rules():
+    assert normalize_answer("The  Eiffel-Tower!") == "eiffeltower"
+    assert normalize_answer("an apple, a pear and the plum") == "apple pear and plum"
+    assert normalize_answer("Theatre") == "theatre"  # articles only as whole words
+    assert normalize_answer("  A  ") == ""
+
+
+def test_exact_match_and_f1_known_cases():
+    assert exact_match_score("the Eiffel Tower.", "Eiffel tower") == 1.0
+    assert f1_score("Gustave Eiffel", "Eiffel") == pytest.approx(2 * 0.5 * 1.0 / 1.5)
+    assert f1_score("in 1889 by Eiffel", "1889") == pytest.approx(2 * (1 / 4) / (1 / 4 + 1))
+    assert f1_score("", "") == 1.0 and f1_score("the", "") == 1.0  # both empty after normalising
+    assert f1_score("Paris", "") == 0.0 and f1_score("", "Paris") == 0.0
+    assert f1_score("red red", "red") == pytest.approx(2 * 0.5 / 1.5)  # counts overlap with multiplicity
+
+
+def test_squad_metrics_takes_the_best_gold_and_splits_v2():
+    def example(qid, answers, impossible=False):
+        return SquadExample(qid, "q", "ctx", [(a, 0) for a in answers], impossible, None)
+
+    examples = [example("a", ["Denver Broncos", "the Broncos"]), example("b", ["1889"]),
+                example("c", [], impossible=True), example("d", [], impossible=True)]
+    metrics = squad_metrics(examples, {"a": "Broncos", "b": "in 1889", "c": "", "d": "Paris"})
+    # a: EM 1 (vs "the Broncos"), b: EM 0 F1 2/3, c: 1, d: 0
+    assert metrics["exact"] == pytest.approx(50.0)
+    assert metrics["f1"] == pytest.approx(100 * (1 + 2 / 3 + 1 + 0) / 4)
+    assert metrics["HasAns_total"] == 2 and metrics["HasAns_exact"] == pytest.approx(50.0)
+    assert metrics["NoAns_total"] == 2 and metrics["NoAns_f1"] == pytest.approx(50.0)
+    assert squad_metrics(examples[:1], {})["exact"] == 0.0  # missing prediction scores 0
+    assert "HasAns_exact" not in squad_metrics(examples[:2], {"a": "x", "b": "y"})
+
+
+# --------------------------------------------------------------------------- windows
+def test_window_starts_and_max_context():
+    assert window_starts(10, 4, 3) == [0, 3, 6]
+    assert window_starts(4, 4, 2) == [0]
+    flags = max_context_flags([0, 3, 6], 4, 10)
+    # token 3 is in windows 0 (i=3, 0 right context) and 1 (i=0): tie broken by earlier window
+    # token 4: window 1 (min(1, 2)) beats window 0? (not in it) -> window 1
+    owner = {}
+    for w, start in enumerate([0, 3, 6]):
+        for i, flag in enumerate(flags[w]):
+            if flag:
+                assert start + i not in owner
+                owner[start + i] = w
+    assert sorted(owner) == list(range(10))  # every token scored in exactly one window
+    assert owner[4] == 1 and owner[8] == 2
+
+
+def test_long_context_windows_keep_the_answer_offsets():
+    tokenizer = fixture_tokenizer()
+    examples = {e.qid: e for e in read_squad(data_path("squad_v1.json"))}
+    example = examples["q5"]  # "Oskar Lind", past the first window
+    features = make_features(example, tokenizer, max_length=48, doc_stride=16, max_query_length=16)
+    assert len(features) >= 3
+    context = tokenize_context(tokenizer, example.context)
+    with_answer = [f for f in features if f["start_positions"] > 0]
+    assert with_answer and features[0]["start_positions"] == 0 == features[0]["end_positions"]
+    for feature in with_answer:
+        first = feature["context_start"]
+        start = feature["token_start"] + feature["start_positions"] - first
+        end = feature["token_start"] + feature["end_positions"] - first
+        assert example.context[context.offsets[start][0]: context.offsets[end][1]] == "Oskar Lind"
+    for feature in features:
+        assert len(feature["input_ids"]) <= 48
+        assert feature["token_type_ids"].count(0) == feature["context_start"]
+
+
+def test_decode_answers_limits_and_null_threshold():
+    example = SquadExample("x", "q", "aa bb cc", [], False, None)
+    context = ContextTokens([10, 11, 12], [(0, 2), (3, 5), (6, 8)])
+    feature = {"context_start": 2, "token_start": 0, "max_context": [True, True, True]}
+    # positions: 0 [CLS], 1 question, 2..4 context
+    starts = [[1.0, 0.0, 5.0, 0.0, 0.0]]
+    ends = [[1.0, 0.0, 0.0, 0.0, 4.0]]
+    answer, nbest, _ = decode_answers(example, context, [feature], starts, ends)
+    assert answer == "aa bb cc" and nbest[0]["score"] == 9.0
+    answer, _, _ = decode_answers(example, context, [feature], starts, ends, max_answer_length=2)
+    assert answer == "aa"  # start 2 with end 2 is the best span of at most two tokens
+    # v2: null score 2.0 vs best span 9.0 -> answer; a threshold of -8 flips it to ""
+    answer, nbest, diff = decode_answers(example, context, [feature], starts, ends, version_2=True)
+    assert answer == "aa bb cc" and diff == pytest.approx(-7.0) and "" in [c["text"] for c in nbest]
+    answer, _, _ = decode_answers(example, context, [feature], starts, ends, version_2=True, null_threshold=-8.0)
+    assert answer == ""
+
+
+# --------------------------------------------------------------------------- bad input
+def squad_file(tmp_path, context, answer_text, answer_start, name="bad.json"):
+    dataset = {"version": "1.1", "data": [{"title": "t", "paragraphs": [{"context": context, "qas": [
+        {"id": "first", "question": "ok?", "answers": [{"text": context[:2], "answer_start": 0}]},
+        {"id": "second", "question": "where?", "answers": [{"text": answer_text, "answer_start": answer_start}]},
+    ]}]}]}
+    path = tmp_path / name
+    path.write_text(json.dumps(dataset, indent=1))
+    line = next(i for i, l in enumerate(path.read_text().splitlines(), 1) if '"second"' in l)
+    return str(path), line
+
+
+def test_answer_outside_context_names_file_and_line(tmp_path):
+    path, line = squad_file(tmp_path, "short context", "context here", 6)
+    with pytest.raises(InputFileError, match=rf"bad.json:{line}: question second: answer .* outside its context"):
+        read_squad(path)
+
+
+def test_answer_text_mismatch_names_file_and_line(tmp_path):
+    path, line = squad_file(tmp_path, "short context", "contxt", 6)
+    with pytest.raises(InputFileError, match=rf"bad.json:{line}: question second: answer 'contxt' is not at"):
+        read_squad(path)
+
+
+def test_malformed_json_names_file_and_line(tmp_path):
+    path = tmp_path / "broken.json"
+    path.write_text('{"data": [\n  {"paragraphs": [}\n]}\n')
+    with pytest.raises(InputFileError, match=r"broken.json:2: not valid JSON"):
+        read_squad(str(path))
+    path.write_text('{"version": "1.1"}')
+    with pytest.raises(InputFileError, match="not a SQuAD file"):
+        read_squad(str(path))
+
+
+# --------------------------------------------------------------------------- training
+WINDOWS = dict(max_length=96, doc_stride=48, max_query_length=16)  # the long context spans 3 windows
+
+
+@pytest.fixture(scope="module")
+def trained_v2(tmp_path_factory):
+    """One CLI fine-tuning run on the v2.0 fixture (the v1.1 questions + two impossible ones)."""
+    root = tmp_path_factory.mktemp("qa")
+    init = tiny_checkpoint(root / "init")
+    out = str(root / "qa")
+    squad = data_path("squad_v2.json")
+    assert main(["finetune-qa", "--train", squad, "--eval", squad, "--init", init, "--out", out,
+                 "--max-length", "96", "--doc-stride", "48", "--max-query-length", "16", "--batch-size", "16",
+                 "--max-steps", "120", "--lr", "3e-3", "--warmup-ratio", "0", "--no-progress",
+                 "--backend", "torch"]) == 0
+    return out
+
+
+@pytest.mark.slow
+def test_cli_overfits_squad_v2_with_null_answers(trained_v2):
+    with open(os.path.join(trained_v2, "eval_results.json")) as f:
+        metrics = json.load(f)
+    assert metrics["exact"] == 100.0 and metrics["f1"] == 100.0
+    assert metrics["NoAns_total"] == 2 and metrics["HasAns_total"] == 7
+    with open(os.path.join(trained_v2, "predictions.json")) as f:
+        predictions = json.load(f)
+    assert predictions["q8"] == "" and predictions["q9"] == ""
+    assert predictions["q5"] == "Oskar Lind" and predictions["q4"] == "apples, pears and barley"
+    with open(os.path.join(trained_v2, "null_odds.json")) as f:
+        assert json.load(f)["q8"] > 0  # the null answer won
+
+
+@pytest.mark.slow
+def test_reloaded_model_answers_squad_v1(trained_v2, tmp_path):
+    model = SpanBertForQuestionAnswering.from_pretrained(trained_v2, backend="torch")
+    assert model.load_report.missing == []
+    metrics = QuestionAnsweringTask(**WINDOWS).evaluate(model, fixture_tokenizer(), data_path("squad_v1.json"),
+                                                        str(tmp_path))
+    assert metrics == {"exact": 100.0, "f1": 100.0, "total": 7}
+    assert not os.path.exists(tmp_path / "null_odds.json")  # v1.1 data: no null answers
+    with open(tmp_path / "nbest_predictions.json") as f:
+        nbest = json.load(f)["q2"]
+    assert nbest[0]["text"] == "Gustave Eiffel" and len(nbest) <= 20
+
+
+def test_finetune_from_python_with_v2_flag(tmp_path):
+    """The Python API runs the same driver; a few steps are enough to check the wiring."""
+    init = tiny_checkpoint(tmp_path / "init")
+    squad = data_path("squad_v1.json")
+    task = QuestionAnsweringTask(**WINDOWS, version_2=True)
+    result = finetune(task, train_path=squad, eval_path=squad, init=init, out_dir=str(tmp_path / "qa"),
+                      batch_size=16, max_steps=2, lr=1e-3, progress=False, backend="torch")
+    assert result.train.step == 2 and set(result.metrics) >= {"exact", "f1", "total"}
+    assert os.path.isfile(tmp_path / "qa" / "null_odds.json")  # decoded with null answers
