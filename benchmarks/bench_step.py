@@ -14,11 +14,10 @@ dropout 0.1 on both models, all in one process so the ratios are side by side:
 
 Cases: SpanBERT-base and -large at B32 x S512, every row a full 512-token block (``dense``),
 and a ``pad`` variant with real lengths uniform in [128, 512], padded to the batch's longest
-row. Batches are span-masked like DESIGN section 2 (see :func:`mask_spans`): 15 % of each
-block's tokens in geometric spans, SBO targets for spans with both boundaries inside the block.
-``spanbert_fast.data`` had no masking module when this was written, so :func:`mask_spans` is a
-stand-in over subwords (no whole-word spans, every masked token -> [MASK]); the speed of a step
-depends only on the counts and positions, which it matches.
+row. Batches go through the training data path (:func:`make_batch`): random token ids with a
+synthetic word segmentation, masked by :class:`spanbert_fast.data.SpanMasker` (15 % of each
+block in geometric word spans, SBO targets) and collated by
+:func:`spanbert_fast.data.collate.collate_masked_blocks`.
 
 Rows per (case, impl), ``mode="train step"``, ``ms`` = median ms per step
 (``triton.testing.do_bench`` with a long warm-up and repetition window):
@@ -48,24 +47,22 @@ import collections
 import contextlib
 import dataclasses
 import gc
-import math
 import random
 import traceback
 import warnings
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 
 from benchmarks import flops as F
 from benchmarks.common import Result, bench_ms, write_csv
 
 SUITE = "step"
-CLS_ID, SEP_ID, MASK_ID, PAD_ID = 101, 102, 103, 0  # BERT-cased WordPiece
+PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID = 0, 100, 101, 102, 103  # BERT-cased WordPiece
 FIRST_REGULAR_ID = 104  # token ids of the synthetic text are drawn from [104, vocab)
-MASK_FRACTION = 0.15
-SPAN_P, MAX_SPAN_LENGTH = 0.2, 10  # P(l) ~ 0.2 * 0.8^(l-1), l in 1..10 (DESIGN section 2)
-SBO_MAX_TARGETS = 15
+WORD_START_P = 0.75  # synthetic word segmentation: ~1.3 WordPiece tokens per word
 WEIGHT_DECAY, LR = 0.01, 1e-4
 MATMUL_SIZE = 8192
 STEP_WARMUP_MS, STEP_REP_MS = 1000, 3000  # do_bench windows: a step is 20-150 ms on an H100
@@ -80,58 +77,13 @@ SMOKE_SHAPE = dict(batch=2, seq_len=32)
 
 
 # --------------------------------------------------------------------------- batches
-def mask_spans(length: int, rng: random.Random, mask_fraction: float = MASK_FRACTION) -> List[Tuple[int, int]]:
-    """Masked spans ``(start, end)`` (inclusive) of a ``[CLS] block [SEP]`` row of ``length`` tokens.
-
-    Stand-in for the SpanBERT masker over subwords: span lengths ``l`` in 1..10 with
-    ``P(l) ~ 0.2 * 0.8^(l-1)``, anchors uniform over the block, until exactly
-    ``ceil(mask_fraction * n)`` of the block's ``n = length - 2`` tokens are masked (the last
-    span may be cut); overlapping and adjacent spans merge. [CLS] and [SEP] are never masked.
-    """
-    first, last = 1, length - 2
-    budget = math.ceil(mask_fraction * (last - first + 1))
-    weights = [SPAN_P * (1 - SPAN_P) ** i for i in range(MAX_SPAN_LENGTH)]
-    masked = [False] * length
-    count = 0
-    while count < budget:
-        span = rng.choices(range(1, MAX_SPAN_LENGTH + 1), weights)[0]
-        anchor = rng.randint(first, last)
-        for pos in range(anchor, min(anchor + span, last + 1)):
-            if count == budget:
-                break
-            if not masked[pos]:
-                masked[pos] = True
-                count += 1
-    spans, start = [], None
-    for pos in range(length + 1):
-        on = pos < length and masked[pos]
-        if on and start is None:
-            start = pos
-        elif not on and start is not None:
-            spans.append((start, pos - 1))
-            start = None
-    return spans
-
-
-def sbo_targets(spans: Sequence[Tuple[int, int]], length: int) -> List[Tuple[int, int, int, int]]:
-    """``(left, right, rel_pos, position)`` per SBO target; spans touching [CLS]/[SEP] get none."""
-    first, last = 1, length - 2
-    targets = []
-    for start, end in spans:
-        if start - 1 < first or end + 1 > last:
-            continue
-        for rel_pos, pos in enumerate(range(start, min(end + 1, start + SBO_MAX_TARGETS))):
-            targets.append((start - 1, end + 1, rel_pos, pos))
-    return targets
-
-
 @dataclass
 class StepBatch:
     """One batch in both formats, with the counts the FLOP formulas need."""
 
-    ours: Dict[str, torch.Tensor]  # the collator's format (spanbert_fast.model docstring)
+    ours: Dict[str, torch.Tensor]  # the collator's format (spanbert_fast.data.collate)
     hf: Dict[str, torch.Tensor]  # input_ids, attention_mask, labels (-100 off the masked positions)
-    lengths: List[int]
+    lengths: List[int]  # real tokens per row, [CLS] and [SEP] included
     n_masked: int
     n_sbo: int
 
@@ -141,36 +93,33 @@ class StepBatch:
 
 
 def make_batch(lengths: Sequence[int], vocab_size: int, seed: int = 0) -> StepBatch:
-    """Random ``[CLS] tokens [SEP]`` rows of the given real lengths, padded, span-masked."""
-    rng = random.Random(seed)
-    generator = torch.Generator().manual_seed(seed)
-    batch, seq_len = len(lengths), max(lengths)
-    input_ids = torch.randint(FIRST_REGULAR_ID, vocab_size, (batch, seq_len), generator=generator)
-    attention_mask = torch.zeros(batch, seq_len, dtype=torch.long)
-    mlm_positions, sbo = [], []
-    for row, length in enumerate(lengths):
-        input_ids[row, 0], input_ids[row, length - 1] = CLS_ID, SEP_ID
-        input_ids[row, length:] = PAD_ID
-        attention_mask[row, :length] = 1
-        spans = mask_spans(length, rng)
-        offset = row * seq_len
-        mlm_positions += [offset + pos for start, end in spans for pos in range(start, end + 1)]
-        sbo += [(offset + left, offset + right, rel, offset + pos)
-                for left, right, rel, pos in sbo_targets(spans, length)]
-    original = input_ids.flatten().clone()
-    positions = torch.tensor(mlm_positions, dtype=torch.long)
-    input_ids.view(-1)[positions] = MASK_ID
-    labels = torch.full((batch * seq_len,), -100, dtype=torch.long)
-    labels[positions] = original[positions]
-    sbo_t = torch.tensor(sbo, dtype=torch.long).reshape(-1, 4)
-    ours = dict(
-        input_ids=input_ids, attention_mask=attention_mask,
-        mlm_positions=positions, mlm_labels=original[positions],
-        sbo_left=sbo_t[:, 0].contiguous(), sbo_right=sbo_t[:, 1].contiguous(),
-        sbo_rel_pos=sbo_t[:, 2].contiguous(), sbo_labels=original[sbo_t[:, 3]],
-    )
-    hf = dict(input_ids=input_ids, attention_mask=attention_mask, labels=labels.view(batch, seq_len))
-    return StepBatch(ours, hf, list(lengths), len(mlm_positions), len(sbo))
+    """Rows of the given real lengths (``[CLS] block [SEP]``), masked and collated as in training.
+
+    The blocks are random ids from ``[104, vocab)`` (no special token) with a synthetic word
+    segmentation (a token starts a word with probability ``WORD_START_P``, about the 1.3
+    WordPiece tokens per word of English text); :class:`spanbert_fast.data.SpanMasker` masks them
+    (span lengths in words, exact 15 % budget, merging, 80/10/10 per span, SBO targets) and
+    :func:`spanbert_fast.data.collate.collate_masked_blocks` pads them to the longest row.
+    """
+    from spanbert_fast.data import SpanMasker, SpecialIds
+    from spanbert_fast.data.collate import collate_masked_blocks
+
+    special = SpecialIds(pad=PAD_ID, unk=UNK_ID, cls=CLS_ID, sep=SEP_ID, mask=MASK_ID)
+    masker = SpanMasker(special, vocab_size, seed=seed)
+    rng = np.random.default_rng(seed)
+    blocks = []
+    for index, length in enumerate(lengths):
+        n = length - 2
+        token_ids = rng.integers(FIRST_REGULAR_ID, vocab_size, size=n)
+        word_starts = rng.random(n) < WORD_START_P
+        word_starts[:1] = True
+        blocks.append(masker(token_ids, word_starts, epoch=0, index=index))
+    ours = collate_masked_blocks(blocks, special)
+    rows, width = ours["input_ids"].shape
+    labels = torch.full((rows * width,), -100, dtype=torch.long)
+    labels[ours["mlm_positions"]] = ours["mlm_labels"]
+    hf = dict(input_ids=ours["input_ids"], attention_mask=ours["attention_mask"], labels=labels.view(rows, width))
+    return StepBatch(ours, hf, list(lengths), int(ours["mlm_positions"].numel()), int(ours["sbo_left"].numel()))
 
 
 def case_lengths(variant: str, batch: int, seq_len: int, seed: int = 0) -> List[int]:

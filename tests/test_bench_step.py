@@ -1,6 +1,5 @@
 """The whole-step benchmark: span-masked batches, the step closure, the smoke rows."""
 import math
-import random
 import sys
 from pathlib import Path
 
@@ -15,27 +14,6 @@ from benchmarks import bench_step  # noqa: E402
 from benchmarks import flops as F  # noqa: E402
 
 
-@pytest.mark.parametrize("length", [3, 8, 40, 512])
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_mask_spans_fill_the_budget_inside_the_block(length, seed):
-    spans = bench_step.mask_spans(length, random.Random(seed))
-    positions = [p for start, end in spans for p in range(start, end + 1)]
-    assert len(positions) == math.ceil(0.15 * (length - 2))
-    assert len(set(positions)) == len(positions)
-    assert min(positions) >= 1 and max(positions) <= length - 2  # never [CLS] or [SEP]
-    for (_, end), (start, _) in zip(spans, spans[1:]):
-        assert start > end + 1  # sorted, and adjacent spans were merged
-
-
-def test_sbo_targets_by_hand():
-    # length 12: block is positions 1..10. (1, 2) touches [CLS]'s neighbour -> none;
-    # (4, 6) -> boundaries 3 and 7; (10, 10) ends at the block's last token -> none.
-    assert bench_step.sbo_targets([(1, 2), (4, 6), (10, 10)], 12) == [
-        (3, 7, 0, 4), (3, 7, 1, 5), (3, 7, 2, 6)]
-    long_span = bench_step.sbo_targets([(2, 21)], 30)
-    assert len(long_span) == 15 and long_span[-1] == (1, 22, 14, 16)
-
-
 def test_make_batch_formats_agree():
     lengths = [20, 9, 16]
     batch = bench_step.make_batch(lengths, vocab_size=300, seed=3)
@@ -47,20 +25,33 @@ def test_make_batch_formats_agree():
         assert ours["input_ids"][row, 0] == bench_step.CLS_ID
         assert ours["input_ids"][row, length - 1] == bench_step.SEP_ID
         assert (ours["input_ids"][row, length:] == bench_step.PAD_ID).all()
-    flat = ours["input_ids"].flatten()
-    assert (flat[ours["mlm_positions"]] == bench_step.MASK_ID).all()
-    assert batch.n_masked == len(ours["mlm_positions"]) == sum(math.ceil(0.15 * (n - 2)) for n in lengths)
+    # 15 % of each block (without [CLS]/[SEP]), rounded up: ceil(2.7) + ceil(1.05) + ceil(2.1) = 3 + 2 + 3.
+    assert batch.n_masked == len(ours["mlm_positions"]) == 8
+    rows_of_masked = ours["mlm_positions"] // seq_len
+    cols_of_masked = ours["mlm_positions"] % seq_len
+    assert (cols_of_masked >= 1).all()
+    assert (cols_of_masked < torch.tensor(lengths)[rows_of_masked] - 1).all()  # never [SEP] or padding
     labels = hf["labels"].flatten()
     assert (labels != -100).sum() == batch.n_masked
     assert torch.equal(labels[ours["mlm_positions"]], ours["mlm_labels"])
     assert (ours["mlm_labels"] >= bench_step.FIRST_REGULAR_ID).all()
+    assert torch.equal(hf["input_ids"], ours["input_ids"]) and torch.equal(hf["attention_mask"], ours["attention_mask"])
     # SBO targets: boundaries in the target's row, around a masked token, labels from the originals.
-    assert batch.n_sbo == len(ours["sbo_left"]) > 0
+    assert batch.n_sbo == len(ours["sbo_left"])
     assert (ours["sbo_left"] // seq_len == ours["sbo_right"] // seq_len).all()
     assert (ours["sbo_left"] < ours["sbo_right"]).all() and (ours["sbo_rel_pos"] < 15).all()
     targets = ours["sbo_left"] + 1 + ours["sbo_rel_pos"]
     assert torch.isin(targets, ours["mlm_positions"]).all()
     assert torch.equal(ours["sbo_labels"], labels[targets])
+
+
+def test_full_size_batch_is_span_masked():
+    batch = bench_step.make_batch([512] * 32, vocab_size=28996)
+    assert batch.n_masked == 32 * math.ceil(0.15 * 510)  # 32 x 77 = 2464
+    assert 0.5 * batch.n_masked < batch.n_sbo < batch.n_masked  # most spans have both boundaries
+    masked = batch.ours["input_ids"].flatten()[batch.ours["mlm_positions"]]
+    share = (masked == bench_step.MASK_ID).float().mean().item()
+    assert 0.6 < share < 0.95  # 80 % of spans -> [MASK], the rest random or kept
 
 
 def test_case_lengths():
