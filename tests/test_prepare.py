@@ -190,7 +190,8 @@ def test_uint32_shards_for_large_vocabularies(tmp_path):
     dataset = BlockDataset(tmp_path / "out")
     assert stats.token_dtype == "uint32" and dataset.token_dtype == np.uint32
     assert os.path.getsize(tmp_path / "out" / dataset.meta["shards"][0]["tokens"]) == 4 * 5
-    assert dataset[0].token_ids.tolist() == [vocab["w0"], vocab["w69999"], vocab["w123"], 1, 1]  # "." and w70000 unknown
+    # "." and "w70000" are not in the vocabulary: [UNK] = 1
+    assert dataset[0].token_ids.tolist() == [vocab["w0"], vocab["w69999"], vocab["w123"], 1, 1]
 
 
 def test_output_is_atomic_and_refuses_to_overwrite(tokenizer, tmp_path):
@@ -240,7 +241,8 @@ def test_prepare_cli_on_text_and_jsonl(tokenizer, tmp_path, capsys):
     save_tokenizer(tokenizer, tmp_path / "tok")
     texts = demo_corpus_texts()[:6]
     (tmp_path / "corpus").mkdir()
-    (tmp_path / "corpus" / "a.txt").write_text("\n\n".join(re.sub(r"\n\s*\n", "\n", t) for t in texts[:3]), encoding="utf-8")
+    one_paragraph = [re.sub(r"\n\s*\n", "\n", text) for text in texts[:3]]  # blank lines separate documents
+    (tmp_path / "corpus" / "a.txt").write_text("\n\n".join(one_paragraph), encoding="utf-8")
     with open(tmp_path / "corpus" / "b.jsonl", "w", encoding="utf-8") as handle:
         for text in texts[3:]:
             handle.write(json.dumps({"text": text}) + "\n")

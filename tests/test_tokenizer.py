@@ -101,7 +101,8 @@ def test_tokenizer_cli_trains_and_saves(tmp_path, capsys):
     assert code == 0
     tokenizer = load_tokenizer(tmp_path / "tok")
     assert tokenizer.get_vocab_size() == 800
-    assert (tmp_path / "tok" / "vocab.txt").read_text().splitlines()[:5] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    vocab_lines = (tmp_path / "tok" / "vocab.txt").read_text().splitlines()
+    assert vocab_lines[:5] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     assert "800 tokens" in capsys.readouterr().out
 
 
