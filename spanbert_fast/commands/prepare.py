@@ -45,7 +45,8 @@ def register(subparsers) -> None:
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--block-size", type=int, default=510,
                         help="tokens per block without [CLS]/[SEP] (default 510, for 512-position models)")
-    parser.add_argument("--workers", type=int, default=1, help="tokenising processes (default 1)")
+    parser.add_argument("--workers", type=int, default=1, help="tokenising processes; 1 (default) tokenises in this process, where tokenizers "
+                             "still uses its own threads")
     parser.add_argument("--doc-split", choices=["blank", "file", "line"], default="blank",
                         help="plain-text documents: separated by blank lines (default), one per file, one per line")
     parser.add_argument("--text-field", default="text", help="JSONL field holding the text (default: text)")

@@ -287,7 +287,8 @@ class SpanMasker:
 
         count = 0
         while count < budget:
-            # draw in batches (deterministic: the same sequence whatever the batch size)
+            # lengths and anchors come in batches (unused draws are dropped); reproducible because
+            # the batch size depends only on the block and the budget
             batch = max(8, budget - count)
             span_words = self.sample_span_words(rng, batch).tolist()
             anchors = rng.integers(0, n, size=batch).tolist()
