@@ -167,3 +167,15 @@ def test_cli_finds_the_checkout_benchmarks(tmp_path, monkeypatch):
     wrong = tmp_path / "benchmarks"
     wrong.mkdir()  # no runner.py: not a suite folder, skipped
     assert bench.find_benchmarks_dir(str(wrong)) == (REPO_ROOT / "benchmarks").resolve()
+
+
+def test_cli_passes_step_options_to_the_step_suite(tmp_path):
+    from spanbert_fast.cli import main
+
+    out = tmp_path / "step"
+    assert main(["bench", "--suite", "step", "--smoke", "--step-variant", "dense", "--no-results",
+                 "--out", str(out)]) == 0
+    with open(out / "results.csv", newline="") as f:
+        cases = {row["case"] for row in csv.DictReader(f) if row["impl"] == "ours"}
+    assert cases == {"tiny-B2-S32"}  # the dense batch only (smoke default would be the padded one)
+    assert "--step-variant dense" in (out / "results.md").read_text()

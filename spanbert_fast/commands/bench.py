@@ -84,6 +84,8 @@ def run(args) -> int:
     step_options = {}
     if args.step_preset:
         step_options["presets"] = args.step_preset
+    if args.step_variant:
+        step_options["variants"] = args.step_variant
     if args.no_compile:
         step_options["with_compile"] = False
     code, _ = runner.run_benchmarks(suites, args.smoke, out_dir, results_path=results_path,
@@ -97,6 +99,7 @@ def _command_line(args) -> str:
     parts = ["spanbert-fast bench", f"--suite {args.suite}"]
     parts += ["--smoke"] if args.smoke else []
     parts += [f"--step-preset {p}" for p in args.step_preset or []]
+    parts += [f"--step-variant {v}" for v in args.step_variant or []]
     parts += ["--no-compile"] if args.no_compile else []
     return " ".join(parts)
 
@@ -120,6 +123,9 @@ def register(subparsers) -> None:
     parser.add_argument("--no-results", action="store_true", help="append to no Markdown results file")
     parser.add_argument("--step-preset", action="append", choices=("base", "large"),
                         help="step suite: model size, repeatable (default: base and large)")
+    parser.add_argument("--step-variant", action="append", choices=("dense", "pad"),
+                        help="step suite: full 512-token rows or padded rows (lengths 128..512), repeatable "
+                             "(default: both)")
     parser.add_argument("--no-compile", action="store_true", help="step suite: skip the torch.compile rows")
     parser.add_argument("--bench-dir", default=None,
                         help=f"the checkout's benchmarks/ folder (default: ${ENV_BENCH_DIR}, next to the "
