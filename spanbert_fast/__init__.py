@@ -21,6 +21,7 @@ from spanbert_fast.tasks import (  # noqa: E402  (tasks need the model imported 
     SpanBertForTokenClassification,
     embed,
     fill_mask,
+    patch_hf_bert,
 )
 
 __version__ = "0.1.0"
@@ -36,5 +37,6 @@ __all__ = [
     "SpanBertForTokenClassification",
     "embed",
     "fill_mask",
+    "patch_hf_bert",
     "__version__",
 ]

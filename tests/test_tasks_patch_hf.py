@@ -1,0 +1,143 @@
+"""patch_hf_bert: patched transformers BERT matches the unpatched one (outputs and grads), CPU, torch backend."""
+import copy
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from spanbert_fast import ops, patch_hf_bert  # noqa: E402
+from spanbert_fast.tasks.patch_hf import key_padding_from_mask  # noqa: E402
+
+TOL = 1e-5  # fp32 parity (tests/helpers.py FP32_TOL); the masked loss sums over ~10 rows only
+
+
+def tiny_bert_config(attn_implementation):
+    config = transformers.BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                     intermediate_size=64, max_position_embeddings=32)
+    config._attn_implementation = attn_implementation
+    return config
+
+
+def batch(seed=0):
+    """Two rows, the second padded after 6 tokens; MLM labels on a few real tokens, NSP labels."""
+    g = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(5, 99, (2, 10), generator=g)
+    attention_mask = torch.ones(2, 10, dtype=torch.long)
+    attention_mask[1, 6:] = 0
+    input_ids[1, 6:] = 0
+    labels = torch.full((2, 10), -100)
+    for row, col in [(0, 1), (0, 4), (0, 9), (1, 2), (1, 5)]:
+        labels[row, col] = int(torch.randint(5, 99, (1,), generator=g))
+    return input_ids, attention_mask, labels
+
+
+def count_op_calls(monkeypatch):
+    calls = {"attention": 0, "bias_dropout_add_layernorm": 0, "masked_lm_loss": 0}
+    for name in calls:
+        original = getattr(ops, name)
+
+        def counted(*args, _name=name, _original=original, **kwargs):
+            calls[_name] += 1
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(ops, name, counted)
+    return calls
+
+
+def assert_grads_match(patched, reference):
+    reference_grads = {n: p.grad for n, p in reference.named_parameters()}
+    checked = 0
+    for name, param in patched.named_parameters():
+        expected = reference_grads[name]
+        if expected is None:
+            assert param.grad is None or torch.count_nonzero(param.grad) == 0, name
+            continue
+        torch.testing.assert_close(param.grad, expected, atol=TOL, rtol=TOL, msg=lambda m, n=name: f"grad {n}: {m}")
+        checked += 1
+    assert checked > 20  # every encoder weight and the heads
+
+
+@pytest.mark.parametrize("attn_implementation", ["eager", "sdpa"])
+def test_masked_lm_parity(attn_implementation, monkeypatch):
+    torch.manual_seed(0)
+    reference = transformers.BertForMaskedLM(tiny_bert_config(attn_implementation)).eval()
+    patched = patch_hf_bert(copy.deepcopy(reference), backend="torch")
+    assert patched._spanbert_patched == {"attention": 2, "sublayer_output": 4, "mlm_loss": 1}
+    calls = count_op_calls(monkeypatch)
+    input_ids, attention_mask, labels = batch()
+
+    out = patched(input_ids=input_ids, attention_mask=attention_mask, labels=labels, output_hidden_states=True)
+    ref = reference(input_ids=input_ids, attention_mask=attention_mask, labels=labels, output_hidden_states=True)
+    assert calls == {"attention": 2, "bias_dropout_add_layernorm": 4, "masked_lm_loss": 1}
+    assert out.logits is None  # the fused loss never builds [B, L, V]
+    torch.testing.assert_close(out.loss, ref.loss, atol=TOL, rtol=TOL)
+    real = attention_mask.bool()
+    for mine, theirs in zip(out.hidden_states, ref.hidden_states):
+        torch.testing.assert_close(mine[real], theirs[real], atol=TOL, rtol=TOL)
+    out.loss.backward()
+    ref.loss.backward()
+    assert_grads_match(patched, reference)
+
+    with torch.no_grad():  # without labels: the original head, full logits, same values
+        logits = patched(input_ids=input_ids, attention_mask=attention_mask).logits
+        expected = reference(input_ids=input_ids, attention_mask=attention_mask).logits
+    torch.testing.assert_close(logits[real], expected[real], atol=TOL, rtol=TOL)
+
+
+def test_pretraining_parity_with_nsp_loss(monkeypatch):
+    torch.manual_seed(1)
+    reference = transformers.BertForPreTraining(tiny_bert_config("sdpa")).eval()
+    patched = patch_hf_bert(copy.deepcopy(reference), backend="torch")
+    calls = count_op_calls(monkeypatch)
+    input_ids, attention_mask, labels = batch(seed=1)
+    nsp = torch.tensor([0, 1])
+    out = patched(input_ids=input_ids, attention_mask=attention_mask, labels=labels, next_sentence_label=nsp)
+    ref = reference(input_ids=input_ids, attention_mask=attention_mask, labels=labels, next_sentence_label=nsp)
+    assert calls["masked_lm_loss"] == 1 and out.prediction_logits is None
+    torch.testing.assert_close(out.loss, ref.loss, atol=TOL, rtol=TOL)
+    torch.testing.assert_close(out.seq_relationship_logits, ref.seq_relationship_logits, atol=TOL, rtol=TOL)
+    out.loss.backward()
+    ref.loss.backward()
+    assert_grads_match(patched, reference)
+
+
+def test_bare_encoder_without_padding_and_tuple_output():
+    torch.manual_seed(2)
+    reference = transformers.BertModel(tiny_bert_config("eager")).eval()
+    patched = patch_hf_bert(copy.deepcopy(reference), backend="torch")
+    assert patched._spanbert_patched["mlm_loss"] == 0 and patched._spanbert_patched["attention"] == 2
+    input_ids = torch.randint(5, 99, (3, 7))
+    with torch.no_grad():
+        mine = patched(input_ids=input_ids)
+        theirs = reference(input_ids=input_ids)
+    torch.testing.assert_close(mine.last_hidden_state, theirs.last_hidden_state, atol=TOL, rtol=TOL)
+    torch.testing.assert_close(mine.pooler_output, theirs.pooler_output, atol=TOL, rtol=TOL)
+
+
+def test_masked_lm_return_dict_false():
+    torch.manual_seed(3)
+    model = patch_hf_bert(transformers.BertForMaskedLM(tiny_bert_config("sdpa")).eval(), backend="torch")
+    input_ids, attention_mask, labels = batch()
+    loss = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, return_dict=False)[0]
+    assert loss.dim() == 0 and torch.isfinite(loss)
+
+
+def test_key_padding_from_each_mask_format():
+    keep = torch.tensor([[True, True, False], [True, True, True]])
+    additive = torch.where(keep[:, None, None, :], 0.0, torch.finfo(torch.float32).min).expand(2, 1, 3, 3)
+    assert torch.equal(key_padding_from_mask(additive, 2), keep)
+    assert torch.equal(key_padding_from_mask(keep[:, None, None, :].expand(2, 1, 3, 3), 2), keep)
+    assert torch.equal(key_padding_from_mask(keep.long(), 2), keep)
+    assert key_padding_from_mask(torch.ones(2, 3), 2) is None and key_padding_from_mask(None, 2) is None
+
+
+def test_refuses_decoders_and_other_models():
+    config = tiny_bert_config("eager")
+    config.is_decoder = True
+    with pytest.raises(ValueError, match="bidirectional encoders only"):
+        patch_hf_bert(transformers.BertModel(config))
+    with pytest.raises(ValueError, match="transformers BERT model"):
+        patch_hf_bert(torch.nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="backend"):
+        patch_hf_bert(transformers.BertModel(tiny_bert_config("eager")), backend="cuda")
