@@ -85,3 +85,17 @@ def test_bad_files_name_file_and_line(tmp_path, name, content, message):
     path.write_text(content)
     with pytest.raises(InputFileError, match=message):
         read_classification_file(str(path))
+
+
+def test_continuing_from_a_finetuned_folder_keeps_its_label_ids(tmp_path):
+    init = tiny_checkpoint(tmp_path / "init")
+    first = SpanBertForSequenceClassification.from_pretrained(init, labels=["positive", "negative", "neutral"],
+                                                              backend="torch")
+    first.save_pretrained(str(tmp_path / "tuned"))
+    examples = read_classification_file(data_path("classification.csv"))
+    model = ClassificationTask().build_model(str(tmp_path / "tuned"), examples, "torch")
+    assert model.labels == ["positive", "negative", "neutral"] and model.load_report.missing == []
+    torch.testing.assert_close(model.classifier.out_proj.weight, first.classifier.out_proj.weight)
+    extra = examples + [examples[0].__class__("new", "surprised", 99)]
+    with pytest.raises(ValueError, match=r"adds \['surprised'\]"):
+        ClassificationTask().build_model(str(tmp_path / "tuned"), extra, "torch")

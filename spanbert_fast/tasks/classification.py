@@ -30,6 +30,7 @@ from spanbert_fast.tasks.common import (
     collate_features,
     inference_context,
     model_device,
+    saved_labels,
     truncation,
 )
 
@@ -196,7 +197,8 @@ class ClassificationTask:
         return read_classification_file(path)
 
     def build_model(self, init: str, examples: List[ClassificationExample], backend: str):
-        labels = sorted({e.label for e in examples})
+        found = {e.label for e in examples}
+        labels = saved_labels(init, SpanBertForSequenceClassification.task, found) or sorted(found)
         if len(labels) < 2:
             raise ValueError(f"the training data has a single label {labels}; classification needs two or more")
         return SpanBertForSequenceClassification.from_pretrained(

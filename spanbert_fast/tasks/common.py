@@ -65,6 +65,22 @@ def write_json_atomic(path: str, values) -> str:
     return path
 
 
+def saved_labels(init: str, task: str, training_labels) -> Optional[List[str]]:
+    """The label list of a folder fine-tuned for ``task`` (None for other checkpoints).
+
+    Continuing from such a folder keeps its label ids; training labels it lacks are an error.
+    """
+    saved = read_task_file(init) if os.path.isdir(init) else None
+    if not saved or saved.get("task") != task or "id2label" not in saved:
+        return None
+    labels = [saved["id2label"][str(i)] for i in range(len(saved["id2label"]))]
+    unknown = sorted(set(training_labels) - set(labels))
+    if unknown:
+        raise ValueError(f"{init} was fine-tuned with the labels {labels}; the training data adds {unknown}. "
+                         "Start from an encoder or pre-training checkpoint to learn a new label set")
+    return labels
+
+
 class SpanBertTaskModel(SpanBertPreTrainedModel):
     """Base of the fine-tuning models: an encoder ``self.bert`` plus a task head.
 

@@ -35,6 +35,7 @@ from spanbert_fast.tasks.common import (
     collate_features,
     inference_context,
     model_device,
+    saved_labels,
 )
 
 logger = logging.getLogger(__name__)
@@ -217,7 +218,8 @@ class NerTask:
 
     def build_model(self, init: str, sentences: List[ConllSentence], backend: str):
         tags = {tag for s in sentences for tag in s.tags}
-        labels = [OUTSIDE] * (OUTSIDE in tags) + sorted(tags - {OUTSIDE})
+        labels = (saved_labels(init, SpanBertForTokenClassification.task, tags)
+                  or [OUTSIDE] * (OUTSIDE in tags) + sorted(tags - {OUTSIDE}))
         return SpanBertForTokenClassification.from_pretrained(init, backend=backend, labels=labels)
 
     def features(self, sentences, tokenizer, model, path: str) -> List[dict]:

@@ -1,0 +1,60 @@
+"""Shared task plumbing: epoch batches (resumable), collation, task.json, input errors."""
+import json
+
+import pytest
+import torch
+
+from spanbert_fast.tasks.common import EpochBatches, InputFileError, collate_features, read_task_file
+
+
+def ids_of(batch):
+    return batch["input_ids"][:, 0].tolist()
+
+
+def test_epoch_batches_cover_each_epoch_and_resume_where_they_stopped():
+    features = [{"input_ids": [i, 1], "label": i % 2} for i in range(7)]
+
+    def make():
+        return EpochBatches(features, 3, lambda chunk: collate_features(chunk, pad_id=0), seed=5)
+
+    source = make()
+    stream = iter(source)
+    seen = [ids_of(next(stream)) for _ in range(3)]  # one epoch: 3 + 3 + 1
+    assert sorted(sum(seen, [])) == list(range(7)) and [len(b) for b in seen] == [3, 3, 1]
+    first_of_epoch_two = ids_of(next(stream))
+    state = source.state_dict()
+    expected_next = ids_of(next(stream))
+    resumed = make()
+    resumed.load_state_dict(state)
+    assert ids_of(next(iter(resumed))) == expected_next
+    epoch_two = first_of_epoch_two + expected_next + ids_of(next(stream))
+    assert sorted(epoch_two) == list(range(7))
+    assert epoch_two != sum(seen, [])  # a fresh shuffle every epoch (seed 5: these two orders differ)
+    assert EpochBatches(features, 7, lambda c: c, shuffle=False)._order(3) == list(range(7))
+
+
+def test_collate_pads_and_masks():
+    batch = collate_features([{"input_ids": [5, 6, 7], "token_labels": [-100, 1, -100], "token_type_ids": [0, 1, 1]},
+                              {"input_ids": [8], "token_labels": [-100], "token_type_ids": [0]}], pad_id=0)
+    assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+    assert batch["labels"].tolist() == [[-100, 1, -100], [-100, -100, -100]]
+    assert batch["token_type_ids"].tolist() == [[0, 1, 1], [0, 0, 0]]
+    assert batch["input_ids"].dtype == torch.long
+
+
+def test_bad_task_file_and_error_format(tmp_path):
+    (tmp_path / "task.json").write_text('{"task": \n')
+    with pytest.raises(InputFileError, match=r"task.json:2: not valid JSON"):
+        read_task_file(str(tmp_path))
+    assert read_task_file(str(tmp_path / "nowhere")) is None
+    assert str(InputFileError("f.csv", None, "no rows")) == "f.csv: no rows"
+    (tmp_path / "task.json").write_text(json.dumps({"task": "x"}))
+    assert read_task_file(str(tmp_path)) == {"task": "x"}
+
+
+def test_empty_features_or_bad_batch_size_are_errors():
+    with pytest.raises(ValueError, match="no training features"):
+        EpochBatches([], 2, list)
+    with pytest.raises(ValueError, match="batch_size"):
+        EpochBatches([{"input_ids": [1]}], 0, list)
