@@ -114,8 +114,8 @@ def register(subparsers) -> None:
                         help="ops | step | all, or suite names (attention, norms, masked_lm_loss, step), "
                              "comma-separated (default: all)")
     parser.add_argument("--smoke", action="store_true",
-                        help="tiny shapes on CPU: checks that the suites run (not speed); never appends "
-                             "to benchmarks/RESULTS.md")
+                        help="tiny shapes on CPU: checks that the suites run (not speed); appends to no "
+                             "results file unless --results names one")
     parser.add_argument("--out", default=None, help="output folder (default: out/bench/<UTC time>)")
     parser.add_argument("--results", default=None,
                         help="append the Markdown section to this file (default: benchmarks/RESULTS.md, "
