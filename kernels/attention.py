@@ -40,9 +40,11 @@ Local attention: with ``window = w`` a query tile [m0, m0 + BLOCK_M) only visits
 that intersect [m0 - w, m0 + BLOCK_M - 1 + w] (and symmetrically in the dK/dV kernel), so the
 cost falls linearly with the window.
 
-Dropout: the keep bit of element (b, h, i, j) is ``u >= p`` where ``u`` is the top 24 bits of
-the first Philox-4x32 output for key ``seed`` and counter ``(i * S_mask + j, b * H + h, 0, 0)``
-scaled to [0, 1). ``S_mask`` is the padded length S, or ``max_seqlen`` for varlen input. So the
+Dropout: the keep bit of element (b, h, i, j) is ``u >= p * 65536`` where ``u`` is a 16-bit
+word of Philox-4x32-7 with key ``seed`` and counter ``(i * ceil(S_mask / 8) + j // 8, b * H + h,
+0, 0)``: its 128 output bits are eight 16-bit words, word ``j % 8`` (low half of the first
+output first) belongs to key j. So one Philox call serves 8 keys, and the keep probability is
+1 - p to within 2^-16. ``S_mask`` is the padded length S, or ``max_seqlen`` for varlen input. So the
 mask of a varlen call is ``attention_dropout_keep_mask(B, H, max_seqlen, p, seed)[b, :, :L, :L]``
 for sequence b, and a padded call with ``seq_lens`` uses the same bits as an unmasked call.
 The backward regenerates the same bits; nothing of the mask is stored. With ``p = 0`` the
@@ -128,13 +130,26 @@ def _tile_and_head(seq_len, TILE: tl.constexpr):
 
 
 @triton.jit
-def _dropout_keep(seed, bh, q_pos, k_pos, mask_seq_len, dropout_p):
-    """Keep bits for query positions ``q_pos`` x key positions ``k_pos`` (broadcast shapes)."""
-    counter = (q_pos.to(tl.int64) * mask_seq_len + k_pos).to(tl.uint32)
+def _dropout_keep(seed, bh, offs_m, n0, mask_seq_len, dropout_p, BLOCK_N: tl.constexpr):
+    """[BLOCK_M, BLOCK_N] keep bits for queries ``offs_m`` x keys ``n0 .. n0 + BLOCK_N``.
+
+    One Philox-4x32-7 call gives 128 bits = eight 16-bit uniforms, used for 8 consecutive
+    keys (n0 is a multiple of 8): 8x fewer Philox rounds than one call per element.
+    """
+    GROUPS: tl.constexpr = BLOCK_N // 8
+    groups = n0 // 8 + tl.arange(0, GROUPS)
+    groups_per_row = (mask_seq_len + 7) // 8
+    counter = (offs_m[:, None].to(tl.int64) * groups_per_row + groups[None, :]).to(tl.uint32)
     zero = counter * 0
-    r0, _, _, _ = tl.philox(seed, counter, zero + bh.to(tl.uint32), zero, zero)
-    uniform = (r0 >> 8).to(tl.float32) * (1.0 / 16777216.0)
-    return uniform >= dropout_p
+    r0, r1, r2, r3 = tl.philox(seed, counter, zero + bh.to(tl.uint32), zero, zero, 7)
+    # Key n0 + 8 g + e takes the e-th 16-bit half: (r0 lo, r0 hi, r1 lo, ..., r3 hi).
+    pair0 = tl.join(r0 & 0xFFFF, r0 >> 16)
+    pair1 = tl.join(r1 & 0xFFFF, r1 >> 16)
+    pair2 = tl.join(r2 & 0xFFFF, r2 >> 16)
+    pair3 = tl.join(r3 & 0xFFFF, r3 >> 16)
+    eight = tl.join(tl.join(pair0, pair1), tl.join(pair2, pair3))  # [BLOCK_M, GROUPS, 2, 2, 2]
+    bits = tl.reshape(eight, (offs_m.shape[0], BLOCK_N))
+    return bits.to(tl.float32) >= dropout_p * 65536.0
 
 
 @triton.jit
@@ -204,7 +219,7 @@ def _fwd_loop(
         alpha = tl.exp2(m_i - m_use)
         l_i = l_i * alpha + tl.sum(p, 1)
         if HAS_DROPOUT:
-            keep = _dropout_keep(seed, pid_bh, offs_m[:, None], offs_n[None, :], seq_len, dropout_p)
+            keep = _dropout_keep(seed, pid_bh, offs_m, n0, seq_len, dropout_p, BLOCK_N)
             p = tl.where(keep, p, 0.0)
         if MASKED:
             v = tl.load(v_ptrs, mask=offs_n[:, None] < length, other=0.0)
@@ -325,10 +340,10 @@ def _attention_bwd_preprocess_kernel(
 
 @triton.jit
 def _dkdv_loop(
-    dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qs, stride_os, offs_n, offs_d, m_start, m_end,
+    dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qs, stride_os, n0, offs_n, offs_d, m_start, m_end,
     length, window, qk_scale, dropout_p, seed, pid_bh, seq_len,
     MASKED: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """Accumulate dK, dV of one key tile over query tiles [m_start, m_end)."""
     for m0 in range(m_start, m_end, BLOCK_M):
@@ -354,7 +369,7 @@ def _dkdv_loop(
             p_t = tl.where(allowed_t, p_t, 0.0)
         dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
         if HAS_DROPOUT:
-            keep_t = _dropout_keep(seed, pid_bh, offs_m[None, :], offs_n[:, None], seq_len, dropout_p)
+            keep_t = tl.trans(_dropout_keep(seed, pid_bh, offs_m, n0, seq_len, dropout_p, BLOCK_N))
             inv_keep = 1.0 / (1.0 - dropout_p)
             p_dropped_t = tl.where(keep_t, p_t * inv_keep, 0.0)
             dp_t = tl.where(keep_t, dp_t * inv_keep, 0.0)
@@ -422,17 +437,17 @@ def _attention_bwd_dkdv_kernel(
 
     lo, full_lo, full_hi, hi = _visit_ranges(n0, BLOCK_N, length, window, BLOCK_M, HAS_WINDOW)
     dk, dv = _dkdv_loop(dk, dv, k, v, q_base, DO + o_offset, LSE + lse_offset, DELTA + lse_offset,
-                        stride_qs, stride_os, offs_n, offs_d, full_lo, full_hi,
+                        stride_qs, stride_os, n0, offs_n, offs_d, full_lo, full_hi,
                         length, window, qk_scale, dropout_p, seed, pid_bh, seq_len,
-                        False, HAS_WINDOW, HAS_DROPOUT, DOT_PRECISION, BLOCK_M)
+                        False, HAS_WINDOW, HAS_DROPOUT, DOT_PRECISION, BLOCK_M, BLOCK_N)
     dk, dv = _dkdv_loop(dk, dv, k, v, q_base, DO + o_offset, LSE + lse_offset, DELTA + lse_offset,
-                        stride_qs, stride_os, offs_n, offs_d, lo, full_lo,
+                        stride_qs, stride_os, n0, offs_n, offs_d, lo, full_lo,
                         length, window, qk_scale, dropout_p, seed, pid_bh, seq_len,
-                        True, HAS_WINDOW, HAS_DROPOUT, DOT_PRECISION, BLOCK_M)
+                        True, HAS_WINDOW, HAS_DROPOUT, DOT_PRECISION, BLOCK_M, BLOCK_N)
     dk, dv = _dkdv_loop(dk, dv, k, v, q_base, DO + o_offset, LSE + lse_offset, DELTA + lse_offset,
-                        stride_qs, stride_os, offs_n, offs_d, full_hi, hi,
+                        stride_qs, stride_os, n0, offs_n, offs_d, full_hi, hi,
                         length, window, qk_scale, dropout_p, seed, pid_bh, seq_len,
-                        True, HAS_WINDOW, HAS_DROPOUT, DOT_PRECISION, BLOCK_M)
+                        True, HAS_WINDOW, HAS_DROPOUT, DOT_PRECISION, BLOCK_M, BLOCK_N)
 
     dk = dk * softmax_scale
     rows_owned = seq_len if MODE != 2 else length  # padded layouts: zeros for padded keys
@@ -467,7 +482,7 @@ def _dq_loop(
             p = tl.where(allowed, p, 0.0)
         dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
         if HAS_DROPOUT:
-            keep = _dropout_keep(seed, pid_bh, offs_m[:, None], offs_n[None, :], seq_len, dropout_p)
+            keep = _dropout_keep(seed, pid_bh, offs_m, n0, seq_len, dropout_p, BLOCK_N)
             dp = tl.where(keep, dp * (1.0 / (1.0 - dropout_p)), 0.0)
         ds = p * (dp - delta[:, None])
         dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION)
@@ -558,7 +573,7 @@ def _dropout_keep_mask_kernel(
     pid_n = tl.program_id(2)
     offs_m = pid_m * BLOCK + tl.arange(0, BLOCK)
     offs_n = pid_n * BLOCK + tl.arange(0, BLOCK)
-    keep = _dropout_keep(seed, pid_bh, offs_m[:, None], offs_n[None, :], seq_len, dropout_p)
+    keep = _dropout_keep(seed, pid_bh, offs_m, pid_n * BLOCK, seq_len, dropout_p, BLOCK)
     base = KEEP + pid_bh.to(tl.int64) * seq_len * seq_len
     mask = (offs_m[:, None] < seq_len) & (offs_n[None, :] < seq_len)
     tl.store(base + offs_m[:, None].to(tl.int64) * seq_len + offs_n[None, :], keep.to(tl.int8), mask=mask)
