@@ -53,6 +53,8 @@ dropout code is removed at compile time (``HAS_DROPOUT`` constexpr).
 from __future__ import annotations
 
 import math
+import numbers
+import operator
 import os
 from typing import Optional, Tuple
 
@@ -828,14 +830,27 @@ def _may_sync(t: torch.Tensor) -> bool:
     return True
 
 
+def _is_int(value) -> bool:
+    """Python or NumPy integer, not bool (``operator.index`` accepts both kinds)."""
+    if isinstance(value, bool):
+        return False
+    try:
+        operator.index(value)
+    except TypeError:
+        return False
+    return True
+
+
 def _check_options(fn: str, window, dropout_p, seed, softmax_scale) -> None:
-    if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 0):
+    if window is not None and (not _is_int(window) or window < 0):
         raise ValueError(f"{fn}: window must be None or an int >= 0 (keys with |i - j| <= window), got {window!r}")
-    if not (0.0 <= float(dropout_p) < 1.0):
-        raise ValueError(f"{fn}: dropout_p must be in [0, 1), got {dropout_p!r}")
-    if not isinstance(seed, int) or not (0 <= seed < 2**63):
+    if not isinstance(dropout_p, numbers.Real) or not (0.0 <= float(dropout_p) < 1.0):
+        raise ValueError(f"{fn}: dropout_p must be a float in [0, 1), got {dropout_p!r}")
+    if not _is_int(seed) or not (0 <= seed < 2**63):
         raise ValueError(f"{fn}: seed must be an int in [0, 2**63), got {seed!r}")
-    if softmax_scale is not None and not (math.isfinite(float(softmax_scale)) and float(softmax_scale) > 0):
+    if softmax_scale is not None and not (
+        isinstance(softmax_scale, numbers.Real) and math.isfinite(softmax_scale) and softmax_scale > 0
+    ):
         raise ValueError(f"{fn}: softmax_scale must be a positive finite float or None, got {softmax_scale!r}")
 
 
