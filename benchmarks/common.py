@@ -93,5 +93,6 @@ def write_csv(results: List[Result], path: str) -> str:
         writer.writeheader()
         for r in results:
             writer.writerow({**dataclasses.asdict(r), **env})
+    os.chmod(tmp, 0o644)  # mkstemp makes owner-only files; results are for everyone to read
     os.replace(tmp, path)
     return path
