@@ -38,13 +38,16 @@ No atomics, so the same inputs always give bit-identical gradients.
 
 Local attention: with ``window = w`` a query tile [m0, m0 + BLOCK_M) only visits key tiles
 that intersect [m0 - w, m0 + BLOCK_M - 1 + w] (and symmetrically in the dK/dV kernel), so the
-cost falls linearly with the window.
+cost falls linearly with the window. In every kernel the tiles where all pairs are allowed
+(both tiles inside the sequence and inside the window) run in a loop without masks; only the
+edge tiles pay for the masking (``_visit_ranges``).
 
 Dropout: the keep bit of element (b, h, i, j) is ``u >= p * 65536`` where ``u`` is a 16-bit
 word of Philox-4x32-7 with key ``seed`` and counter ``(i * ceil(S_mask / 8) + j // 8, b * H + h,
 0, 0)``: its 128 output bits are eight 16-bit words, word ``j % 8`` (low half of the first
 output first) belongs to key j. So one Philox call serves 8 keys, and the keep probability is
-1 - p to within 2^-16. ``S_mask`` is the padded length S, or ``max_seqlen`` for varlen input. So the
+1 - p to within 2^-16 (tiles are multiples of 8 keys; counters stay unique for S_mask < 185k).
+``S_mask`` is the padded length S, or ``max_seqlen`` for varlen input. So the
 mask of a varlen call is ``attention_dropout_keep_mask(B, H, max_seqlen, p, seed)[b, :, :L, :L]``
 for sequence b, and a padded call with ``seq_lens`` uses the same bits as an unmasked call.
 The backward regenerates the same bits; nothing of the mask is stored. With ``p = 0`` the
