@@ -79,6 +79,21 @@ class PreTrainingOutput:
         }
 
 
+@dataclasses.dataclass
+class VarlenLayout:
+    """Where the real tokens of a padded batch went when it was packed to ``[T, d]``."""
+
+    rows: torch.Tensor  # [T] int64 flat indices into the padded [B * L] grid
+    cu_seqlens: torch.Tensor  # [B + 1] int32
+    max_seqlen: int
+    batch: int
+    seq_len: int
+
+    def repad(self, packed: torch.Tensor) -> torch.Tensor:
+        """``[T, d]`` -> ``[B, L, d]`` with zeros at padding."""
+        return ops.repad(packed, self.rows, self.batch, self.seq_len)
+
+
 # --------------------------------------------------------------------------- building blocks
 class BackendMixin:
     """Modules that call :mod:`spanbert_fast.ops` read their ``backend`` attribute."""
@@ -145,15 +160,24 @@ class SelfAttention(BackendMixin, nn.Module):
         self.dropout_p = config.attention_probs_dropout_prob
         self.window = config.attention_window
 
-    def forward(self, x: torch.Tensor, attention_mask: Optional[torch.Tensor]) -> torch.Tensor:
-        batch, seq_len, d = x.shape
+    def forward(self, x: torch.Tensor, attention_mask: Optional[torch.Tensor],
+                varlen: Optional["VarlenLayout"] = None) -> torch.Tensor:
+        """``x`` [B, L, d] with ``attention_mask`` [B, L], or packed [T, d] with ``varlen``."""
         weight = torch.cat([self.query.weight, self.key.weight, self.value.weight])  # [3d, d]
         bias = torch.cat([self.query.bias, self.key.bias, self.value.bias])  # [3d]
-        qkv = F.linear(x, weight, bias).view(batch, seq_len, 3, self.num_heads, self.head_dim)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, H, L, Dh]
-        context = ops.attention(
-            q, k, v, attention_mask, window=self.window,
-            dropout_p=self.dropout_p if self.training else 0.0, backend=self.backend,
+        qkv = F.linear(x, weight, bias)
+        dropout_p = self.dropout_p if self.training else 0.0
+        if varlen is not None:
+            q, k, v = qkv.view(-1, 3, self.num_heads, self.head_dim).unbind(1)  # each [T, H, Dh]
+            context = ops.attention_varlen(
+                q, k, v, varlen.cu_seqlens, varlen.max_seqlen, window=self.window,
+                dropout_p=dropout_p, backend=self.backend,
+            )
+            return context.reshape(x.shape)
+        batch, seq_len, d = x.shape
+        q, k, v = qkv.view(batch, seq_len, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        context = ops.attention(  # q, k, v: [B, H, L, Dh]
+            q, k, v, attention_mask, window=self.window, dropout_p=dropout_p, backend=self.backend,
         )
         return context.transpose(1, 2).reshape(batch, seq_len, d)
 
@@ -164,8 +188,8 @@ class Attention(nn.Module):
         self.self = SelfAttention(config)  # HF key names: attention.self.query ...
         self.output = SublayerOutput(config.hidden_size, config)
 
-    def forward(self, x: torch.Tensor, attention_mask: Optional[torch.Tensor]) -> torch.Tensor:
-        return self.output(self.self(x, attention_mask), residual=x)
+    def forward(self, x, attention_mask, varlen=None) -> torch.Tensor:
+        return self.output(self.self(x, attention_mask, varlen), residual=x)
 
 
 class Intermediate(nn.Module):
@@ -186,8 +210,8 @@ class EncoderLayer(nn.Module):
         self.intermediate = Intermediate(config)
         self.output = SublayerOutput(config.intermediate_size, config)
 
-    def forward(self, x: torch.Tensor, attention_mask: Optional[torch.Tensor]) -> torch.Tensor:
-        x = self.attention(x, attention_mask)
+    def forward(self, x, attention_mask, varlen=None) -> torch.Tensor:
+        x = self.attention(x, attention_mask, varlen)
         return self.output(self.intermediate(x), residual=x)
 
 
@@ -371,11 +395,20 @@ class SpanBertModel(SpanBertPreTrainedModel):
             )
         mask = None if attention_mask is None else attention_mask.bool()
         x = self.embeddings(input_ids, token_type_ids)
+        varlen = None
+        if mask is not None and ops.resolve_backend(self.backend, x) == "triton":
+            # Unpad once: every layer then runs on the [T, d] real tokens (varlen attention)
+            # and the states are repadded at the end; one host sync per forward.
+            x, rows, cu_seqlens, max_seqlen = ops.unpad(x, mask)
+            varlen = VarlenLayout(rows, cu_seqlens, max_seqlen, *input_ids.shape)
         all_states = [x] if output_hidden_states else None
         for layer in self.encoder.layer:
-            x = layer(x, mask)
+            x = layer(x, mask, varlen)
             if all_states is not None:
                 all_states.append(x)
+        if varlen is not None:
+            x = varlen.repad(x)
+            all_states = None if all_states is None else [varlen.repad(h) for h in all_states]
         return EncoderOutput(x, tuple(all_states) if all_states is not None else None)
 
 
