@@ -26,10 +26,8 @@ from spanbert_fast.model import SpanBertModel
 from spanbert_fast.tasks.common import (
     InputFileError,
     SpanBertTaskModel,
-    batched,
-    collate_features,
-    inference_context,
-    model_device,
+    masked_mean,
+    predict_batches,
     saved_labels,
     truncation,
 )
@@ -91,12 +89,7 @@ class SpanBertForSequenceClassification(SpanBertTaskModel):
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, **unused):
         """``labels`` [B] int64 (optional) -> :class:`SequenceClassifierOutput`."""
         hidden = self.bert(input_ids, attention_mask, token_type_ids).last_hidden_state
-        if self.pooling == "cls":
-            pooled = hidden[:, 0]
-        else:
-            weights = (torch.ones_like(input_ids) if attention_mask is None else attention_mask).unsqueeze(-1)
-            weights = weights.to(hidden.dtype)
-            pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1)
+        pooled = hidden[:, 0] if self.pooling == "cls" else masked_mean(hidden, attention_mask)
         logits = self.classifier(pooled)
         loss = None if labels is None else F.cross_entropy(logits.float(), labels)
         return SequenceClassifierOutput(loss, logits, labels)
@@ -207,17 +200,11 @@ class ClassificationTask:
     def features(self, examples, tokenizer, model, path: str) -> List[dict]:
         return [encode_example(e, tokenizer, self.max_length, model.label2id, path) for e in examples]
 
-    @torch.no_grad()
     def predict(self, model, features: List[dict], pad_id: int, batch_size: int = 64) -> List[int]:
         """Predicted label ids, in order."""
-        model.eval()
-        device, predicted = model_device(model), []
-        for chunk in batched(features, batch_size):
-            batch = collate_features([{k: v for k, v in f.items() if k != "label"} for f in chunk], pad_id)
-            with inference_context(device):
-                logits = model(**{k: v.to(device) for k, v in batch.items()}).logits
-            predicted.extend(logits.argmax(-1).tolist())
-        return predicted
+        inputs = [{k: v for k, v in f.items() if k != "label"} for f in features]
+        return [label for _, output in predict_batches(model, inputs, pad_id, batch_size)
+                for label in output.logits.argmax(-1).tolist()]
 
     def evaluate(self, model, tokenizer, path: str, out_dir: Optional[str], batch_size: int = 64) -> dict:
         """Accuracy and macro-F1 on ``path``; writes ``predictions.jsonl`` into ``out_dir``."""

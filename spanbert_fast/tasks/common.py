@@ -16,7 +16,7 @@ import json
 import os
 import random
 import tempfile
-from typing import Callable, Dict, Iterator, List, Optional, Sequence
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -226,6 +226,14 @@ class EpochBatches:
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
 
 
+def masked_mean(hidden: torch.Tensor, attention_mask: Optional[torch.Tensor]) -> torch.Tensor:
+    """Mean of ``hidden`` [B, L, d] over the real tokens of each row (``attention_mask`` 1) -> [B, d]."""
+    if attention_mask is None:
+        return hidden.mean(dim=1)
+    weights = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1)
+
+
 def batched(items: Sequence, batch_size: int) -> Iterator[Sequence]:
     """Consecutive slices of ``items`` of at most ``batch_size`` (evaluation order)."""
     for start in range(0, len(items), batch_size):
@@ -234,6 +242,19 @@ def batched(items: Sequence, batch_size: int) -> Iterator[Sequence]:
 
 def model_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
+
+
+@torch.no_grad()
+def predict_batches(model, inputs: Sequence[dict], pad_id: int, batch_size: int) -> Iterator[Tuple[Sequence[dict], object]]:
+    """Run ``model`` in eval mode over ``inputs`` (dicts of ``input_ids`` [+ ``token_type_ids``]),
+    ``batch_size`` at a time, in order; yields ``(chunk, output)`` per batch."""
+    model.eval()
+    device = model_device(model)
+    for chunk in batched(inputs, batch_size):
+        batch = collate_features(chunk, pad_id)
+        with inference_context(device):
+            output = model(**{k: v.to(device) for k, v in batch.items()})
+        yield chunk, output
 
 
 def resolve_tokenizer(checkpoint: str, tokenizer_path: Optional[str] = None):

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from spanbert_fast.data.tokenizer import special_ids
-from spanbert_fast.tasks.common import collate_features, model_device
+from spanbert_fast.tasks.common import collate_features, masked_mean, model_device
 
 logger = logging.getLogger(__name__)
 
@@ -112,8 +112,7 @@ def embed(model, tokenizer, texts: Sequence[str], *, layer: Layers = -1, pool: s
             if pool == "cls":
                 pooled = hidden[:, 0]
             elif pool == "mean":
-                weights = mask.unsqueeze(-1).float()
-                pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1)
+                pooled = masked_mean(hidden, mask)
             for row, index in enumerate(chunk):
                 if pool == "none":
                     results[index] = hidden[row, : len(rows[index])].cpu().numpy()

@@ -31,11 +31,9 @@ from spanbert_fast.tasks.common import (
     IGNORE_INDEX,
     InputFileError,
     SpanBertTaskModel,
-    batched,
-    collate_features,
-    inference_context,
-    model_device,
+    predict_batches,
     saved_labels,
+    truncation,
 )
 
 logger = logging.getLogger(__name__)
@@ -137,8 +135,6 @@ def encode_sentence(sentence: ConllSentence, tokenizer, max_length: int, label2i
 
     ``word_index[i]`` is the word a labelled position belongs to (for reading predictions back).
     """
-    from spanbert_fast.tasks.common import truncation
-
     for tag, line in zip(sentence.tags, sentence.lines):
         if tag not in label2id:
             raise InputFileError(path, line, f"tag {tag!r} is not one of the model's labels {sorted(label2id)}")
@@ -230,25 +226,20 @@ class NerTask:
                            path, cut, self.max_length)
         return [{"input_ids": f["input_ids"], "token_labels": f["token_labels"]} for f in features]
 
-    @torch.no_grad()
     def predict(self, model, tokenizer, sentences: List[ConllSentence], path: str,
                 batch_size: int = 64) -> List[List[str]]:
         """Predicted tag of every word (``O`` for words cut by ``max_length``)."""
         from spanbert_fast.data.tokenizer import special_ids
 
         encoded = [encode_sentence(s, tokenizer, self.max_length, model.label2id, path) for s in sentences]
-        pad, device = special_ids(tokenizer).pad, model_device(model)
-        model.eval()
+        inputs = [{"input_ids": f["input_ids"]} for f in encoded]
         predictions = []
-        for chunk in batched(encoded, batch_size):
-            batch = collate_features([{"input_ids": f["input_ids"]} for f in chunk], pad)
-            with inference_context(device):
-                logits = model(**{k: v.to(device) for k, v in batch.items()}).logits
-            best = logits.argmax(-1).tolist()
-            for row, feature in enumerate(chunk):
+        for chunk, output in predict_batches(model, inputs, special_ids(tokenizer).pad, batch_size):
+            for best in output.logits.argmax(-1).tolist():
+                feature = encoded[len(predictions)]
                 tags = [OUTSIDE] * feature["n_words"]
                 for word, position in feature["first_subword"].items():
-                    tags[word] = model.labels[best[row][position]]
+                    tags[word] = model.labels[best[position]]
                 predictions.append(tags)
         return predictions
 

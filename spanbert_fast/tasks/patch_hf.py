@@ -27,8 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from spanbert_fast import ops
-
-IGNORE_INDEX = -100
+from spanbert_fast.tasks.common import IGNORE_INDEX
 
 
 def key_padding_from_mask(attention_mask: Optional[torch.Tensor], batch: int) -> Optional[torch.Tensor]:

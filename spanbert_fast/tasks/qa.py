@@ -45,11 +45,8 @@ from spanbert_fast.model import SpanBertModel
 from spanbert_fast.tasks.common import (
     InputFileError,
     SpanBertTaskModel,
-    batched,
-    collate_features,
-    inference_context,
     line_of,
-    model_device,
+    predict_batches,
     write_json_atomic,
 )
 
@@ -379,28 +376,25 @@ class QuestionAnsweringTask:
     def _windows(self, example: SquadExample, tokenizer, context: Optional[ContextTokens] = None) -> List[dict]:
         return make_features(example, tokenizer, self.max_length, self.doc_stride, self.max_query_length, context)
 
-    @torch.no_grad()
     def predict(self, model, tokenizer, examples: List[SquadExample], version_2: bool,
                 batch_size: int = 64) -> Tuple[Dict[str, str], Dict[str, List[dict]], Dict[str, float]]:
         """(predictions {qid: text}, n-best lists, null-score differences) for ``examples``."""
         from spanbert_fast.data.tokenizer import special_ids
 
-        pad, device = special_ids(tokenizer).pad, model_device(model)
-        model.eval()
         contexts, windows = [], []
         for index, example in enumerate(examples):
             contexts.append(tokenize_context(tokenizer, example.context))
             windows.extend((index, f) for f in self._windows(example, tokenizer, contexts[-1]))
+        inputs = [{"input_ids": f["input_ids"], "token_type_ids": f["token_type_ids"]} for _, f in windows]
         logits_of: Dict[int, List[Tuple[dict, List[float], List[float]]]] = collections.defaultdict(list)
-        for chunk in batched(windows, batch_size):
-            batch = collate_features([{"input_ids": f["input_ids"], "token_type_ids": f["token_type_ids"]}
-                                      for _, f in chunk], pad)
-            with inference_context(device):
-                output = model(**{k: v.to(device) for k, v in batch.items()})
-            for row, (index, feature) in enumerate(chunk):
+        done = 0
+        for chunk, output in predict_batches(model, inputs, special_ids(tokenizer).pad, batch_size):
+            for row in range(len(chunk)):
+                index, feature = windows[done + row]
                 length = len(feature["input_ids"])
                 logits_of[index].append((feature, output.start_logits[row, :length].tolist(),
                                          output.end_logits[row, :length].tolist()))
+            done += len(chunk)
         predictions, nbest, null_diffs = {}, {}, {}
         for index, example in enumerate(examples):
             features, starts, ends = zip(*logits_of[index])
