@@ -91,7 +91,7 @@ def test_cli_writes_npy_and_npz(tmp_path, checkpoint, model, capsys):
     inputs = tmp_path / "texts.txt"
     inputs.write_text("\n".join(TEXTS) + "\n")
     npy = tmp_path / "cls.npy"
-    assert main(["embed", checkpoint, "--input", str(inputs), "--layer=-2..-1", "--pool", "mean",
+    assert main(["embed", checkpoint, "--input", str(inputs), "--layer", "-2..-1", "--pool", "mean",
                  "--out", str(npy), "--no-progress"]) == 0
     expected = embed(model, fixture_tokenizer(), TEXTS, layer=(-2, -1), pool="mean")
     np.testing.assert_allclose(np.load(npy), expected, atol=1e-6)
@@ -104,3 +104,10 @@ def test_cli_writes_npy_and_npz(tmp_path, checkpoint, model, capsys):
     assert offsets.tolist()[-1] == len(ids) == len(vectors)
     assert ids[offsets[1]: offsets[2]].tolist() == tokenizer.encode(TEXTS[1]).ids
     assert "wrote" in capsys.readouterr().out
+
+
+def test_cli_bad_layer_is_one_line(tmp_path, checkpoint):
+    inputs = tmp_path / "texts.txt"
+    inputs.write_text("a text\n")
+    with pytest.raises(SystemExit, match="embed: error: layer -9 out of range"):
+        main(["embed", checkpoint, "--input", str(inputs), "--layer", "-9..-1", "--out", str(tmp_path / "x.npy")])

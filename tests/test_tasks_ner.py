@@ -96,3 +96,11 @@ def test_cli_overfits_conll_and_reloads(tmp_path, capsys):
     assert scores["f1"] == 1.0 and scores["gold"] == 9
     with open(os.path.join(tmp_path, "again", "predictions.conll")) as f:
         assert f.readline().split() == ["Gustave", "B-PER", "B-PER"]
+
+
+def test_cli_reports_bad_training_file_in_one_line(tmp_path):
+    bad = tmp_path / "train.conll"
+    bad.write_text("Paris NNP B-LOC\nRome B-LOC\n")
+    init = tiny_checkpoint(tmp_path / "init")
+    with pytest.raises(SystemExit, match=rf"finetune-ner: error: {bad}:2: 2 columns, but line 1 has 3"):
+        main(["finetune-ner", "--train", str(bad), "--init", init, "--out", str(tmp_path / "out"), "--no-progress"])

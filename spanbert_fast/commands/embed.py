@@ -5,8 +5,17 @@ the embedding of ``[CLS] [SEP]``). Formats: see :mod:`spanbert_fast.tasks.embedd
 """
 from __future__ import annotations
 
+import re
+
 
 def run(args) -> int:
+    try:
+        return _run(args)
+    except (OSError, ValueError) as error:  # bad input: one line naming the file, no traceback
+        raise SystemExit(f"embed: error: {error}") from error
+
+
+def _run(args) -> int:
     from spanbert_fast.model import SpanBertModel
     from spanbert_fast.tasks.common import resolve_tokenizer
     from spanbert_fast.tasks.embeddings import embed, parse_layers, save_embeddings, token_ids_for
@@ -37,8 +46,8 @@ def register(subparsers) -> None:
     parser.add_argument("--input", required=True, help="UTF-8 text file, one text per line")
     parser.add_argument("--out", required=True, help="FILE.npy for --pool cls|mean; FILE.npz for --pool none")
     parser.add_argument("--layer", default="-1",
-                        help="hidden state to use: -1 = last layer, 0 = embeddings; FIRST..LAST averages a range "
-                             "(write --layer=-4..-1, with '=', for ranges of negative layers)")
+                        help="hidden state to use: -1 = last layer, 0 = embeddings; FIRST..LAST averages a range, "
+                             "e.g. -4..-1")
     parser.add_argument("--pool", default="cls", choices=["cls", "mean", "none"],
                         help="cls: [CLS] vector; mean: mean over tokens; none: every token (.npz with offsets)")
     parser.add_argument("--batch-size", type=int, default=32)
@@ -47,4 +56,6 @@ def register(subparsers) -> None:
     parser.add_argument("--backend", default="auto", choices=["auto", "torch", "triton"])
     parser.add_argument("--device", default=None, help="e.g. cuda or cpu (default: cpu)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    # argparse reads "-4..-1" as an unknown option unless it looks like a negative number to it.
+    parser._negative_number_matcher = re.compile(r"^-\d+$|^-\d*\.\d+$|^-?\d+\.\.-?\d+$")
     parser.set_defaults(func=run)

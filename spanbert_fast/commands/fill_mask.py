@@ -9,15 +9,19 @@ def run(args) -> int:
     from spanbert_fast.tasks.common import resolve_tokenizer
     from spanbert_fast.tasks.fill_mask import fill_mask, mlm_head_missing
 
-    tokenizer = resolve_tokenizer(args.checkpoint, args.tokenizer)
-    model = SpanBertForPreTraining.from_pretrained(args.checkpoint, backend=args.backend)
+    try:
+        tokenizer = resolve_tokenizer(args.checkpoint, args.tokenizer)
+        model = SpanBertForPreTraining.from_pretrained(args.checkpoint, backend=args.backend)
+        predictions = fill_mask(model, tokenizer, args.text, top_k=args.top_k)
+    except (OSError, ValueError) as error:  # bad input: one line naming the file, no traceback
+        raise SystemExit(f"fill-mask: error: {error}") from error
     missing = mlm_head_missing(model)
     if missing:
         print(f"error: {args.checkpoint} has no masked-LM head weights ({len(missing)} missing, e.g. "
               f"{missing[0]}); fill-mask needs a checkpoint saved with its MLM head (e.g. by pretrain)",
               file=sys.stderr)
         return 1
-    for number, masks in enumerate(fill_mask(model, tokenizer, args.text, top_k=args.top_k)):
+    for number, masks in enumerate(predictions):
         print(f"[MASK] {number + 1}:")
         for token, score in masks:
             print(f"  {token:<20} {score:.4f}")

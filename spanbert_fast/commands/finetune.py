@@ -44,14 +44,17 @@ def run_finetune(task, args) -> int:
     """Build the training settings from the common flags and run :func:`finetune`."""
     from spanbert_fast.tasks.finetune import finetune
 
-    result = finetune(
-        task, train_path=args.train, eval_path=args.eval, init=args.init, out_dir=args.out,
-        tokenizer_path=args.tokenizer, batch_size=args.batch_size, eval_batch_size=args.eval_batch_size,
-        epochs=args.epochs, max_steps=args.max_steps, warmup_ratio=args.warmup_ratio, backend=args.backend,
-        lr=args.lr, weight_decay=args.weight_decay, grad_accum=args.grad_accum, grad_clip=args.grad_clip,
-        precision=args.precision, seed=args.seed, log_every=args.log_every, save_every=args.save_every,
-        resume=args.resume, compile=args.compile, device=args.device, progress=not args.no_progress,
-    )
+    try:
+        result = finetune(
+            task, train_path=args.train, eval_path=args.eval, init=args.init, out_dir=args.out,
+            tokenizer_path=args.tokenizer, batch_size=args.batch_size, eval_batch_size=args.eval_batch_size,
+            epochs=args.epochs, max_steps=args.max_steps, warmup_ratio=args.warmup_ratio, backend=args.backend,
+            lr=args.lr, weight_decay=args.weight_decay, grad_accum=args.grad_accum, grad_clip=args.grad_clip,
+            precision=args.precision, seed=args.seed, log_every=args.log_every, save_every=args.save_every,
+            resume=args.resume, compile=args.compile, device=args.device, progress=not args.no_progress,
+        )
+    except (OSError, ValueError) as error:  # bad input: one line naming the file and line, no traceback
+        raise SystemExit(f"{args.command}: error: {error}") from error
     print(f"saved the fine-tuned model to {result.out_dir}")
     if result.metrics is not None:
         print(json.dumps(result.metrics, indent=2, ensure_ascii=False))
