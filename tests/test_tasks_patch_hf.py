@@ -141,3 +141,25 @@ def test_refuses_decoders_and_other_models():
         patch_hf_bert(torch.nn.Linear(2, 2))
     with pytest.raises(ValueError, match="backend"):
         patch_hf_bert(transformers.BertModel(tiny_bert_config("eager")), backend="cuda")
+
+
+@pytest.mark.slow
+def test_masked_lm_parity_on_the_triton_kernels():
+    """The same parity through the Triton kernels (the interpreter on CPU, see tests/conftest.py)."""
+    pytest.importorskip("triton")
+    config = transformers.BertConfig(vocab_size=99, hidden_size=64, num_hidden_layers=1, num_attention_heads=2,
+                                     intermediate_size=64, max_position_embeddings=32)  # head dim 32
+    config._attn_implementation = "sdpa"
+    torch.manual_seed(4)
+    reference = transformers.BertForMaskedLM(config).eval()
+    patched = patch_hf_bert(copy.deepcopy(reference), backend="triton")
+    input_ids, attention_mask, labels = batch()
+    out = patched(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
+    ref = reference(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
+    torch.testing.assert_close(out.loss, ref.loss, atol=1e-4, rtol=1e-4)
+    out.loss.backward()
+    ref.loss.backward()
+    for name, param in patched.named_parameters():
+        expected = dict(reference.named_parameters())[name].grad
+        if expected is not None:
+            torch.testing.assert_close(param.grad, expected, atol=1e-4, rtol=1e-4, msg=lambda m, n=name: f"{n}: {m}")
