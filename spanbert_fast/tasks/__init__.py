@@ -1,15 +1,43 @@
-"""Using a SpanBERT model: fill-mask, embeddings, and fine-tuning heads.
+"""Using a SpanBERT model: fill-mask, embeddings, fine-tuning heads, and patching HF BERT.
 
-==============================  ==========================================================
-``fill_mask``                   top-k MLM predictions for each ``[MASK]`` (:mod:`.fill_mask`)
-``embed``                       [CLS]/mean/per-token embeddings of any layer range (:mod:`.embeddings`)
-==============================  ==========================================================
+=========================================  ==============================================================
+``fill_mask(model, tokenizer, text)``      top-k MLM predictions for each ``[MASK]`` (:mod:`.fill_mask`)
+``embed(model, tokenizer, texts)``         [CLS] / mean / per-token vectors of a layer or layer range
+                                           (:mod:`.embeddings`; ``.npy`` or ragged ``.npz`` files)
+``SpanBertForSequenceClassification``      [CLS]- or mean-pooled classifier, CSV/JSONL data
+                                           (:mod:`.classification`)
+``SpanBertForTokenClassification``         per-token tagger, CoNLL data, entity P/R/F1 (:mod:`.ner`)
+``SpanBertForQuestionAnswering``           start/end logits, SQuAD v1.1/v2.0, EM/F1 (:mod:`.qa`)
+``finetune(task, ...)``                    the one fine-tuning driver over ``training.Trainer``
+                                           (:mod:`.finetune`)
+``patch_hf_bert(model)``                   run a transformers BERT on our ops, in place (:mod:`.patch_hf`)
+=========================================  ==============================================================
+
+Every task model has ``from_pretrained`` (an encoder or pre-training checkpoint gets a fresh head,
+listed in ``model.load_report.missing``) and ``save_pretrained`` (HF layout + ``task.json`` with
+the head settings and ``id2label``), and returns outputs with ``.loss`` and ``.metrics()``.
 """
-from spanbert_fast.tasks.classification import SpanBertForSequenceClassification
+from spanbert_fast.tasks.classification import ClassificationTask, SpanBertForSequenceClassification
 from spanbert_fast.tasks.embeddings import embed, load_ragged, save_embeddings
 from spanbert_fast.tasks.fill_mask import fill_mask
+from spanbert_fast.tasks.finetune import finetune
+from spanbert_fast.tasks.ner import NerTask, SpanBertForTokenClassification, entity_scores
 from spanbert_fast.tasks.patch_hf import patch_hf_bert
-from spanbert_fast.tasks.qa import SpanBertForQuestionAnswering, squad_metrics
-from spanbert_fast.tasks.ner import SpanBertForTokenClassification, entity_scores
+from spanbert_fast.tasks.qa import QuestionAnsweringTask, SpanBertForQuestionAnswering, squad_metrics
 
-__all__ = ["SpanBertForQuestionAnswering", "squad_metrics", "SpanBertForSequenceClassification", "SpanBertForTokenClassification", "entity_scores", "embed", "fill_mask", "patch_hf_bert", "load_ragged", "save_embeddings"]
+__all__ = [
+    "fill_mask",
+    "embed",
+    "save_embeddings",
+    "load_ragged",
+    "SpanBertForSequenceClassification",
+    "SpanBertForTokenClassification",
+    "SpanBertForQuestionAnswering",
+    "ClassificationTask",
+    "NerTask",
+    "QuestionAnsweringTask",
+    "finetune",
+    "entity_scores",
+    "squad_metrics",
+    "patch_hf_bert",
+]
