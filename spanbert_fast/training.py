@@ -35,6 +35,7 @@ import random
 import shutil
 import tempfile
 import time
+import warnings
 from typing import Dict, Iterable, List, Optional
 
 import numpy as np
@@ -280,6 +281,12 @@ class Trainer:
             self.batches.load_state_dict(state["batches"])
         set_rng_state(state["rng"])
         self.step = state["step"]
+        changed = {k: (v, getattr(self.args, k)) for k, v in state["args"].items()
+                   if k in _RESUME_CHECKED and v != getattr(self.args, k)}
+        if changed and self.ctx.is_main:
+            listed = ", ".join(f"{k}: {old} -> {new}" for k, (old, new) in changed.items())
+            warnings.warn(f"resuming {path} with changed settings ({listed}); the run will differ "
+                          "from an uninterrupted one")
 
     def _resume(self) -> None:
         checkpoints = list_checkpoints(self.args.out_dir)
@@ -384,6 +391,9 @@ class Trainer:
             return None
         return plot_history(self.history, os.path.join(self.args.out_dir, PLOT_PNG))
 
+
+# Settings whose change on --resume makes the run differ from an uninterrupted one.
+_RESUME_CHECKED = ("max_steps", "lr", "warmup_steps", "weight_decay", "grad_accum", "grad_clip", "precision")
 
 _BAR_FIELDS = ("loss", "mlm_acc", "sbo_acc", "tokens_per_s")
 

@@ -104,3 +104,9 @@ def test_bad_args():
         TrainingArgs(out_dir="x", max_steps=1, precision="int8")
     with pytest.raises(ValueError, match="max_steps"):
         TrainingArgs(out_dir="x", max_steps=0)
+
+
+def test_resume_with_changed_settings_warns(tmp_path):
+    make_trainer(tmp_path, NumberedBatches(), max_steps=2).train()
+    with pytest.warns(UserWarning, match=r"lr: 0.001 -> 0.002"):
+        make_trainer(tmp_path, NumberedBatches(), max_steps=3, lr=2e-3, resume=True).train()
