@@ -65,15 +65,25 @@ def write_json_atomic(path: str, values) -> str:
     return path
 
 
+def saved_head(path: str, task: str) -> Optional[dict]:
+    """Head settings of a folder fine-tuned for ``task`` (``labels`` read from ``id2label``); else None."""
+    saved = read_task_file(path) if os.path.isdir(path) else None
+    if not saved or saved.get("task") != task:
+        return None
+    head = dict(saved.get("head", {}))
+    if "id2label" in saved:
+        head["labels"] = [saved["id2label"][str(i)] for i in range(len(saved["id2label"]))]
+    return head
+
+
 def saved_labels(init: str, task: str, training_labels) -> Optional[List[str]]:
     """The label list of a folder fine-tuned for ``task`` (None for other checkpoints).
 
     Continuing from such a folder keeps its label ids; training labels it lacks are an error.
     """
-    saved = read_task_file(init) if os.path.isdir(init) else None
-    if not saved or saved.get("task") != task or "id2label" not in saved:
+    labels = (saved_head(init, task) or {}).get("labels")
+    if labels is None:
         return None
-    labels = [saved["id2label"][str(i)] for i in range(len(saved["id2label"]))]
     unknown = sorted(set(training_labels) - set(labels))
     if unknown:
         raise ValueError(f"{init} was fine-tuned with the labels {labels}; the training data adds {unknown}. "
@@ -114,13 +124,7 @@ class SpanBertTaskModel(SpanBertPreTrainedModel):
         from spanbert_fast.hub import load_pretrained
 
         head_names = set(cls.head_argument_names())
-        saved = read_task_file(path) if os.path.isdir(path) else None
-        head = {}
-        if saved is not None and saved.get("task") == cls.task:
-            head = {k: v for k, v in saved.get("head", {}).items() if k in head_names}
-            if "id2label" in saved and "labels" in head_names:
-                id2label = saved["id2label"]
-                head["labels"] = [id2label[str(i)] for i in range(len(id2label))]
+        head = {k: v for k, v in (saved_head(path, cls.task) or {}).items() if k in head_names}
         head.update({k: v for k, v in kwargs.items() if k in head_names})
         config_overrides = {k: v for k, v in kwargs.items() if k not in head_names}
         build = functools.partial(cls, **head)
