@@ -99,3 +99,9 @@ def test_continuing_from_a_finetuned_folder_keeps_its_label_ids(tmp_path):
     extra = examples + [examples[0].__class__("new", "surprised", 99)]
     with pytest.raises(ValueError, match=r"adds \['surprised'\]"):
         ClassificationTask().build_model(str(tmp_path / "tuned"), extra, "torch")
+
+
+def test_max_length_beyond_the_model_positions_is_refused(init, tmp_path):
+    with pytest.raises(SystemExit, match=r"finetune-cls: error: max_length 512 exceeds the 128 positions"):
+        main(["finetune-cls", "--train", data_path("classification.csv"), "--init", init,
+              "--out", str(tmp_path / "out"), "--max-length", "512", "--no-progress"])

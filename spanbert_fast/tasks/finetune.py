@@ -59,6 +59,10 @@ def finetune(task, *, train_path: str, init: str, out_dir: str, eval_path: Optio
     pad_id = special_ids(tokenizer).pad
     examples = task.read(train_path)
     model = task.build_model(init, examples, backend)
+    positions = model.config.max_position_embeddings
+    if getattr(task, "max_length", 0) > positions:
+        raise ValueError(f"max_length {task.max_length} exceeds the {positions} positions of the model in {init}; "
+                         f"use --max-length {positions} or less")
     features = task.features(examples, tokenizer, model, train_path)
     seed = training_args.get("seed", 0)
     batches = EpochBatches(features, batch_size, functools.partial(collate_features, pad_id=pad_id), seed=seed)
