@@ -22,31 +22,20 @@ not speed. ``python -m benchmarks.bench_attention [--smoke] [--csv PATH]`` print
 """
 from __future__ import annotations
 
-import argparse
-import os
-import sys
 from typing import Callable, List, Optional
 
 import torch
 import torch.nn.functional as F
 
-if not torch.cuda.is_available() and "triton" not in sys.modules:
-    # Without a GPU the kernels run under the Triton interpreter, which must be switched on
-    # before triton is first imported (benchmarks.common imports it for version facts).
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+from benchmarks.common import Result, bench_ms, interpret_without_cuda, kernel_module, peak_memory_mb, suite_main
 
-from benchmarks.common import Result, bench_ms, peak_memory_mb, write_csv
+interpret_without_cuda()
 
 SUITE = "attention"
 
 
 def _kernel_module():
-    """``spanbert_fast.kernels.attention``; on CPU it needs the Triton interpreter."""
-    if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
-        raise RuntimeError("bench_attention on CPU needs TRITON_INTERPRET=1 set before triton is imported")
-    from spanbert_fast.kernels import attention as kernel
-
-    return kernel
+    return kernel_module("attention")
 
 
 def attention_flops(heads: int, head_dim: int, lengths: List[int], window: Optional[int] = None) -> float:
@@ -176,17 +165,7 @@ def run(smoke: bool = False) -> List[Result]:
 
 
 def main(argv: Optional[List[str]] = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="tiny CPU shapes through the interpreter")
-    parser.add_argument("--csv", default=None, help="also write the rows to this CSV file")
-    args = parser.parse_args(argv)
-    rows = run(smoke=args.smoke)
-    print(f"{'case':44} {'impl':20} {'mode':8} {'ms':>10} {'TFLOP/s':>9}  extra")
-    for r in rows:
-        print(f"{r.case:44} {r.impl:20} {r.mode:8} {r.ms:10.3f} {r.value:9.3g}  {r.extra}")
-    if args.csv:
-        print("wrote", write_csv(rows, args.csv))
-
+    suite_main(run, __doc__.splitlines()[0], argv)
 
 if __name__ == "__main__":
     main()

@@ -23,31 +23,21 @@ interpreter): it checks that the suite runs, not speed.
 """
 from __future__ import annotations
 
-import argparse
-import os
-import sys
 from typing import Callable, Dict, List
 
 import torch
 import torch.nn.functional as F
 
-if not torch.cuda.is_available() and "triton" not in sys.modules:
-    # Without a GPU the kernel runs under the Triton interpreter, switched on before
-    # triton is first imported (benchmarks.common imports it for version facts).
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+from benchmarks.common import Result, bench_ms, interpret_without_cuda, kernel_module, peak_memory_mb, suite_main
 
-from benchmarks.common import Result, bench_ms, peak_memory_mb, write_csv
+interpret_without_cuda()
 
 SUITE = "masked_lm_loss"
 MASK_FRACTION = 0.15
 
 
 def _kernel():
-    if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
-        raise RuntimeError("bench_masked_lm_loss on CPU needs TRITON_INTERPRET=1 set before triton is imported")
-    from spanbert_fast.kernels import masked_lm_loss
-
-    return masked_lm_loss
+    return kernel_module("masked_lm_loss")
 
 
 def _liger_loss():
@@ -133,15 +123,7 @@ def run(smoke: bool) -> List[Result]:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="tiny CPU case: checks the suite runs")
-    parser.add_argument("--csv", default=None, help="also write the rows to this CSV file")
-    args = parser.parse_args(argv)
-    rows = run(smoke=args.smoke)
-    for r in rows:
-        print(f"{r.case:28s} {r.impl:16s} {r.mode:8s} {r.ms:9.3f} ms  {r.value:9.2f} {r.metric:8s} {r.extra}")
-    if args.csv:
-        write_csv(rows, args.csv)
+    suite_main(run, __doc__.splitlines()[0], argv)
 
 
 if __name__ == "__main__":

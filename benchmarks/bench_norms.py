@@ -25,19 +25,14 @@ the suite runs, not speed. ``python -m benchmarks.bench_norms [--smoke] [--csv P
 """
 from __future__ import annotations
 
-import argparse
-import os
 from typing import Callable, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 
-if not torch.cuda.is_available():
-    # Without CUDA the kernels run only under the interpreter, which Triton reads when it is
-    # first imported -- and benchmarks.common imports it (for its version).
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+from benchmarks.common import Result, bench_ms, interpret_without_cuda, kernel_module, suite_main
 
-from benchmarks.common import Result, bench_ms, write_csv  # noqa: E402
+interpret_without_cuda()
 
 SUITE = "norms"
 SHAPES = [(16384, 768), (16384, 1024), (2458, 768)]
@@ -48,12 +43,8 @@ EPS = 1e-12
 
 
 def _kernel_modules():
-    """(gelu_layernorm, dropout_add_layernorm) kernel modules; without CUDA they need the interpreter."""
-    from spanbert_fast.kernels import _layernorm_common, dropout_add_layernorm, gelu_layernorm
-
-    if not (torch.cuda.is_available() or _layernorm_common.INTERPRETING):
-        raise RuntimeError("bench_norms without CUDA needs TRITON_INTERPRET=1 set before triton is imported")
-    return gelu_layernorm, dropout_add_layernorm
+    """(gelu_layernorm, dropout_add_layernorm) kernel modules."""
+    return kernel_module("gelu_layernorm"), kernel_module("dropout_add_layernorm")
 
 
 def gelu_ln_eager(x, bias, weight, ln_bias):
@@ -120,17 +111,7 @@ def run(smoke: bool = False) -> List[Result]:
 
 
 def main(argv: Optional[List[str]] = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="tiny CPU shapes through the interpreter")
-    parser.add_argument("--csv", default=None, help="also write the rows to this CSV file")
-    args = parser.parse_args(argv)
-    rows = run(smoke=args.smoke)
-    print(f"{'case':32} {'impl':14} {'mode':8} {'ms':>9} {'GB/s':>8}  extra")
-    for r in rows:
-        print(f"{r.case:32} {r.impl:14} {r.mode:8} {r.ms:9.3f} {r.value:8.1f}  {r.extra}")
-    if args.csv:
-        print("wrote", write_csv(rows, args.csv))
-
+    suite_main(run, __doc__.splitlines()[0], argv)
 
 if __name__ == "__main__":
     main()

@@ -42,7 +42,6 @@ not speed.
 """
 from __future__ import annotations
 
-import argparse
 import collections
 import contextlib
 import dataclasses
@@ -57,7 +56,7 @@ import numpy as np
 import torch
 
 from benchmarks import flops as F
-from benchmarks.common import Result, bench_ms, write_csv
+from benchmarks.common import Result, bench_ms, suite_main
 
 SUITE = "step"
 PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID = 0, 100, 101, 102, 103  # BERT-cased WordPiece
@@ -366,22 +365,16 @@ def _free_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def main(argv: Optional[List[str]] = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="tiny config on CPU: checks the suite runs")
+def _add_arguments(parser) -> None:
     parser.add_argument("--preset", action="append", choices=PRESETS, help="repeatable; default: base and large")
     parser.add_argument("--variant", action="append", choices=VARIANTS, help="repeatable; default: both")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
-    parser.add_argument("--csv", default=None, help="also write the rows to this CSV file")
-    args = parser.parse_args(argv)
-    rows = run(smoke=args.smoke, presets=args.preset, variants=args.variant,
-               with_compile=False if args.no_compile else None)
-    print(f"{'case':28} {'impl':16} {'ms':>9} {'value':>12} {'metric':22} extra")
-    for r in rows:
-        print(f"{r.case:28} {r.impl:16} {r.ms:9.2f} {r.value:12.4g} {r.metric:22} {r.extra}")
-    if args.csv:
-        print("wrote", write_csv(rows, args.csv))
 
+
+def main(argv: Optional[List[str]] = None) -> None:
+    suite_main(run, __doc__.splitlines()[0], argv, add_arguments=_add_arguments,
+               run_kwargs=lambda args: dict(presets=args.preset, variants=args.variant,
+                                            with_compile=False if args.no_compile else None))
 
 if __name__ == "__main__":
     main()

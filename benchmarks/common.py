@@ -8,15 +8,18 @@ suite runs and writes its files, it says nothing about speed.
 """
 from __future__ import annotations
 
+import argparse
 import csv
 import dataclasses
 import datetime
+import importlib
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Sequence
 
 import torch
 
@@ -96,3 +99,44 @@ def write_csv(results: List[Result], path: str) -> str:
     os.chmod(tmp, 0o644)  # mkstemp makes owner-only files; results are for everyone to read
     os.replace(tmp, path)
     return path
+
+
+# --------------------------------------------------------------------------- shared by the op suites
+def interpret_without_cuda() -> None:
+    """Without CUDA the kernels can only run under the Triton interpreter, which Triton reads
+    when it is first imported: switch it on now unless triton is already loaded."""
+    if not torch.cuda.is_available() and "triton" not in sys.modules:
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+def kernel_module(name: str):
+    """``spanbert_fast.kernels.<name>``; on a machine without CUDA it needs the interpreter."""
+    if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
+        raise RuntimeError(f"benchmarking kernels.{name} on CPU needs TRITON_INTERPRET=1 set before triton is imported")
+    return importlib.import_module(f"spanbert_fast.kernels.{name}")
+
+
+def print_rows(rows: Sequence[Result]) -> None:
+    """One line per result: case, impl, mode, ms, value and metric, notes."""
+    print(f"{'case':36} {'impl':18} {'mode':8} {'ms':>10} {'value':>11} {'metric':10} extra")
+    for r in rows:
+        print(f"{r.case:36} {r.impl:18} {r.mode:8} {r.ms:10.3f} {r.value:11.4g} {r.metric:10} {r.extra}")
+
+
+def suite_main(run: Callable[..., List[Result]], description: str, argv=None, add_arguments=None,
+               run_kwargs=None) -> List[Result]:
+    """``python -m benchmarks.bench_<suite> [--smoke] [--csv FILE]``: run, print, optionally save.
+
+    ``add_arguments(parser)`` adds suite options; ``run_kwargs(args)`` turns them into ``run`` keywords.
+    """
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--smoke", action="store_true", help="tiny CPU shapes: checks the suite runs, not speed")
+    parser.add_argument("--csv", default=None, help="also write the rows to this CSV file")
+    if add_arguments is not None:
+        add_arguments(parser)
+    args = parser.parse_args(argv)
+    rows = run(smoke=args.smoke, **(run_kwargs(args) if run_kwargs else {}))
+    print_rows(rows)
+    if args.csv:
+        print("wrote", write_csv(rows, args.csv))
+    return rows

@@ -1,14 +1,8 @@
 """The useful-FLOP and MFU formulas of benchmarks/flops.py against hand-computed numbers."""
-import sys
-from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:  # benchmarks/ is a folder of the repo, not an installed package
-    sys.path.insert(0, str(REPO_ROOT))
-
-from benchmarks import flops as F  # noqa: E402
+from benchmarks import flops as F
 
 # BERT-base, by hand: q, k, v, o with biases 4 * (768^2 + 768) = 2_362_368; the feed-forward
 # pair 2 * 768 * 3072 + 3072 + 768 = 4_722_432; two LayerNorms 4 * 768 = 3_072.

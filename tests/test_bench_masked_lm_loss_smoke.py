@@ -6,12 +6,7 @@ the rows write to CSV; it says nothing about speed.
 import csv
 import importlib
 import math
-import sys
-from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:  # benchmarks/ is a folder of the repo, not an installed package
-    sys.path.insert(0, str(REPO_ROOT))
 
 
 def test_bench_masked_lm_loss_smoke_rows(tmp_path):

@@ -1,10 +1,7 @@
 """The norms benchmark suite runs end to end on tiny CPU shapes (interpreter) and fills every row."""
 import math
-import pathlib
-import sys
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # the repo root holds benchmarks/
-from benchmarks import bench_norms  # noqa: E402
+from benchmarks import bench_norms
 
 
 def test_bench_norms_smoke_rows():

@@ -11,12 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:  # benchmarks/ is a folder of the repo, not an installed package
-    sys.path.insert(0, str(REPO_ROOT))
+from benchmarks import runner
+from benchmarks.common import Result
 
-from benchmarks import runner  # noqa: E402
-from benchmarks.common import Result  # noqa: E402
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # Result's fields, then the environment facts: spelled out so a schema change fails here.
 CSV_COLUMNS = ["suite", "case", "impl", "mode", "ms", "metric", "value", "extra",

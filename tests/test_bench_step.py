@@ -1,17 +1,11 @@
 """The whole-step benchmark: span-masked batches, the step closure, the smoke rows."""
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:  # benchmarks/ is a folder of the repo, not an installed package
-    sys.path.insert(0, str(REPO_ROOT))
-
-from benchmarks import bench_step  # noqa: E402
-from benchmarks import flops as F  # noqa: E402
+from benchmarks import bench_step
+from benchmarks import flops as F
 
 
 def test_make_batch_formats_agree():
