@@ -101,7 +101,8 @@ def test_continuing_from_a_finetuned_folder_keeps_its_label_ids(tmp_path):
         ClassificationTask().build_model(str(tmp_path / "tuned"), extra, "torch")
 
 
-def test_max_length_beyond_the_model_positions_is_refused(init, tmp_path):
-    with pytest.raises(SystemExit, match=r"finetune-cls: error: max_length 512 exceeds the 128 positions"):
-        main(["finetune-cls", "--train", data_path("classification.csv"), "--init", init,
-              "--out", str(tmp_path / "out"), "--max-length", "512", "--no-progress"])
+def test_max_length_is_cut_to_the_model_positions(init, tmp_path, caplog):
+    task = ClassificationTask(max_length=512)
+    finetune(task, train_path=data_path("classification.csv"), init=init, out_dir=str(tmp_path / "out"),
+             batch_size=10, max_steps=1, progress=False, backend="torch")
+    assert task.max_length == 128 and "max_length 512 exceeds the 128 positions" in caplog.text

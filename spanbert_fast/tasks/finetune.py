@@ -3,6 +3,7 @@
 A *task* object (``ClassificationTask``, ``NerTask``, ``QuestionAnsweringTask``) supplies
 the task-specific parts:
 
+* ``max_length`` -> tokens per sequence (cut to the model's positions when larger);
 * ``read(path)`` -> examples (clear ``path:line:`` errors on bad input);
 * ``build_model(init, examples, backend)`` -> a :class:`SpanBertTaskModel` loaded from
   ``init`` (an encoder checkpoint gets a fresh head; the load report says so);
@@ -60,9 +61,10 @@ def finetune(task, *, train_path: str, init: str, out_dir: str, eval_path: Optio
     examples = task.read(train_path)
     model = task.build_model(init, examples, backend)
     positions = model.config.max_position_embeddings
-    if getattr(task, "max_length", 0) > positions:
-        raise ValueError(f"max_length {task.max_length} exceeds the {positions} positions of the model in {init}; "
-                         f"use --max-length {positions} or less")
+    if task.max_length > positions:
+        logger.warning("max_length %d exceeds the %d positions of the model in %s; using %d",
+                       task.max_length, positions, init, positions)
+        task.max_length = positions
     features = task.features(examples, tokenizer, model, train_path)
     seed = training_args.get("seed", 0)
     batches = EpochBatches(features, batch_size, functools.partial(collate_features, pad_id=pad_id), seed=seed)
