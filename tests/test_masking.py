@@ -181,18 +181,23 @@ def test_per_token_replacement_option():
     assert mixed > 0
 
 
-def test_special_tokens_are_never_masked():
+def test_cls_sep_pad_are_never_masked_but_unk_is_ordinary():
     masker = SpanMasker(BERT_CASED, VOCAB, seed=0, mask_ratio=0.5)
     rng = np.random.default_rng(6)
-    specials = np.array(BERT_CASED.as_tuple())
+    never = np.array([BERT_CASED.cls, BERT_CASED.sep, BERT_CASED.pad])
+    unk_masked = 0
     for index in range(100):
         token_ids, word_starts = random_block(rng, 200)
         special_at = rng.choice(200, size=40, replace=False)
-        token_ids[special_at] = rng.choice(specials, size=40)
+        token_ids[special_at] = rng.choice(never, size=40)
+        unk_at = np.setdiff1d(np.arange(200), special_at)[:10]
+        token_ids[unk_at] = BERT_CASED.unk
         block = masker(token_ids, word_starts, epoch=0, index=index)
-        assert not np.isin(block.original_ids[block.masked_positions], specials).any()
+        assert not np.isin(block.original_ids[block.masked_positions], never).any()
         assert block.masked_positions.size == 100  # ceil(0.5 * 200) of 160 maskable tokens
         np.testing.assert_array_equal(block.input_ids[special_at], token_ids[special_at])
+        unk_masked += int(np.isin(unk_at, block.masked_positions).sum())
+    assert unk_masked > 0  # DESIGN §2: only [CLS], [SEP], [PAD] are exempt
     # budget capped by the maskable tokens
     block = masker(np.array([101, 5000, 102, 0]), np.ones(4, dtype=bool), epoch=0, index=0)
     assert block.masked_positions.tolist() == [1]

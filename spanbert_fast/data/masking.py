@@ -4,7 +4,8 @@ For one block of ``n`` tokens (without [CLS]/[SEP]):
 
 1. Budget: ``ceil(0.15 · n)`` tokens, computed exactly (the float product ``100 * 0.15`` is
    ``15.000000000000002``; we round it to 9 decimals first), capped at the number of maskable
-   tokens. Special tokens ([PAD] [UNK] [CLS] [SEP] [MASK]) are never masked.
+   tokens. [CLS], [SEP] and [PAD] are never masked (DESIGN §2); [UNK] is an ordinary token
+   here, as in the reference code, so it neither blocks nor splits a span.
 2. Spans are drawn until the budget is met: a length ℓ in WORDS from ``P(ℓ) ∝ p·(1-p)^(ℓ-1)``,
    ℓ = 1..10, p = 0.2, renormalised (mean ≈ 3.8 words); an anchor uniform over the block's
    positions (redrawn, together with ℓ, when it is already masked or special); the anchor moves
@@ -177,8 +178,10 @@ class SpanMasker:
         if specials.max() >= self.vocab_size:
             raise ValueError(f"special ids {special_ids} do not fit vocab_size {vocab_size}")
         self._specials = specials
-        self._is_special = np.zeros(self.vocab_size, dtype=bool)
+        self._is_special = np.zeros(self.vocab_size, dtype=bool)  # never drawn as random replacements
         self._is_special[specials] = True
+        self._never_masked = np.zeros(self.vocab_size, dtype=bool)  # [CLS], [SEP], [PAD]
+        self._never_masked[[special_ids.cls, special_ids.sep, special_ids.pad]] = True
         if unigram_counts is None:
             self._random_ids = np.setdiff1d(np.arange(self.vocab_size, dtype=np.int64), specials)
             self._random_cdf = None
@@ -224,7 +227,7 @@ class SpanMasker:
             raise ValueError(f"word_starts must have shape ({n},), got {np.shape(word_starts)}")
         if n and (original.min() < 0 or original.max() >= self.vocab_size):
             raise ValueError(f"token ids must lie in 0..{self.vocab_size - 1}")
-        maskable = ~self._is_special[original]
+        maskable = ~self._never_masked[original]
         budget = min(mask_budget(n, self.mask_ratio), int(maskable.sum()))
 
         masked, drawn = self._draw_spans(maskable, np.asarray(word_starts, dtype=bool), budget, rng)
