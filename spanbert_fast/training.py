@@ -147,6 +147,8 @@ def init_distributed(device: Optional[str] = None) -> DistributedContext:
     if device is None:
         device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
     dev = torch.device(device)
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", local_rank)  # "cuda" means this rank's GPU
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     if world_size > 1 and not dist.is_initialized():
@@ -202,6 +204,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "fp16")
         self.step = 0
         self.history: List[dict] = []
+        self._log_rows_written: Optional[int] = None  # rows of history already in log.csv
         self.train_model = model
         if self.ctx.world_size > 1:
             self.train_model = torch.nn.parallel.DistributedDataParallel(
@@ -229,8 +232,17 @@ class Trainer:
         return os.path.join(self.args.out_dir, LOG_CSV)
 
     # ------------------------------------------------------------------ checkpoints
+    def _rng_states(self) -> List[dict]:
+        """Every rank's RNG state, gathered on all ranks (each rank draws its own dropout)."""
+        if self.ctx.world_size == 1:
+            return [rng_state()]
+        states: List[Optional[dict]] = [None] * self.ctx.world_size
+        dist.all_gather_object(states, rng_state())
+        return states
+
     def save_checkpoint(self) -> Optional[str]:
-        """Write ``checkpoints/step-N`` atomically (rank 0 only); returns its path."""
+        """Write ``checkpoints/step-N`` atomically (rank 0 writes); returns its path."""
+        rng_states = self._rng_states()  # a collective: every rank takes part
         if not self.ctx.is_main:
             return None
         root = os.path.join(self.args.out_dir, CHECKPOINT_DIR)
@@ -246,7 +258,7 @@ class Trainer:
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict(),
-                "rng": rng_state(),
+                "rng": rng_states,  # one per rank
                 "batches": self.batches.state_dict() if hasattr(self.batches, "state_dict") else None,
                 "args": dataclasses.asdict(self.args),
             }
@@ -279,7 +291,12 @@ class Trainer:
             if not hasattr(self.batches, "load_state_dict"):
                 raise ValueError(f"{path}: checkpoint has a data position but the batch source cannot restore it")
             self.batches.load_state_dict(state["batches"])
-        set_rng_state(state["rng"])
+        if len(state["rng"]) != self.ctx.world_size:
+            raise ValueError(
+                f"{path}: saved by {len(state['rng'])} processes, resumed with {self.ctx.world_size}; "
+                "resume with the same number of processes"
+            )
+        set_rng_state(state["rng"][self.ctx.rank])
         self.step = state["step"]
         changed = {k: (v, getattr(self.args, k)) for k, v in state["args"].items()
                    if k in _RESUME_CHECKED and v != getattr(self.args, k)}
@@ -304,16 +321,28 @@ class Trainer:
         with open(self._log_path(), newline="") as f:
             return list(csv.DictReader(f))
 
-    def _write_log(self) -> None:
-        if not self.ctx.is_main or not self.history:
-            return
-        fields = list(self.history[-1].keys())
+    def _rewrite_log(self) -> None:
+        """Write the whole history (start of a run, or after a resume dropped later rows)."""
         fd, tmp = tempfile.mkstemp(dir=self.args.out_dir, suffix=".csv.tmp")
         with os.fdopen(fd, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+            writer = csv.DictWriter(f, fieldnames=list(self.history[0].keys()), extrasaction="ignore")
             writer.writeheader()
             writer.writerows(self.history)
+        os.chmod(tmp, 0o644)
         os.replace(tmp, self._log_path())
+        self._log_rows_written = len(self.history)
+
+    def _write_log(self) -> None:
+        """Append the new rows to ``log.csv`` (rewriting it only when it is not ours yet)."""
+        if not self.ctx.is_main or not self.history:
+            return
+        if self._log_rows_written is None:
+            self._rewrite_log()
+            return
+        with open(self._log_path(), "a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(self.history[0].keys()), extrasaction="ignore")
+            writer.writerows(self.history[self._log_rows_written:])
+        self._log_rows_written = len(self.history)
 
     # ------------------------------------------------------------------ training
     def train(self) -> TrainResult:
