@@ -44,8 +44,8 @@ edge tiles pay for the masking (``_visit_ranges``).
 
 Dropout: the keep bit of element (b, h, i, j) is ``u >= p * 65536`` where ``u`` is a 16-bit
 word of Philox-4x32-7 with key ``seed`` and counter ``(i * ceil(S_mask / 8) + j // 8, b * H + h,
-0, 0)``: its 128 output bits are eight 16-bit words, word ``j % 8`` (low half of the first
-output first) belongs to key j. So one Philox call serves 8 keys, and the keep probability is
+0, 0)``: its four 32-bit outputs r0..r3 give eight 16-bit words, and key j takes word ``j % 8`` of
+(r0 lo, r2 lo, r1 lo, r3 lo, r0 hi, r2 hi, r1 hi, r3 hi). So one Philox call serves 8 keys, and the keep probability is
 1 - p to within 2^-16 (tiles are multiples of 8 keys; counters stay unique for S_mask < 185k).
 ``S_mask`` is the padded length S, or ``max_seqlen`` for varlen input. So the
 mask of a varlen call is ``attention_dropout_keep_mask(B, H, max_seqlen, p, seed)[b, :, :L, :L]``
@@ -147,7 +147,8 @@ def _dropout_keep(seed, bh, offs_m, n0, mask_seq_len, dropout_p, BLOCK_N: tl.con
     counter = (offs_m[:, None].to(tl.int64) * groups_per_row + groups[None, :]).to(tl.uint32)
     zero = counter * 0
     r0, r1, r2, r3 = tl.philox(seed, counter, zero + bh.to(tl.uint32), zero, zero, 7)
-    # Key n0 + 8 g + e takes the e-th 16-bit half: (r0 lo, r0 hi, r1 lo, ..., r3 hi).
+    # Key n0 + 8 g + e takes the e-th of (r0 lo, r2 lo, r1 lo, r3 lo, r0 hi, r2 hi, r1 hi, r3 hi):
+    # tl.join stacks on a new last axis, so the reshape reads the halves in that order.
     pair0 = tl.join(r0 & 0xFFFF, r0 >> 16)
     pair1 = tl.join(r1 & 0xFFFF, r1 >> 16)
     pair2 = tl.join(r2 & 0xFFFF, r2 >> 16)
@@ -908,11 +909,14 @@ def attention_varlen(
     dropout_p: float = 0.0,
     seed: int = 0,
     softmax_scale: Optional[float] = None,
+    validate: bool = True,
 ) -> torch.Tensor:
     """Fused attention on packed sequences; returns ``[T, H, D]`` in q's dtype.
 
     Sequence b is rows ``cu_seqlens[b]:cu_seqlens[b + 1]`` and attends only to itself.
     Zero-length sequences are allowed (repeat an offset), e.g. to keep shapes fixed.
+    ``validate=False`` skips the value checks of ``cu_seqlens`` (one host sync) for callers
+    that built it themselves, as the model does when it unpads.
     """
     fn = "attention_varlen"
     _check_qkv(q, k, v, packed=True, fn=fn)
@@ -927,7 +931,7 @@ def attention_varlen(
     if isinstance(max_seqlen, bool) or not isinstance(max_seqlen, int) or max_seqlen < 0:
         raise ValueError(f"{fn}: max_seqlen must be a Python int >= 0, got {max_seqlen!r}")
     total = q.shape[0]
-    if _may_sync(cu_seqlens):  # one host sync for all value checks
+    if validate and _may_sync(cu_seqlens):  # one host sync for all value checks
         lengths = cu_seqlens[1:] - cu_seqlens[:-1]
         if lengths.numel() == 0:
             lengths = cu_seqlens.new_zeros(1)

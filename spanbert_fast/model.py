@@ -171,7 +171,7 @@ class SelfAttention(BackendMixin, nn.Module):
             q, k, v = qkv.view(-1, 3, self.num_heads, self.head_dim).unbind(1)  # each [T, H, Dh]
             context = ops.attention_varlen(
                 q, k, v, varlen.cu_seqlens, varlen.max_seqlen, window=self.window,
-                dropout_p=dropout_p, backend=self.backend,
+                dropout_p=dropout_p, validate=False, backend=self.backend,
             )
             return context.reshape(x.shape)
         batch, seq_len, d = x.shape
@@ -396,7 +396,7 @@ class SpanBertModel(SpanBertPreTrainedModel):
         mask = None if attention_mask is None else attention_mask.bool()
         x = self.embeddings(input_ids, token_type_ids)
         varlen = None
-        if mask is not None and ops.resolve_backend(self.backend, x) == "triton":
+        if mask is not None and ops.resolve_attention_backend(self.backend, x, self.config.head_dim) == "triton":
             # Unpad once: every layer then runs on the [T, d] real tokens (varlen attention)
             # and the states are repadded at the end; one host sync per forward.
             x, rows, cu_seqlens, max_seqlen = ops.unpad(x, mask)

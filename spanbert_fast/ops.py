@@ -72,6 +72,14 @@ def resolve_backend(backend: str, tensor: torch.Tensor) -> str:
     return backend
 
 
+def resolve_attention_backend(backend: str, tensor: torch.Tensor, head_dim: int) -> str:
+    """:func:`resolve_backend` for attention: ``"auto"`` keeps head dims the kernel lacks on torch."""
+    resolved = resolve_backend(backend, tensor)
+    if backend == "auto" and head_dim not in SUPPORTED_HEAD_DIMS:
+        return "torch"
+    return resolved
+
+
 def _kernel(module: str):
     """Import ``spanbert_fast.kernels.<module>`` on first use (keeps triton optional)."""
     return importlib.import_module(f"spanbert_fast.kernels.{module}")
@@ -225,7 +233,7 @@ def attention(
     with a mask reproducible from ``seed`` (drawn fresh when ``None``).
     Returns ``[B, H, S, D]`` in the input dtype.
     """
-    if resolve_backend(backend, q) == "torch":
+    if resolve_attention_backend(backend, q, q.shape[-1]) == "torch":
         return attention_torch(q, k, v, key_padding_mask, window, dropout_p, seed, softmax_scale)
     _check_attention_inputs(q, k, v, packed=False)
     seed = draw_seed() if (seed is None and dropout_p > 0) else (seed or 0)
@@ -238,7 +246,7 @@ def attention(
     v_packed = v.transpose(1, 2).flatten(0, 1)[rows]
     out = kernel.attention_varlen(
         q_packed, k_packed, v_packed, cu_seqlens, max_seqlen, window=window, dropout_p=dropout_p,
-        seed=seed, softmax_scale=softmax_scale,
+        seed=seed, softmax_scale=softmax_scale, validate=False,
     )
     return repad(out, rows, batch, seq_len).transpose(1, 2)
 
@@ -254,15 +262,20 @@ def attention_varlen(
     dropout_p: float = 0.0,
     seed: Optional[int] = None,
     softmax_scale: Optional[float] = None,
+    validate: bool = True,
     backend: str = "auto",
 ) -> torch.Tensor:
-    """Attention on packed sequences: sequence ``b`` is rows ``cu_seqlens[b]:cu_seqlens[b+1]``."""
-    if resolve_backend(backend, q) == "torch":
+    """Attention on packed sequences: sequence ``b`` is rows ``cu_seqlens[b]:cu_seqlens[b+1]``.
+
+    ``validate=False`` skips the Triton path's value checks of ``cu_seqlens`` (a host sync);
+    for offsets built by :func:`unpad`.
+    """
+    if resolve_attention_backend(backend, q, q.shape[-1]) == "torch":
         return attention_varlen_torch(q, k, v, cu_seqlens, max_seqlen, window, dropout_p, seed, softmax_scale)
     seed = draw_seed() if (seed is None and dropout_p > 0) else (seed or 0)
     return _kernel("attention").attention_varlen(
         q, k, v, cu_seqlens, max_seqlen, window=window, dropout_p=dropout_p, seed=seed,
-        softmax_scale=softmax_scale,
+        softmax_scale=softmax_scale, validate=validate,
     )
 
 

@@ -94,3 +94,11 @@ def test_masked_lm_loss_shape_errors():
         ops.masked_lm_loss(torch.randn(3, 4), torch.zeros(3, dtype=torch.long), torch.randn(5, 6), None, backend="torch")
     with pytest.raises(ValueError, match="targets must be"):
         ops.masked_lm_loss(torch.randn(3, 4), torch.zeros(2, dtype=torch.long), torch.randn(5, 4), None, backend="torch")
+
+
+def test_auto_keeps_head_dims_the_kernel_lacks_on_torch(monkeypatch):
+    monkeypatch.setattr(ops, "resolve_backend", lambda backend, tensor: "triton")  # as on a GPU
+    x = torch.zeros(1)
+    assert ops.resolve_attention_backend("auto", x, 64) == "triton"
+    assert ops.resolve_attention_backend("auto", x, 96) == "torch"  # no D=96 kernel: reference
+    assert ops.resolve_attention_backend("triton", x, 96) == "triton"  # explicit: the kernel says why not
