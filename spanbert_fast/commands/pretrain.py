@@ -103,7 +103,7 @@ def run_pretraining(args: argparse.Namespace, data_dir: str, out_dir: str):
     dataset = BlockDataset(data_dir)
     batches = PretrainingBatches(
         dataset, batch_size=args.batch_size, seed=args.seed, masking=args.masking,
-        rank=ctx.rank, world_size=ctx.world_size,
+        rank=ctx.rank, world_size=ctx.world_size, num_workers=args.num_workers,
     )
     seed_everything(args.seed)  # same initial weights on every rank and every run
     model = build_model(args, dataset.vocab_size, dataset.block_size + 2)
@@ -173,5 +173,8 @@ def register(subparsers) -> None:
     model.add_argument("--init-from", help="continue pre-training from an HF BERT / SpanBERT checkpoint folder")
     parser.add_argument("--masking", choices=["span", "word", "subword"], default="span",
                         help="span (SpanBERT), word (whole-word) or subword masking (the paper's ablation)")
+    parser.add_argument("--num-workers", type=int, default=0,
+                        help="processes that mask and collate batches (0: in the training process; "
+                             "batches are the same either way)")
     add_training_arguments(parser)
     parser.set_defaults(func=run)
