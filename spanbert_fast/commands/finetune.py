@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 
+from spanbert_fast.commands.training_options import add_loop_arguments
+
 
 def add_common_arguments(parser, default_max_length: int) -> None:
     """Flags every fine-tuning command takes."""
@@ -20,25 +22,11 @@ def add_common_arguments(parser, default_max_length: int) -> None:
     data.add_argument("--tokenizer", help="tokenizer.json, vocab.txt or folder (default: the one in --init)")
     data.add_argument("--max-length", type=int, default=default_max_length, help="tokens per sequence")
     optim = parser.add_argument_group("optimisation (spanbert_fast.training.Trainer)")
-    optim.add_argument("--batch-size", type=int, default=16)
+    add_loop_arguments(optim, batch_size=16, lr=3e-5, save_every=0,
+                       max_steps_help="optimizer steps (overrides --epochs)")
     optim.add_argument("--eval-batch-size", type=int, default=64)
     optim.add_argument("--epochs", type=float, default=3.0)
-    optim.add_argument("--max-steps", type=int, default=None, help="optimizer steps (overrides --epochs)")
-    optim.add_argument("--lr", type=float, default=3e-5)
     optim.add_argument("--warmup-ratio", type=float, default=0.1)
-    optim.add_argument("--weight-decay", type=float, default=0.01)
-    optim.add_argument("--grad-accum", type=int, default=1)
-    optim.add_argument("--grad-clip", type=float, default=1.0)
-    optim.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"])
-    optim.add_argument("--seed", type=int, default=0)
-    optim.add_argument("--log-every", type=int, default=10)
-    optim.add_argument("--save-every", type=int, default=0, help="steps between checkpoints (0: only at the end)")
-    optim.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
-    optim.add_argument("--compile", action="store_true", help="torch.compile the model")
-    optim.add_argument("--backend", default="auto", choices=["auto", "torch", "triton"])
-    optim.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
-    optim.add_argument("--no-progress", action="store_true")
-
 
 def run_finetune(task, args) -> int:
     """Build the training settings from the common flags and run :func:`finetune`."""

@@ -12,6 +12,8 @@ import dataclasses
 import os
 import time
 
+from spanbert_fast.commands.training_options import add_loop_arguments, fill_defaults, loop_settings
+
 DEMO_OUT = os.path.join("runs", "demo")
 # Defaults of a real run (DESIGN §3 scaled to one node) and of the CPU demo.
 PRETRAIN_DEFAULTS = dict(preset="base", batch_size=32, max_steps=10000, lr=1e-4, save_every=1000)
@@ -19,51 +21,21 @@ DEMO_DEFAULTS = dict(preset="tiny", batch_size=16, max_steps=300, lr=1e-3, warmu
 
 
 def add_training_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of the shared training loop. Options left at ``None`` are filled by
-    :func:`fill_defaults` (their defaults differ between e.g. ``--demo`` and real runs)."""
+    """The shared loop options plus pre-training's own; ``None`` ones get filled by ``run``."""
     group = parser.add_argument_group("training")
     group.add_argument("--out", help="output folder: checkpoints, log.csv, training.png")
-    group.add_argument("--batch-size", type=int, help="sequences per micro-batch per process")
-    group.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
-    group.add_argument("--max-steps", type=int, help="optimizer steps")
-    group.add_argument("--lr", type=float, help="peak learning rate")
+    add_loop_arguments(group)
     group.add_argument("--warmup-steps", type=int, default=None, help="linear warm-up steps (default: 1%% of max-steps)")
-    group.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (≥2-dim weights only)")
     group.add_argument("--adam-eps", type=float, default=1e-8)
-    group.add_argument("--grad-clip", type=float, default=1.0)
-    group.add_argument("--precision", choices=["auto", "bf16", "fp16", "fp32"], default="auto",
-                       help="auto: bf16 autocast on CUDA, fp32 on CPU")
-    group.add_argument("--compile", action="store_true", help="torch.compile the model")
-    group.add_argument("--backend", choices=["auto", "triton", "torch"], default="auto",
-                       help="hot-op backend: auto = Triton kernels on CUDA, PyTorch references on CPU")
-    group.add_argument("--log-every", type=int, default=10)
-    group.add_argument("--save-every", type=int, help="steps between checkpoints (0: only at the end)")
-    group.add_argument("--seed", type=int, default=0)
-    group.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
-    group.add_argument("--device", default=None, help="default: cuda when available, else cpu")
-    group.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
-def fill_defaults(args: argparse.Namespace, defaults: dict) -> argparse.Namespace:
-    """Set every option the user left unset (``None``) to ``defaults[name]``."""
-    for key, value in defaults.items():
-        if getattr(args, key, None) is None:
-            setattr(args, key, value)
-    return args
 
 
 def training_args_from(args: argparse.Namespace, out_dir: str):
-    """:class:`TrainingArgs` from the options of :func:`add_training_arguments`."""
+    """:class:`TrainingArgs` from the parsed options."""
     from spanbert_fast.training import TrainingArgs
 
     warmup = args.warmup_steps if args.warmup_steps is not None else max(1, args.max_steps // 100)
-    return TrainingArgs(
-        out_dir=out_dir, max_steps=args.max_steps, lr=args.lr, warmup_steps=warmup,
-        weight_decay=args.weight_decay, adam_eps=args.adam_eps, grad_clip=args.grad_clip,
-        grad_accum=args.grad_accum, precision=args.precision, compile=args.compile,
-        log_every=args.log_every, save_every=args.save_every, seed=args.seed, resume=args.resume,
-        progress=not args.no_progress, device=args.device,
-    )
+    return TrainingArgs(out_dir=out_dir, max_steps=args.max_steps, warmup_steps=warmup, adam_eps=args.adam_eps,
+                        **loop_settings(args))
 
 
 def build_model(args, vocab_size: int, max_positions: int):

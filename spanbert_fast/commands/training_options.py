@@ -1,0 +1,48 @@
+"""Command-line options of the one training loop, shared by ``pretrain`` and ``finetune-*``.
+
+Each command passes its own defaults; ``None`` leaves an option for the command to fill
+later (``pretrain --demo`` and a real run default differently).
+"""
+from __future__ import annotations
+
+import argparse
+
+
+def add_loop_arguments(group, *, batch_size=None, max_steps=None, lr=None, save_every=None,
+                       max_steps_help: str = "optimizer steps") -> None:
+    """Add the flags of :class:`spanbert_fast.training.TrainingArgs` to an argparse group."""
+    group.add_argument("--batch-size", type=int, default=batch_size, help="sequences per micro-batch per process")
+    group.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
+    group.add_argument("--max-steps", type=int, default=max_steps, help=max_steps_help)
+    group.add_argument("--lr", type=float, default=lr, help="peak learning rate")
+    group.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (≥2-dim weights only)")
+    group.add_argument("--grad-clip", type=float, default=1.0, help="max global gradient norm")
+    group.add_argument("--precision", choices=["auto", "bf16", "fp16", "fp32"], default="auto",
+                       help="auto: bf16 autocast on CUDA, fp32 on CPU")
+    group.add_argument("--compile", action="store_true", help="torch.compile the model")
+    group.add_argument("--backend", choices=["auto", "triton", "torch"], default="auto",
+                       help="hot-op backend: auto = Triton kernels on CUDA, PyTorch references on CPU")
+    group.add_argument("--log-every", type=int, default=10, help="steps per log line (CSV, progress bar)")
+    group.add_argument("--save-every", type=int, default=save_every,
+                       help="steps between checkpoints (0: only at the end)")
+    group.add_argument("--seed", type=int, default=0)
+    group.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    group.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when available)")
+    group.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def fill_defaults(args: argparse.Namespace, defaults: dict) -> argparse.Namespace:
+    """Set every option the user left unset (``None``) to ``defaults[name]``."""
+    for key, value in defaults.items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+    return args
+
+
+def loop_settings(args: argparse.Namespace) -> dict:
+    """The :class:`TrainingArgs` fields that :func:`add_loop_arguments` flags set (not steps/out)."""
+    return dict(
+        lr=args.lr, weight_decay=args.weight_decay, grad_accum=args.grad_accum, grad_clip=args.grad_clip,
+        precision=args.precision, compile=args.compile, log_every=args.log_every, save_every=args.save_every,
+        seed=args.seed, resume=args.resume, progress=not args.no_progress, device=args.device,
+    )
