@@ -17,7 +17,7 @@ from spanbert_fast.commands.training_options import add_loop_arguments, fill_def
 DEMO_OUT = os.path.join("runs", "demo")
 # Defaults of a real run (DESIGN §3 scaled to one node) and of the CPU demo.
 PRETRAIN_DEFAULTS = dict(preset="base", batch_size=32, max_steps=10000, lr=1e-4, save_every=1000)
-DEMO_DEFAULTS = dict(preset="tiny", batch_size=16, max_steps=300, lr=1e-3, warmup_steps=30, save_every=0)
+DEMO_DEFAULTS = dict(preset="tiny", batch_size=16, max_steps=600, lr=2e-3, warmup_steps=30, save_every=0)
 
 
 def add_training_arguments(parser: argparse.ArgumentParser) -> None:
