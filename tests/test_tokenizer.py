@@ -58,6 +58,18 @@ def test_save_and_load_give_the_same_ids(demo_tokenizer, tmp_path):
         assert load_tokenizer(path).encode(SENTENCE).ids == expected, path
 
 
+def test_saved_padding_and_truncation_are_switched_off(demo_tokenizer, tmp_path):
+    """A tokenizer.json saved with padding/truncation on must not pad or cut our texts."""
+    configured = train_tokenizer(demo_corpus_texts()[:5], vocab_size=300)
+    configured.enable_padding(length=64)
+    configured.enable_truncation(8)
+    configured.save(str(tmp_path / "tokenizer.json"))
+    loaded = load_tokenizer(tmp_path / "tokenizer.json")
+    ids = loaded.encode(SENTENCE).ids
+    assert len(ids) > 8 and 0 not in ids  # neither cut to 8 nor padded with [PAD]=0
+    assert loaded.padding is None and loaded.truncation is None
+
+
 def test_load_bert_vocab_txt_uses_its_special_ids(tmp_path):
     tokens = bert_cased_like_vocab(tmp_path / "vocab.txt")
     tokenizer = load_tokenizer(tmp_path)

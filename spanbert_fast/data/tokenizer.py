@@ -158,7 +158,9 @@ def load_tokenizer(path: PathLike, *, lowercase: bool = False) -> Tokenizer:
 
     A directory is searched for ``tokenizer.json`` first, then ``vocab.txt``. A ``vocab.txt`` is
     used as is (line number = id) with the cased BERT pipeline; pass ``lowercase=True`` for
-    uncased vocabularies. A ``tokenizer.json`` keeps its own pipeline.
+    uncased vocabularies. A ``tokenizer.json`` keeps its own pipeline, but any padding or
+    truncation saved in it is switched off: blocks and windows are cut by this package, and a
+    saved ``padding`` would put [PAD] ids into the corpus.
     """
     path = Path(path)
     if path.is_dir():
@@ -170,9 +172,12 @@ def load_tokenizer(path: PathLike, *, lowercase: bool = False) -> Tokenizer:
         raise FileNotFoundError(f"{path}: tokenizer file not found")
     if path.suffix == ".json":
         try:
-            return Tokenizer.from_file(str(path))
+            tokenizer = Tokenizer.from_file(str(path))
         except Exception as error:  # tokenizers raises a bare Exception on bad JSON
             raise ValueError(f"{path}: not a valid tokenizer.json ({error})") from error
+        tokenizer.no_padding()
+        tokenizer.no_truncation()
+        return tokenizer
     return _from_vocab_txt(path, lowercase)
 
 
