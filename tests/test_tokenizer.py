@@ -70,6 +70,20 @@ def test_saved_padding_and_truncation_are_switched_off(demo_tokenizer, tmp_path)
     assert loaded.padding is None and loaded.truncation is None
 
 
+def test_vocab_txt_casing_is_detected(tmp_path):
+    """An uncased vocab.txt (no upper-case token) lower-cases; tokenizer_config.json decides first."""
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    (tmp_path / "uncased").mkdir()
+    (tmp_path / "uncased" / "vocab.txt").write_text("\n".join(specials + ["hello", "world"]) + "\n")
+    assert load_tokenizer(tmp_path / "uncased").encode("Hello World", add_special_tokens=False).ids == [5, 6]
+    assert load_tokenizer(tmp_path / "uncased", lowercase=False).encode("Hello", add_special_tokens=False).ids == [1]
+    (tmp_path / "uncased" / "tokenizer_config.json").write_text('{"do_lower_case": false}')
+    assert load_tokenizer(tmp_path / "uncased").encode("Hello", add_special_tokens=False).ids == [1]
+    (tmp_path / "cased").mkdir()
+    (tmp_path / "cased" / "vocab.txt").write_text("\n".join(specials + ["Hello", "hello"]) + "\n")
+    assert load_tokenizer(tmp_path / "cased").encode("Hello hello", add_special_tokens=False).ids == [5, 6]
+
+
 def test_load_bert_vocab_txt_uses_its_special_ids(tmp_path):
     tokens = bert_cased_like_vocab(tmp_path / "vocab.txt")
     tokenizer = load_tokenizer(tmp_path)

@@ -52,7 +52,8 @@ def register(subparsers) -> None:
     parser.add_argument("--text-field", default="text", help="JSONL field holding the text (default: text)")
     parser.add_argument("--shard-tokens", type=int, default=None,
                         help="tokens per shard file (default 2^28)")
-    parser.add_argument("--lowercase", action="store_true", help="with a vocab.txt: lowercase (uncased vocabularies)")
+    parser.add_argument("--lowercase", action="store_true", default=None,
+                        help="with a vocab.txt: lowercase (default: detected from tokenizer_config.json or the vocabulary)")
     parser.add_argument("--overwrite", action="store_true", help="replace a corpus already prepared in --out")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)

@@ -14,11 +14,12 @@ Word starts: a token that does not begin with ``##`` starts a word (:func:`word_
 """
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from dataclasses import astuple, dataclass
 from pathlib import Path
-from typing import Dict, Iterable, Tuple, Union
+from typing import Dict, Iterable, Optional, Tuple, Union
 
 import numpy as np
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
@@ -137,7 +138,21 @@ def save_tokenizer(tokenizer: Tokenizer, out_dir: PathLike) -> Path:
     return out
 
 
-def _from_vocab_txt(path: Path, lowercase: bool) -> Tokenizer:
+def vocab_is_uncased(path: Path, vocab: Dict[str, int]) -> bool:
+    """Whether a ``vocab.txt`` belongs to an uncased model: ``do_lower_case`` from a
+    ``tokenizer_config.json`` beside it, else "no token outside [...] has an upper-case letter"."""
+    config = path.parent / "tokenizer_config.json"
+    if config.is_file():
+        try:
+            value = json.loads(config.read_text(encoding="utf-8")).get("do_lower_case")
+        except ValueError as error:
+            raise ValueError(f"{config}: not valid JSON ({error})") from error
+        if value is not None:
+            return bool(value)
+    return not any(ch.isupper() for token in vocab if not token.startswith("[") for ch in token)
+
+
+def _from_vocab_txt(path: Path, lowercase: Optional[bool]) -> Tokenizer:
     vocab: Dict[str, int] = {}
     with open(path, encoding="utf-8") as handle:
         for index, line in enumerate(handle):
@@ -147,18 +162,21 @@ def _from_vocab_txt(path: Path, lowercase: bool) -> Tokenizer:
             vocab[token] = index
     if "[UNK]" not in vocab:
         raise ValueError(f"{path}: vocabulary has no [UNK] token")
+    if lowercase is None:
+        lowercase = vocab_is_uncased(path, vocab)
     tokenizer = Tokenizer(
         models.WordPiece(vocab=vocab, unk_token="[UNK]", continuing_subword_prefix=CONTINUATION_PREFIX)
     )
     return _configure(tokenizer, lowercase=lowercase)
 
 
-def load_tokenizer(path: PathLike, *, lowercase: bool = False) -> Tokenizer:
+def load_tokenizer(path: PathLike, *, lowercase: Optional[bool] = None) -> Tokenizer:
     """Load a tokenizer from a directory, a ``tokenizer.json`` or a BERT ``vocab.txt``.
 
     A directory is searched for ``tokenizer.json`` first, then ``vocab.txt``. A ``vocab.txt`` is
-    used as is (line number = id) with the cased BERT pipeline; pass ``lowercase=True`` for
-    uncased vocabularies. A ``tokenizer.json`` keeps its own pipeline, but any padding or
+    used as is (line number = id) with the BERT pipeline, lower-casing when ``lowercase`` says
+    so; ``None`` decides from ``tokenizer_config.json``'s ``do_lower_case`` beside it, else
+    from the vocabulary (no upper-case token: uncased). A ``tokenizer.json`` keeps its own pipeline, but any padding or
     truncation saved in it is switched off: blocks and windows are cut by this package, and a
     saved ``padding`` would put [PAD] ids into the corpus.
     """
