@@ -9,6 +9,7 @@ import time
 import pytest
 import torch
 
+from model_fixtures import tiny_config
 from spanbert_fast import SpanBertForPreTraining
 from spanbert_fast.cli import main
 from spanbert_fast.data.corpus import Document, demo_corpus_texts
@@ -78,5 +79,13 @@ def test_demo_runs_and_names_its_output(tmp_path, capsys):
 
 
 def test_missing_data_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="meta.json"):
+    with pytest.raises(SystemExit, match=r"pretrain: error: .*nothing: no meta.json"):
         main(pretrain_args(str(tmp_path / "nothing"), tmp_path / "out"))
+
+
+def test_init_from_with_another_vocabulary_is_refused(corpus_dir, tmp_path):
+    SpanBertForPreTraining(tiny_config(vocab_size=1234)).save_pretrained(str(tmp_path / "ckpt"))
+    args = pretrain_args(corpus_dir, tmp_path / "out", "--init-from", str(tmp_path / "ckpt"))
+    args.remove("--preset"), args.remove("tiny")
+    with pytest.raises(SystemExit, match="vocab_size 1234 differs from the corpus tokenizer's 600"):
+        main(args)

@@ -118,7 +118,10 @@ def run(args: argparse.Namespace) -> int:
         if not args.data or not args.out:
             raise SystemExit("pretrain: --data DIR and --out DIR are required (or use --demo)")
         out_dir, data_dir = args.out, args.data
-    result = run_pretraining(args, data_dir, out_dir)
+    try:
+        result = run_pretraining(args, data_dir, out_dir)
+    except (OSError, ValueError) as error:  # bad data/checkpoint/settings: one line naming the path
+        raise SystemExit(f"pretrain: error: {error}") from error
     if result.history:
         first, last = result.history[0], result.history[-1]
         print(f"loss {float(first['loss']):.3f} -> {float(last['loss']):.3f} over {result.step} steps "
