@@ -45,7 +45,6 @@ from spanbert_fast.model import SpanBertModel
 from spanbert_fast.tasks.common import (
     InputFileError,
     SpanBertTaskModel,
-    line_of,
     predict_batches,
     write_json_atomic,
 )
@@ -111,9 +110,34 @@ class SquadExample:
     line: Optional[int]  # line of the question's "id" in its file
 
 
-def _id_line(raw: str, qid: str) -> Optional[int]:
-    match = re.search(r'"id"\s*:\s*' + re.escape(json.dumps(qid)), raw)
-    return line_of(raw, match.start()) if match else None
+_ID_KEY = re.compile(r'"id"\s*:\s*("(?:[^"\\]|\\.)*"|-?\d+)')
+
+
+def _id_lines(raw: str) -> Dict[str, List[int]]:
+    """``{qid: [line, ...]}`` of every ``"id": ...`` in ``raw``, in file order (one regex pass).
+
+    The id is decoded from the raw JSON literal, so non-ASCII ids match however they are
+    written (as is or ``\\uXXXX``-escaped). Line numbers come from one running count.
+    """
+    lines: Dict[str, List[int]] = collections.defaultdict(list)
+    line, counted = 1, 0
+    for match in _ID_KEY.finditer(raw):
+        try:
+            qid = str(json.loads(match.group(1)))
+        except json.JSONDecodeError:
+            continue
+        line += raw.count("\n", counted, match.start())
+        counted = match.start()
+        lines[qid].append(line)
+    return lines
+
+
+def _take_line(lines: Dict[str, List[int]], qid: str) -> Optional[int]:
+    """The line of the next question ``qid`` (duplicated ids: in file order, then the last one)."""
+    found = lines.get(qid)
+    if not found:
+        return None
+    return found.pop(0) if len(found) > 1 else found[0]
 
 
 def read_squad(path: str, require_answers: bool = True) -> List[SquadExample]:
@@ -133,13 +157,14 @@ def read_squad(path: str, require_answers: bool = True) -> List[SquadExample]:
         raise InputFileError(path, err.lineno, f"not valid JSON ({err.msg}, column {err.colno})") from err
     if not isinstance(dataset, dict) or not isinstance(dataset.get("data"), list):
         raise InputFileError(path, 1, 'not a SQuAD file: expected {"data": [{"paragraphs": [...]}, ...]}')
+    id_lines = _id_lines(raw)
     examples = []
     for article in dataset["data"]:
         for paragraph in article.get("paragraphs", []):
             context = paragraph.get("context")
             for qa in paragraph.get("qas", []):
                 qid = str(qa.get("id"))
-                line = _id_line(raw, qid)
+                line = _take_line(id_lines, qid)
                 if not isinstance(context, str) or "question" not in qa:
                     raise InputFileError(path, line, f"question {qid}: missing 'context' or 'question'")
                 impossible = bool(qa.get("is_impossible", False))
