@@ -122,6 +122,8 @@ def run(args: argparse.Namespace) -> int:
         result = run_pretraining(args, data_dir, out_dir)
     except (OSError, ValueError) as error:  # bad data/checkpoint/settings: one line naming the path
         raise SystemExit(f"pretrain: error: {error}") from error
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # under torchrun only rank 0 reports
     if result.history:
         first, last = result.history[0], result.history[-1]
         print(f"loss {float(first['loss']):.3f} -> {float(last['loss']):.3f} over {result.step} steps "
