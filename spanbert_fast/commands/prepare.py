@@ -54,6 +54,7 @@ def register(subparsers) -> None:
                         help="tokens per shard file (default 2^28)")
     parser.add_argument("--lowercase", action="store_true", default=None,
                         help="with a vocab.txt: lowercase (default: detected from tokenizer_config.json or the vocabulary)")
-    parser.add_argument("--overwrite", action="store_true", help="replace a corpus already prepared in --out")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a corpus already prepared in --out (it is removed before the new one is written)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
