@@ -106,3 +106,26 @@ def test_max_length_is_cut_to_the_model_positions(init, tmp_path, caplog):
     finetune(task, train_path=data_path("classification.csv"), init=init, out_dir=str(tmp_path / "out"),
              batch_size=10, max_steps=1, progress=False, backend="torch")
     assert task.max_length == 128 and "max_length 512 exceeds the 128 positions" in caplog.text
+
+
+def test_csv_mixing_pair_and_single_rows_keeps_segment_ids(init, tmp_path):
+    """Single rows get token_type_ids too (all 0), so a batch mixing them with pairs keeps the
+    pairs' segment 1 whichever row comes first."""
+    from types import SimpleNamespace
+
+    from spanbert_fast.tasks.common import collate_features
+
+    path = data_path("classification_pairs.csv")
+    examples = read_classification_file(path)
+    assert [e.text_pair is not None for e in examples] == [True, False, True]
+    stub = SimpleNamespace(label2id={"negative": 0, "positive": 1})
+    features = ClassificationTask().features(examples, fixture_tokenizer(), stub, path)
+    assert all("token_type_ids" in f for f in features)
+    for order in ([0, 1, 2], [1, 0, 2]):
+        batch = collate_features([features[i] for i in order], pad_id=0)
+        types = batch["token_type_ids"].tolist()
+        for row, index in enumerate(order):
+            assert (1 in types[row]) == (examples[index].text_pair is not None)
+    result = finetune(ClassificationTask(), train_path=path, eval_path=path, init=init,
+                      out_dir=str(tmp_path / "out"), batch_size=3, max_steps=1, progress=False, backend="torch")
+    assert result.metrics["count"] == 3

@@ -41,6 +41,11 @@ def test_collate_pads_and_masks():
     assert batch["labels"].tolist() == [[-100, 1, -100], [-100, -100, -100]]
     assert batch["token_type_ids"].tolist() == [[0, 1, 1], [0, 0, 0]]
     assert batch["input_ids"].dtype == torch.long
+    # token_type_ids in some features only: the others are segment 0 (not dropped, no KeyError)
+    mixed = collate_features([{"input_ids": [5]}, {"input_ids": [6, 7], "token_type_ids": [0, 1]}], pad_id=0)
+    assert mixed["token_type_ids"].tolist() == [[0, 0], [0, 1]]
+    with pytest.raises(ValueError, match="1 of 2 features in a batch have 'label'"):
+        collate_features([{"input_ids": [5]}, {"input_ids": [6], "label": 1}], pad_id=0)
 
 
 def test_bad_task_file_and_error_format(tmp_path):

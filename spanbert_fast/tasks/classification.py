@@ -147,9 +147,9 @@ def encode_example(example: ClassificationExample, tokenizer, max_length: int, l
                                                  f"{sorted(label2id)}")
     with truncation(tokenizer, max_length):
         encoding = tokenizer.encode(example.text, example.text_pair)
-    feature = {"input_ids": encoding.ids}
-    if example.text_pair is not None:
-        feature["token_type_ids"] = encoding.type_ids
+    # Always set: single rows are all segment 0, and a batch mixing single and pair rows
+    # must not lose (or trip over) the pair rows' segment ids.
+    feature = {"input_ids": encoding.ids, "token_type_ids": encoding.type_ids}
     if example.label is not None:
         feature["label"] = label2id[example.label]
     return feature

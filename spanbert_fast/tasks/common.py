@@ -163,9 +163,10 @@ def pad_sequences(sequences: Sequence[Sequence[int]], pad_value: int, length: Op
 def collate_features(features: Sequence[dict], pad_id: int) -> Dict[str, torch.Tensor]:
     """Pad a list of feature dicts into a batch.
 
-    Every feature has ``input_ids`` (list of ints); optional ``token_type_ids`` and
-    per-token ``labels`` (padded with 0 and -100), and scalar int fields (``label``,
-    ``start_positions``, ``end_positions``) stacked as ``[B]``. ``attention_mask`` is built here.
+    Every feature has ``input_ids`` (list of ints); optional ``token_type_ids`` (padded with 0;
+    a feature without them counts as all segment 0) and per-token ``token_labels`` (padded with
+    -100), and scalar int fields (``label``, ``start_positions``, ``end_positions``) stacked as
+    ``[B]`` -- these must be in every feature of the batch or in none. ``attention_mask`` is built here.
     """
     input_ids = pad_sequences([f["input_ids"] for f in features], pad_id)
     lengths = torch.tensor([len(f["input_ids"]) for f in features])
@@ -173,13 +174,19 @@ def collate_features(features: Sequence[dict], pad_id: int) -> Dict[str, torch.T
         "input_ids": input_ids,
         "attention_mask": (torch.arange(input_ids.shape[1])[None] < lengths[:, None]).long(),
     }
-    first = features[0]
-    if "token_type_ids" in first:
-        batch["token_type_ids"] = pad_sequences([f["token_type_ids"] for f in features], 0, input_ids.shape[1])
-    if "token_labels" in first:
+    def present(key: str) -> bool:  # every feature has it, none has it, or an error naming the key
+        count = sum(key in f for f in features)
+        if 0 < count < len(features):
+            raise ValueError(f"{count} of {len(features)} features in a batch have {key!r}; all or none must")
+        return count > 0
+
+    if any("token_type_ids" in f for f in features):  # a feature without them is all segment 0
+        batch["token_type_ids"] = pad_sequences([f.get("token_type_ids", ()) for f in features], 0,
+                                                input_ids.shape[1])
+    if present("token_labels"):
         batch["labels"] = pad_sequences([f["token_labels"] for f in features], IGNORE_INDEX, input_ids.shape[1])
     for key in ("label", "start_positions", "end_positions"):
-        if key in first:
+        if present(key):
             name = "labels" if key == "label" else key
             batch[name] = torch.tensor([f[key] for f in features], dtype=torch.long)
     return batch
