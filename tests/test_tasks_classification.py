@@ -129,3 +129,18 @@ def test_csv_mixing_pair_and_single_rows_keeps_segment_ids(init, tmp_path):
     result = finetune(ClassificationTask(), train_path=path, eval_path=path, init=init,
                       out_dir=str(tmp_path / "out"), batch_size=3, max_steps=1, progress=False, backend="torch")
     assert result.metrics["count"] == 3
+
+
+def test_bad_eval_file_fails_before_training(init, tmp_path):
+    """An unknown eval label or a malformed eval file is reported before any training step."""
+    bad = tmp_path / "eval.csv"
+    bad.write_text("text,label\nfine day,positive\nodd day,surprised\n")
+    out = tmp_path / "out"
+    with pytest.raises(InputFileError, match=rf"{bad}:3: label 'surprised' is not one of"):
+        finetune(ClassificationTask(), train_path=data_path("classification.csv"), eval_path=str(bad), init=init,
+                 out_dir=str(out), batch_size=10, max_steps=1, progress=False, backend="torch")
+    bad.write_text("text,label\nfine day\n")
+    with pytest.raises(InputFileError, match=rf"{bad}:2: expected 2 columns"):
+        finetune(ClassificationTask(), train_path=data_path("classification.csv"), eval_path=str(bad), init=init,
+                 out_dir=str(out), batch_size=10, max_steps=1, progress=False, backend="torch")
+    assert not out.exists()  # no Trainer, no checkpoint

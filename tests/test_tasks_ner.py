@@ -8,6 +8,7 @@ from spanbert_fast.cli import main
 from spanbert_fast.data.tokenizer import load_tokenizer
 from spanbert_fast.tasks import SpanBertForTokenClassification, entity_scores
 from spanbert_fast.tasks.common import IGNORE_INDEX, InputFileError
+from spanbert_fast.tasks.finetune import finetune
 from spanbert_fast.tasks.ner import ConllSentence, NerTask, encode_sentence, entity_spans, read_conll
 
 
@@ -72,13 +73,30 @@ def test_bad_conll_names_file_and_line(tmp_path, content, message):
         read_conll(str(path))
 
 
-def test_unknown_eval_tag_names_file_and_line(tmp_path):
+def test_unknown_eval_tag_is_logged_and_scored_as_missed(tmp_path, caplog):
+    """Gold tags are only used for scoring: a tag the model lacks is reported (file, line), not fatal."""
     path = tmp_path / "eval.conll"
     path.write_text("Paris B-LOC\n\nRome B-CITY\n")
     init = tiny_checkpoint(tmp_path / "init")
     model = SpanBertForTokenClassification.from_pretrained(init, labels=["O", "B-LOC", "I-LOC"], backend="torch")
-    with pytest.raises(InputFileError, match=r"eval.conll:3: tag 'B-CITY' is not one of"):
-        NerTask().evaluate(model, fixture_tokenizer(), str(path), None)
+    scores = NerTask().evaluate(model, fixture_tokenizer(), str(path), None)
+    assert scores["gold"] == 2 and "CITY" in scores["per_type"] and scores["per_type"]["CITY"]["recall"] == 0.0
+    assert f"{path}: tags the model was not trained on: 'B-CITY' (line 3)" in caplog.text
+
+
+@pytest.mark.parametrize("which", ["train", "eval"])
+def test_non_bio_tags_fail_before_training(tmp_path, which):
+    """IO tags (PER, LOC) are an error naming file and line -- for the eval file too, before any step."""
+    bad = tmp_path / f"{which}.conll"
+    bad.write_text("Gustave B-PER\nEiffel I-PER\n\nParis LOC\n")
+    conll = data_path("conll.txt")
+    paths = {"train": conll, "eval": conll, which: str(bad)}
+    init = tiny_checkpoint(tmp_path / "init")
+    out = tmp_path / "out"
+    with pytest.raises(InputFileError, match=rf"{bad}:4: tag 'LOC' is not BIO/IOB2"):
+        finetune(NerTask(), train_path=paths["train"], eval_path=paths["eval"], init=init, out_dir=str(out),
+                 batch_size=5, max_steps=1, progress=False, backend="torch")
+    assert not out.exists()  # no Trainer, no checkpoint
 
 
 # --------------------------------------------------------------------------- training

@@ -230,3 +230,14 @@ def test_finetune_from_python_with_v2_flag(tmp_path):
                       batch_size=16, max_steps=2, lr=1e-3, progress=False, backend="torch")
     assert result.train.step == 2 and set(result.metrics) >= {"exact", "f1", "total"}
     assert os.path.isfile(tmp_path / "qa" / "null_odds.json")  # decoded with null answers
+
+
+def test_malformed_eval_file_fails_before_training(tmp_path):
+    bad = tmp_path / "dev.json"
+    bad.write_text('{"data": [\n  {"paragraphs": [}\n]}\n')
+    out = tmp_path / "qa"
+    with pytest.raises(InputFileError, match=rf"{bad}:2: not valid JSON"):
+        finetune(QuestionAnsweringTask(**WINDOWS), train_path=data_path("squad_v1.json"), eval_path=str(bad),
+                 init=tiny_checkpoint(tmp_path / "init"), out_dir=str(out), batch_size=16, max_steps=1,
+                 progress=False, backend="torch")
+    assert not out.exists()  # no Trainer, no checkpoint

@@ -206,11 +206,21 @@ class ClassificationTask:
         return [label for _, output in predict_batches(model, inputs, pad_id, batch_size)
                 for label in output.logits.argmax(-1).tolist()]
 
-    def evaluate(self, model, tokenizer, path: str, out_dir: Optional[str], batch_size: int = 64) -> dict:
+    def read_eval(self, path: str, model) -> List[ClassificationExample]:
+        """The rows of ``path``; a label the model does not have is an error (metrics need its id)."""
+        examples = self.read(path)
+        for example in examples:
+            if example.label not in model.label2id:
+                raise InputFileError(path, example.line, f"label {example.label!r} is not one of the model's "
+                                                         f"labels {sorted(model.label2id)}")
+        return examples
+
+    def evaluate(self, model, tokenizer, path: str, out_dir: Optional[str], batch_size: int = 64,
+                 examples: Optional[List[ClassificationExample]] = None) -> dict:
         """Accuracy and macro-F1 on ``path``; writes ``predictions.jsonl`` into ``out_dir``."""
         from spanbert_fast.data.tokenizer import special_ids
 
-        examples = self.read(path)
+        examples = self.read_eval(path, model) if examples is None else examples
         features = self.features(examples, tokenizer, model, path)
         predicted = self.predict(model, features, special_ids(tokenizer).pad, batch_size)
         metrics = classification_metrics([f["label"] for f in features], predicted, model.labels)

@@ -9,8 +9,10 @@ the task-specific parts:
   ``init`` (an encoder checkpoint gets a fresh head; the load report says so);
 * ``features(examples, tokenizer, model, path)`` -> feature dicts for
   :func:`~spanbert_fast.tasks.common.collate_features`;
-* ``evaluate(model, tokenizer, path, out_dir, batch_size)`` -> metrics dict (and writes
-  its predictions into ``out_dir``).
+* ``read_eval(path, model)`` -> the evaluation examples, checked against ``model`` (its
+  labels); called **before** training, so a bad evaluation file fails fast;
+* ``evaluate(model, tokenizer, path, out_dir, batch_size, examples=None)`` -> metrics dict
+  (and writes its predictions into ``out_dir``); ``examples`` are those ``read_eval`` returned.
 
 :func:`finetune` does the rest the same way for all of them: tokenizer resolution, seeded
 epoch batches, :class:`spanbert_fast.training.Trainer` (AdamW, warm-up + linear decay, bf16
@@ -65,6 +67,8 @@ def finetune(task, *, train_path: str, init: str, out_dir: str, eval_path: Optio
         logger.warning("max_length %d exceeds the %d positions of the model in %s; using %d",
                        task.max_length, positions, init, positions)
         task.max_length = positions
+    # The evaluation file is read and checked now, not after the whole training run.
+    eval_examples = task.read_eval(eval_path, model) if eval_path is not None else None
     features = task.features(examples, tokenizer, model, train_path)
     seed = training_args.get("seed", 0)
     batches = EpochBatches(features, batch_size, functools.partial(collate_features, pad_id=pad_id), seed=seed)
@@ -84,6 +88,6 @@ def finetune(task, *, train_path: str, init: str, out_dir: str, eval_path: Optio
     save_tokenizer(tokenizer, out_dir)
     metrics = None
     if eval_path is not None:
-        metrics = task.evaluate(model, tokenizer, eval_path, out_dir, eval_batch_size)
+        metrics = task.evaluate(model, tokenizer, eval_path, out_dir, eval_batch_size, examples=eval_examples)
         write_json_atomic(os.path.join(out_dir, EVAL_RESULTS), metrics)
     return FineTuneResult(model, out_dir, metrics, train_result)

@@ -13,6 +13,12 @@ Scoring (:func:`entity_scores`): entities are read from BIO / IOB2 tags as conll
 an entity starts at ``B-X``, or at ``I-X`` after ``O`` or after a tag of another type, and
 continues over the following ``I-X``. Precision/recall/F1 count exactly matching
 (type, start, end) entities, micro-averaged over all types, plus per type.
+
+Checks (:class:`NerTask`): every tag of a training or evaluation file must be ``O``,
+``B-TYPE`` or ``I-TYPE`` (IO tags like ``PER`` are an error naming the file and line). An
+evaluation tag the model was not trained on is *not* an error -- gold tags are only used for
+scoring, so its entities count as missed -- but it is logged (file, line, tag) before
+training starts.
 """
 from __future__ import annotations
 
@@ -129,13 +135,33 @@ def read_conll(path: str) -> List[ConllSentence]:
     return sentences
 
 
-def encode_sentence(sentence: ConllSentence, tokenizer, max_length: int, label2id: Dict[str, int],
+def _bio_parts(tag: str) -> Optional[Tuple[str, Optional[str]]]:
+    """``(prefix, type)`` of a BIO / IOB2 tag (``("O", None)`` for ``O``); None when not BIO."""
+    if tag == OUTSIDE:
+        return OUTSIDE, None
+    if len(tag) > 2 and tag[1] == "-" and tag[0] in "BI":
+        return tag[0], tag[2:]
+    return None
+
+
+def check_bio(sentences: Sequence[ConllSentence], path: str) -> None:
+    """Raise :class:`InputFileError` at the first tag that is not ``O``, ``B-TYPE`` or ``I-TYPE``."""
+    for sentence in sentences:
+        for tag, line in zip(sentence.tags, sentence.lines):
+            if _bio_parts(tag) is None:
+                raise InputFileError(path, line, f"tag {tag!r} is not BIO/IOB2 (O, B-TYPE or I-TYPE); "
+                                                 "convert IO or BIOES tags first")
+
+
+def encode_sentence(sentence: ConllSentence, tokenizer, max_length: int, label2id: Optional[Dict[str, int]],
                     path: str) -> dict:
     """``[CLS] subwords [SEP]`` ids with the tag id on each word's first subword (else -100).
 
-    ``word_index[i]`` is the word a labelled position belongs to (for reading predictions back).
+    ``first_subword[w]`` is the position of word ``w``'s first subword (for reading predictions
+    back). With ``label2id=None`` (prediction) the tags are not looked at and ``token_labels``
+    is left out.
     """
-    for tag, line in zip(sentence.tags, sentence.lines):
+    for tag, line in zip(sentence.tags, sentence.lines) if label2id is not None else ():
         if tag not in label2id:
             raise InputFileError(path, line, f"tag {tag!r} is not one of the model's labels {sorted(label2id)}")
     with truncation(tokenizer, max_length):
@@ -143,13 +169,15 @@ def encode_sentence(sentence: ConllSentence, tokenizer, max_length: int, label2i
     token_labels, first_subword, previous = [], {}, None
     for position, word in enumerate(encoding.word_ids):
         if word is not None and word != previous:
-            token_labels.append(label2id[sentence.tags[word]])
+            token_labels.append(label2id[sentence.tags[word]] if label2id is not None else IGNORE_INDEX)
             first_subword[word] = position
         else:
             token_labels.append(IGNORE_INDEX)
         previous = word
-    return {"input_ids": encoding.ids, "token_labels": token_labels, "first_subword": first_subword,
-            "n_words": len(sentence.words)}
+    feature = {"input_ids": encoding.ids, "first_subword": first_subword, "n_words": len(sentence.words)}
+    if label2id is not None:
+        feature["token_labels"] = token_labels
+    return feature
 
 
 # --------------------------------------------------------------------------- entity scoring
@@ -157,12 +185,10 @@ def entity_spans(tags: Sequence[str]) -> Set[Tuple[str, int, int]]:
     """Entities ``(type, first word, last word)`` in a BIO / IOB2 tag sequence (conlleval rules)."""
     spans, start, kind = set(), None, None
     for index, tag in enumerate(list(tags) + [OUTSIDE]):
-        if tag == OUTSIDE:
-            prefix, tag_type = OUTSIDE, None
-        elif len(tag) > 2 and tag[1] == "-" and tag[0] in "BI":
-            prefix, tag_type = tag[0], tag[2:]
-        else:
+        parts = _bio_parts(tag)
+        if parts is None:
             raise ValueError(f"tag {tag!r} at position {index} is not BIO/IOB2 (O, B-TYPE or I-TYPE)")
+        prefix, tag_type = parts
         continues = prefix == "I" and tag_type == kind
         if start is not None and not continues:
             spans.add((kind, start, index - 1))
@@ -210,7 +236,24 @@ class NerTask:
         self.max_length = max_length
 
     def read(self, path: str) -> List[ConllSentence]:
-        return read_conll(path)
+        """Sentences of ``path``; every tag must be BIO / IOB2 (an error naming file and line)."""
+        sentences = read_conll(path)
+        check_bio(sentences, path)
+        return sentences
+
+    def read_eval(self, path: str, model) -> List[ConllSentence]:
+        """Sentences of ``path``; tags the model lacks are logged (their entities count as missed)."""
+        sentences = self.read(path)
+        unknown: Dict[str, int] = {}
+        for sentence in sentences:
+            for tag, line in zip(sentence.tags, sentence.lines):
+                if tag not in model.label2id:
+                    unknown.setdefault(tag, line)
+        if unknown:
+            where = ", ".join(f"{tag!r} (line {line})" for tag, line in unknown.items())
+            logger.warning("%s: tags the model was not trained on: %s; it cannot predict them, so their "
+                           "entities count as missed", path, where)
+        return sentences
 
     def build_model(self, init: str, sentences: List[ConllSentence], backend: str):
         tags = {tag for s in sentences for tag in s.tags}
@@ -231,7 +274,7 @@ class NerTask:
         """Predicted tag of every word (``O`` for words cut by ``max_length``)."""
         from spanbert_fast.data.tokenizer import special_ids
 
-        encoded = [encode_sentence(s, tokenizer, self.max_length, model.label2id, path) for s in sentences]
+        encoded = [encode_sentence(s, tokenizer, self.max_length, None, path) for s in sentences]
         inputs = [{"input_ids": f["input_ids"]} for f in encoded]
         predictions = []
         for chunk, output in predict_batches(model, inputs, special_ids(tokenizer).pad, batch_size):
@@ -243,9 +286,10 @@ class NerTask:
                 predictions.append(tags)
         return predictions
 
-    def evaluate(self, model, tokenizer, path: str, out_dir: Optional[str], batch_size: int = 64) -> dict:
+    def evaluate(self, model, tokenizer, path: str, out_dir: Optional[str], batch_size: int = 64,
+                 examples: Optional[List[ConllSentence]] = None) -> dict:
         """Entity P/R/F1 on ``path``; writes ``predictions.conll`` (word gold predicted) into ``out_dir``."""
-        sentences = self.read(path)
+        sentences = self.read_eval(path, model) if examples is None else examples
         predicted = self.predict(model, tokenizer, sentences, path, batch_size)
         scores = entity_scores([s.tags for s in sentences], predicted)
         if out_dir is not None:

@@ -429,10 +429,15 @@ class QuestionAnsweringTask:
             predictions[example.qid], nbest[example.qid], null_diffs[example.qid] = answer, candidates, null_diff
         return predictions, nbest, null_diffs
 
-    def evaluate(self, model, tokenizer, path: str, out_dir: Optional[str], batch_size: int = 64) -> dict:
+    def read_eval(self, path: str, model=None) -> List[SquadExample]:
+        """The questions of ``path`` (answers optional: unanswered ones score 0)."""
+        return read_squad(path, require_answers=False)
+
+    def evaluate(self, model, tokenizer, path: str, out_dir: Optional[str], batch_size: int = 64,
+                 examples: Optional[List[SquadExample]] = None) -> dict:
         """EM/F1 on ``path``; writes ``predictions.json``, ``nbest_predictions.json`` (and v2.0
         ``null_odds.json``) into ``out_dir``."""
-        examples = read_squad(path, require_answers=False)
+        examples = self.read_eval(path, model) if examples is None else examples
         version_2 = bool(self.version_2) or any(e.is_impossible for e in examples)
         predictions, nbest, null_diffs = self.predict(model, tokenizer, examples, version_2, batch_size)
         metrics = squad_metrics(examples, predictions)
