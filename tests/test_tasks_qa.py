@@ -241,3 +241,19 @@ def test_malformed_eval_file_fails_before_training(tmp_path):
                  init=tiny_checkpoint(tmp_path / "init"), out_dir=str(out), batch_size=16, max_steps=1,
                  progress=False, backend="torch")
     assert not out.exists()  # no Trainer, no checkpoint
+
+
+@pytest.mark.parametrize("option, flag", [("doc_stride", "--doc-stride"), ("n_best", "--n-best"),
+                                          ("max_answer_length", "--max-answer-length"),
+                                          ("max_query_length", "--max-query-length")])
+@pytest.mark.parametrize("value", [0, -1])
+def test_window_and_decoding_options_must_be_positive(option, flag, value, tmp_path):
+    """--doc-stride 0 used to loop forever in window_starts; each option is named."""
+    with pytest.raises(ValueError, match=rf"{option} \({flag}\) must be an integer >= 1, got {value}"):
+        QuestionAnsweringTask(**{option: value})
+    squad = data_path("squad_v1.json")
+    with pytest.raises(SystemExit, match=rf"finetune-qa: error: {option} \({flag}\) must be"):
+        main(["finetune-qa", "--train", squad, "--init", str(tmp_path), "--out", str(tmp_path / "out"),
+              flag, str(value)])
+    with pytest.raises(ValueError, match="stride"):
+        window_starts(10, 4, value)

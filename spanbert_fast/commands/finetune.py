@@ -64,9 +64,12 @@ def run_ner(args) -> int:
 def run_qa(args) -> int:
     from spanbert_fast.tasks.qa import QuestionAnsweringTask
 
-    task = QuestionAnsweringTask(
-        args.max_length, args.doc_stride, args.max_query_length, args.max_answer_length, args.n_best,
-        args.null_threshold, version_2=True if args.version_2 else None)
+    try:
+        task = QuestionAnsweringTask(
+            args.max_length, args.doc_stride, args.max_query_length, args.max_answer_length, args.n_best,
+            args.null_threshold, version_2=True if args.version_2 else None)
+    except ValueError as error:  # a bad window/decoding flag: one line, no traceback
+        raise SystemExit(f"{args.command}: error: {error}") from error
     return run_finetune(task, args)
 
 

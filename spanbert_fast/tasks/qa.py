@@ -212,6 +212,9 @@ def answer_token_span(context: ContextTokens, start_char: int, end_char: int) ->
 
 def window_starts(n_tokens: int, window: int, stride: int) -> List[int]:
     """Starts of windows of ``window`` tokens, ``stride`` apart, the last one reaching the end."""
+    if stride < 1 or window < 1:
+        raise ValueError(f"windows need a stride and a size of at least 1 token, got stride {stride}, "
+                         f"window {window}")
     starts, start = [], 0
     while True:
         starts.append(start)
@@ -382,6 +385,11 @@ class QuestionAnsweringTask:
     def __init__(self, max_length: int = 384, doc_stride: int = 128, max_query_length: int = 64,
                  max_answer_length: int = 30, n_best: int = 20, null_threshold: float = 0.0,
                  version_2: Optional[bool] = None):
+        for option, value in (("doc_stride", doc_stride), ("max_query_length", max_query_length),
+                              ("max_answer_length", max_answer_length), ("n_best", n_best)):
+            if not isinstance(value, int) or value < 1:
+                flag = "--" + option.replace("_", "-")
+                raise ValueError(f"{option} ({flag}) must be an integer >= 1, got {value!r}")
         self.max_length, self.doc_stride, self.max_query_length = max_length, doc_stride, max_query_length
         self.max_answer_length, self.n_best, self.null_threshold = max_answer_length, n_best, null_threshold
         self.version_2 = version_2  # None: v2.0 when the data has impossible questions
