@@ -111,3 +111,15 @@ def test_cli_bad_layer_is_one_line(tmp_path, checkpoint):
     inputs.write_text("a text\n")
     with pytest.raises(SystemExit, match="embed: error: layer -9 out of range"):
         main(["embed", checkpoint, "--input", str(inputs), "--layer", "-9..-1", "--out", str(tmp_path / "x.npy")])
+
+
+def test_cli_rows_are_lines_split_on_newline_only(tmp_path, checkpoint, model):
+    """Form feeds, \\x1c-\\x1e, \\x85, \\u2028/\\u2029 inside a text do not split it; \\r\\n ends a line."""
+    texts = ["The bread\x0cwas warm.", "Paris\u2028Rome\x85and\x1cLind", "", "the bell\u2029"]
+    inputs = tmp_path / "texts.txt"
+    inputs.write_bytes(("\r\n".join(texts) + "\n").encode("utf-8"))
+    npy = tmp_path / "cls.npy"
+    assert main(["embed", checkpoint, "--input", str(inputs), "--out", str(npy), "--no-progress"]) == 0
+    got = np.load(npy)
+    assert got.shape == (len(texts), 64)
+    np.testing.assert_allclose(got, embed(model, fixture_tokenizer(), texts), atol=1e-6)

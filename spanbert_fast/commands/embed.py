@@ -8,6 +8,16 @@ from __future__ import annotations
 import re
 
 
+def input_lines(text: str) -> list:
+    """The lines of ``text`` split on ``\\n`` only (a trailing ``\\r`` dropped), so row ``i`` is
+    line ``i``: ``str.splitlines`` would also split on form feeds, ``\\x1c``-``\\x1e``, ``\\x85``,
+    ``\\u2028`` and ``\\u2029`` inside a text. A final newline does not add an empty text."""
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    return [line[:-1] if line.endswith("\r") else line for line in lines]
+
+
 def run(args) -> int:
     try:
         return _run(args)
@@ -21,8 +31,8 @@ def _run(args) -> int:
     from spanbert_fast.tasks.embeddings import embed, parse_layers, save_embeddings, token_ids_for
 
     layers = parse_layers(args.layer)
-    with open(args.input, encoding="utf-8") as f:
-        texts = f.read().splitlines()
+    with open(args.input, encoding="utf-8", newline="") as f:
+        texts = input_lines(f.read())
     tokenizer = resolve_tokenizer(args.checkpoint, args.tokenizer)
     model = SpanBertModel.from_pretrained(args.checkpoint, backend=args.backend)
     if args.device:
