@@ -63,3 +63,19 @@ def test_empty_features_or_bad_batch_size_are_errors():
         EpochBatches([], 2, list)
     with pytest.raises(ValueError, match="batch_size"):
         EpochBatches([{"input_ids": [1]}], 0, list)
+
+
+@pytest.mark.parametrize("name, reader", [
+    ("train.conll", "ner"), ("train.csv", "classification"), ("train.jsonl", "classification"), ("dev.json", "qa"),
+])
+def test_non_utf8_input_names_file_and_line(tmp_path, name, reader):
+    """Latin-1 bytes on line 3: an InputFileError with path:line, not a bare UnicodeDecodeError."""
+    from spanbert_fast.tasks.classification import read_classification_file
+    from spanbert_fast.tasks.ner import read_conll
+    from spanbert_fast.tasks.qa import read_squad
+
+    read = {"ner": read_conll, "classification": read_classification_file, "qa": read_squad}[reader]
+    path = tmp_path / name
+    path.write_bytes(b"first line\r\nsecond\r\ncaf\xe9 au lait\n")
+    with pytest.raises(InputFileError, match=rf"{name}:3: not UTF-8 text \(invalid continuation byte at byte 23\)"):
+        read(str(path))

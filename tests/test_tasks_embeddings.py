@@ -123,3 +123,10 @@ def test_cli_rows_are_lines_split_on_newline_only(tmp_path, checkpoint, model):
     got = np.load(npy)
     assert got.shape == (len(texts), 64)
     np.testing.assert_allclose(got, embed(model, fixture_tokenizer(), texts), atol=1e-6)
+
+
+def test_cli_non_utf8_input_is_one_line_with_file_and_line(tmp_path, checkpoint):
+    inputs = tmp_path / "texts.txt"
+    inputs.write_bytes(b"a text\ncaf\xe9\n")
+    with pytest.raises(SystemExit, match=rf"embed: error: {inputs}:2: not UTF-8 text"):
+        main(["embed", checkpoint, "--input", str(inputs), "--out", str(tmp_path / "x.npy")])

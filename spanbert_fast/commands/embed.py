@@ -27,12 +27,11 @@ def run(args) -> int:
 
 def _run(args) -> int:
     from spanbert_fast.model import SpanBertModel
-    from spanbert_fast.tasks.common import resolve_tokenizer
+    from spanbert_fast.tasks.common import read_utf8, resolve_tokenizer
     from spanbert_fast.tasks.embeddings import embed, parse_layers, save_embeddings, token_ids_for
 
     layers = parse_layers(args.layer)
-    with open(args.input, encoding="utf-8", newline="") as f:
-        texts = input_lines(f.read())
+    texts = input_lines(read_utf8(args.input))
     tokenizer = resolve_tokenizer(args.checkpoint, args.tokenizer)
     model = SpanBertModel.from_pretrained(args.checkpoint, backend=args.backend)
     if args.device:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
 import os
 from typing import Dict, List, Optional, Sequence
@@ -28,6 +29,7 @@ from spanbert_fast.tasks.common import (
     SpanBertTaskModel,
     masked_mean,
     predict_batches,
+    read_utf8,
     saved_labels,
     truncation,
 )
@@ -110,30 +112,28 @@ def read_classification_file(path: str) -> List[ClassificationExample]:
         raise FileNotFoundError(f"{path}: file not found")
     examples = []
     if path.endswith(".jsonl") or path.endswith(".json"):
-        with open(path, encoding="utf-8") as f:
-            for number, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise InputFileError(path, number, f"not valid JSON ({err.msg})") from err
-                if not isinstance(row, dict) or "text" not in row or "label" not in row:
-                    raise InputFileError(path, number, 'each line must be an object with "text" and "label"')
-                examples.append(ClassificationExample(str(row["text"]), str(row["label"]), number,
-                                                      row.get("text_pair")))
+        for number, line in enumerate(io.StringIO(read_utf8(path), newline=None), start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise InputFileError(path, number, f"not valid JSON ({err.msg})") from err
+            if not isinstance(row, dict) or "text" not in row or "label" not in row:
+                raise InputFileError(path, number, 'each line must be an object with "text" and "label"')
+            examples.append(ClassificationExample(str(row["text"]), str(row["label"]), number,
+                                                  row.get("text_pair")))
     else:
-        with open(path, encoding="utf-8", newline="") as f:
-            reader = csv.DictReader(f)
-            if reader.fieldnames is None or not {"text", "label"} <= set(reader.fieldnames):
-                raise InputFileError(path, 1, f"the CSV header must name the columns text and label, "
-                                              f"found {reader.fieldnames}")
-            for row in reader:
-                if row["text"] is None or row["label"] is None or None in row:
-                    raise InputFileError(path, reader.line_num,
-                                         f"expected {len(reader.fieldnames)} columns ({','.join(reader.fieldnames)})")
-                examples.append(ClassificationExample(row["text"], row["label"].strip(), reader.line_num,
-                                                      row.get("text_pair") or None))
+        reader = csv.DictReader(io.StringIO(read_utf8(path), newline=""))
+        if reader.fieldnames is None or not {"text", "label"} <= set(reader.fieldnames):
+            raise InputFileError(path, 1, f"the CSV header must name the columns text and label, "
+                                          f"found {reader.fieldnames}")
+        for row in reader:
+            if row["text"] is None or row["label"] is None or None in row:
+                raise InputFileError(path, reader.line_num,
+                                     f"expected {len(reader.fieldnames)} columns ({','.join(reader.fieldnames)})")
+            examples.append(ClassificationExample(row["text"], row["label"].strip(), reader.line_num,
+                                                  row.get("text_pair") or None))
     if not examples:
         raise InputFileError(path, None, "no rows")
     return examples

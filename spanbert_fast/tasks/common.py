@@ -11,6 +11,7 @@ the keyword arguments given to ``from_pretrained`` and freshly initialised, and
 """
 from __future__ import annotations
 
+import codecs
 import functools
 import json
 import os
@@ -33,6 +34,23 @@ class InputFileError(ValueError):
         where = f"{path}:{line}" if line is not None else f"{path}"
         super().__init__(f"{where}: {message}")
         self.path, self.line = str(path), line
+
+
+def read_utf8(path, *, bom: bool = False) -> str:
+    """The text of ``path`` decoded as UTF-8, newlines untouched (``bom``: drop a leading BOM).
+
+    Bytes that are not UTF-8 raise :class:`InputFileError` naming the file and the line of the
+    first bad byte. Iterate lines as ``open`` would with ``io.StringIO(text, newline=None)``.
+    """
+    with open(path, "rb") as f:
+        data = f.read()
+    skipped = len(codecs.BOM_UTF8) if bom and data.startswith(codecs.BOM_UTF8) else 0
+    try:
+        return data[skipped:].decode("utf-8")
+    except UnicodeDecodeError as err:
+        start = skipped + err.start
+        raise InputFileError(path, data.count(b"\n", 0, start) + 1,
+                             f"not UTF-8 text ({err.reason} at byte {start}); convert the file to UTF-8") from err
 
 
 def line_of(text: str, index: int) -> int:

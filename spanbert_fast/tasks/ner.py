@@ -23,6 +23,7 @@ training starts.
 from __future__ import annotations
 
 import dataclasses
+import io
 import logging
 import os
 from typing import Dict, List, Optional, Sequence, Set, Tuple
@@ -38,6 +39,7 @@ from spanbert_fast.tasks.common import (
     InputFileError,
     SpanBertTaskModel,
     predict_batches,
+    read_utf8,
     saved_labels,
     truncation,
 )
@@ -108,26 +110,25 @@ def read_conll(path: str) -> List[ConllSentence]:
     sentences: List[ConllSentence] = []
     current = ConllSentence([], [], [])
     columns: Optional[Tuple[int, int]] = None  # (count, line where it was set)
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            fields = line.split()
-            if not fields:
-                if current.words:
-                    sentences.append(current)
-                current = ConllSentence([], [], [])
-                continue
-            if fields[0] == "-DOCSTART-":
-                continue
-            if columns is None:
-                if len(fields) < 2:
-                    raise InputFileError(path, number, "a token line needs at least two columns: token ... tag")
-                columns = (len(fields), number)
-            elif len(fields) != columns[0]:
-                raise InputFileError(path, number, f"{len(fields)} columns, but line {columns[1]} has {columns[0]}; "
-                                                   "every token line needs the same columns (token first, tag last)")
-            current.words.append(fields[0])
-            current.tags.append(fields[-1])
-            current.lines.append(number)
+    for number, line in enumerate(io.StringIO(read_utf8(path), newline=None), start=1):
+        fields = line.split()
+        if not fields:
+            if current.words:
+                sentences.append(current)
+            current = ConllSentence([], [], [])
+            continue
+        if fields[0] == "-DOCSTART-":
+            continue
+        if columns is None:
+            if len(fields) < 2:
+                raise InputFileError(path, number, "a token line needs at least two columns: token ... tag")
+            columns = (len(fields), number)
+        elif len(fields) != columns[0]:
+            raise InputFileError(path, number, f"{len(fields)} columns, but line {columns[1]} has {columns[0]}; "
+                                               "every token line needs the same columns (token first, tag last)")
+        current.words.append(fields[0])
+        current.tags.append(fields[-1])
+        current.lines.append(number)
     if current.words:
         sentences.append(current)
     if not sentences:

@@ -46,6 +46,7 @@ from spanbert_fast.tasks.common import (
     InputFileError,
     SpanBertTaskModel,
     predict_batches,
+    read_utf8,
     write_json_atomic,
 )
 
@@ -149,8 +150,7 @@ def read_squad(path: str, require_answers: bool = True) -> List[SquadExample]:
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: file not found")
-    with open(path, encoding="utf-8") as f:
-        raw = f.read()
+    raw = read_utf8(path)
     try:
         dataset = json.loads(raw)
     except json.JSONDecodeError as err:
