@@ -146,6 +146,32 @@ def test_malformed_json_names_file_and_line(tmp_path):
         read_squad(str(path))
 
 
+@pytest.mark.parametrize("part, value, where", [
+    ("answers", "MARK", r"data\[0\].paragraphs\[1\].qas\[0\].answers must be a list, got str"),
+    ("answer", "MARK", r"data\[0\].paragraphs\[1\].qas\[0\].answers\[1\] must be an object, got str"),
+    ("qa", ["MARK"], r"data\[0\].paragraphs\[1\].qas\[1\] must be an object, got list"),
+    ("paragraph", "MARK", r"data\[0\].paragraphs\[2\] must be an object, got str"),
+], ids=["answers", "answer", "qa", "paragraph"])
+def test_non_object_parts_name_file_and_line(tmp_path, part, value, where):
+    """Not an AttributeError: the part's JSON location and its line."""
+    good = {"context": "ab cd", "qas": [{"id": "x", "question": "?", "answers": [{"text": "ab", "answer_start": 0}]}]}
+    paragraph = json.loads(json.dumps(good))
+    if part == "answers":
+        paragraph["qas"][0]["answers"] = value
+    elif part == "answer":
+        paragraph["qas"][0]["answers"].append(value)
+    elif part == "qa":
+        paragraph["qas"].append(value)
+    paragraphs = [good, paragraph] + ([value] if part == "paragraph" else [])
+    path = tmp_path / "parts.json"
+    path.write_text(json.dumps({"data": [{"title": "t", "paragraphs": paragraphs}]}, indent=1))
+    line = next(i for i, l in enumerate(path.read_text().splitlines(), 1) if "MARK" in l)
+    if part == "qa":
+        line -= 1  # the list that holds "MARK" opens on the line before
+    with pytest.raises(InputFileError, match=rf"parts.json:{line}: {where}"):
+        read_squad(str(path))
+
+
 def test_reading_many_questions_is_linear_and_lines_stay_right(tmp_path):
     """The id -> line map is built in one pass: 20k questions read in well under 5 s."""
     import time

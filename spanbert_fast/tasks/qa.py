@@ -45,6 +45,7 @@ from spanbert_fast.model import SpanBertModel
 from spanbert_fast.tasks.common import (
     InputFileError,
     SpanBertTaskModel,
+    line_of,
     predict_batches,
     read_utf8,
     write_json_atomic,
@@ -133,6 +134,43 @@ def _id_lines(raw: str) -> Dict[str, List[int]]:
     return lines
 
 
+_SPACE = re.compile(r"[ \t\n\r]*")
+
+
+def _offset_of(raw: str, keys: Sequence) -> Optional[int]:
+    """Character offset in the JSON text ``raw`` of the value at ``keys`` (object keys and list
+    indices, e.g. ``["data", 0, "paragraphs", 2]``); None when it cannot be followed. Used only
+    to put a line number on an error, so it may be slow."""
+    decoder, pos = json.JSONDecoder(), _SPACE.match(raw, 0).end()
+
+    def skip_space(at: int) -> int:
+        return _SPACE.match(raw, at).end()
+
+    try:
+        for key in keys:
+            if isinstance(key, str):
+                if raw[pos] != "{":
+                    return None
+                pos = skip_space(pos + 1)
+                while True:
+                    name, pos = decoder.raw_decode(raw, pos)
+                    pos = skip_space(skip_space(pos) + 1)  # past the ':'
+                    if name == key:
+                        break
+                    _, pos = decoder.raw_decode(raw, pos)
+                    pos = skip_space(skip_space(pos) + 1)  # past the ','
+            else:
+                if raw[pos] != "[":
+                    return None
+                pos = skip_space(pos + 1)
+                for _ in range(key):
+                    _, pos = decoder.raw_decode(raw, pos)
+                    pos = skip_space(skip_space(pos) + 1)
+        return pos
+    except (ValueError, IndexError):
+        return None
+
+
 def _take_line(lines: Dict[str, List[int]], qid: str) -> Optional[int]:
     """The line of the next question ``qid`` (duplicated ids: in file order, then the last one)."""
     found = lines.get(qid)
@@ -145,6 +183,7 @@ def read_squad(path: str, require_answers: bool = True) -> List[SquadExample]:
     """Questions of a SQuAD v1.1 / v2.0 JSON file, with their answers checked against the context.
 
     Raises :class:`InputFileError` (``path:line:``) for malformed JSON, a missing field, an
+    article, paragraph, question or answer that is not an object (or their lists not lists), an
     answer whose offsets fall outside its context or whose text is not at ``answer_start``,
     and (``require_answers``) an answerable question without answers.
     """
@@ -158,18 +197,37 @@ def read_squad(path: str, require_answers: bool = True) -> List[SquadExample]:
     if not isinstance(dataset, dict) or not isinstance(dataset.get("data"), list):
         raise InputFileError(path, 1, 'not a SQuAD file: expected {"data": [{"paragraphs": [...]}, ...]}')
     id_lines = _id_lines(raw)
+
+    def expect(value, kind: type, keys: Sequence):
+        """``value`` when it is a ``kind``; else an error at the line of ``keys`` in the file."""
+        if isinstance(value, kind):
+            return value
+        offset = _offset_of(raw, keys)
+        where = "".join(f"[{k}]" if isinstance(k, int) else f".{k}" for k in keys).lstrip(".")
+        raise InputFileError(path, None if offset is None else line_of(raw, offset),
+                             f"{where} must be {'an object' if kind is dict else 'a list'}, "
+                             f"got {type(value).__name__}")
+
     examples = []
-    for article in dataset["data"]:
-        for paragraph in article.get("paragraphs", []):
+    for a, article in enumerate(dataset["data"]):
+        at = ["data", a]
+        article = expect(article, dict, at)
+        for p, paragraph in enumerate(expect(article.get("paragraphs", []), list, at + ["paragraphs"])):
+            at_p = at + ["paragraphs", p]
+            paragraph = expect(paragraph, dict, at_p)
             context = paragraph.get("context")
-            for qa in paragraph.get("qas", []):
+            for q, qa in enumerate(expect(paragraph.get("qas", []), list, at_p + ["qas"])):
+                at_q = at_p + ["qas", q]
+                qa = expect(qa, dict, at_q)
                 qid = str(qa.get("id"))
                 line = _take_line(id_lines, qid)
                 if not isinstance(context, str) or "question" not in qa:
                     raise InputFileError(path, line, f"question {qid}: missing 'context' or 'question'")
                 impossible = bool(qa.get("is_impossible", False))
                 answers = []
-                for answer in [] if impossible else qa.get("answers", []):
+                given = expect(qa.get("answers", []), list, at_q + ["answers"])
+                for m, answer in enumerate([] if impossible else given):
+                    answer = expect(answer, dict, at_q + ["answers", m])
                     text, start = answer.get("text"), answer.get("answer_start")
                     if not isinstance(text, str) or not isinstance(start, int):
                         raise InputFileError(path, line, f"question {qid}: an answer needs 'text' and an "
