@@ -144,3 +144,14 @@ def test_bad_eval_file_fails_before_training(init, tmp_path):
         finetune(ClassificationTask(), train_path=data_path("classification.csv"), eval_path=str(bad), init=init,
                  out_dir=str(out), batch_size=10, max_steps=1, progress=False, backend="torch")
     assert not out.exists()  # no Trainer, no checkpoint
+
+
+@pytest.mark.parametrize("name", ["bom.csv", "bom.jsonl"])
+def test_utf8_bom_is_accepted(tmp_path, name):
+    """Excel's "CSV UTF-8" starts with a byte-order mark; the header is still text,label."""
+    path = tmp_path / name
+    body = ("text,label\nfine day,positive\n" if name.endswith(".csv")
+            else '{"text": "fine day", "label": "positive"}\n')
+    path.write_bytes(b"\xef\xbb\xbf" + body.encode("utf-8"))
+    [example] = read_classification_file(str(path))
+    assert (example.text, example.label, example.line) == ("fine day", "positive", 2 if name.endswith(".csv") else 1)

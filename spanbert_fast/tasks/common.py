@@ -36,8 +36,9 @@ class InputFileError(ValueError):
         self.path, self.line = str(path), line
 
 
-def read_utf8(path, *, bom: bool = False) -> str:
-    """The text of ``path`` decoded as UTF-8, newlines untouched (``bom``: drop a leading BOM).
+def read_utf8(path, *, bom: bool = True) -> str:
+    """The text of ``path`` decoded as UTF-8, newlines untouched; a leading byte-order mark
+    (Excel's "CSV UTF-8" writes one) is dropped unless ``bom=False``.
 
     Bytes that are not UTF-8 raise :class:`InputFileError` naming the file and the line of the
     first bad byte. Iterate lines as ``open`` would with ``io.StringIO(text, newline=None)``.
