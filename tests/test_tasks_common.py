@@ -1,5 +1,6 @@
 """Shared task plumbing: epoch batches (resumable), collation, task.json, input errors."""
 import json
+import os
 
 import pytest
 import torch
@@ -79,3 +80,49 @@ def test_non_utf8_input_names_file_and_line(tmp_path, name, reader):
     path.write_bytes(b"first line\r\nsecond\r\ncaf\xe9 au lait\n")
     with pytest.raises(InputFileError, match=rf"{name}:3: not UTF-8 text \(invalid continuation byte at byte 23\)"):
         read(str(path))
+
+
+def test_atomic_write_replaces_whole_or_leaves_the_old_file(tmp_path):
+    from spanbert_fast.tasks.common import atomic_write, write_json_atomic
+
+    target = tmp_path / "out" / "results.json"
+    write_json_atomic(str(target), {"a": 1})
+    assert json.loads(target.read_text()) == {"a": 1}
+    mask = os.umask(0)
+    os.umask(mask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~mask  # not mkstemp's 0o600
+    with pytest.raises(TypeError):
+        write_json_atomic(str(target), {"a": object()})  # fails half-way through json.dump
+    assert json.loads(target.read_text()) == {"a": 1}
+    assert os.listdir(target.parent) == ["results.json"]  # no .tmp left behind
+    with pytest.raises(RuntimeError):
+        with atomic_write(str(target), binary=True) as f:
+            f.write(b"partial")
+            raise RuntimeError("interrupted")
+    assert json.loads(target.read_text()) == {"a": 1} and os.listdir(target.parent) == ["results.json"]
+
+
+def test_every_output_file_is_written_atomically(tmp_path, monkeypatch):
+    """predictions.conll / predictions.jsonl / .npy / .npz go through os.replace of a temp file."""
+    import numpy as np
+
+    from task_fixtures import data_path, fixture_tokenizer, tiny_checkpoint
+    from spanbert_fast.tasks import SpanBertForSequenceClassification, SpanBertForTokenClassification
+    from spanbert_fast.tasks.classification import ClassificationTask
+    from spanbert_fast.tasks.embeddings import save_embeddings
+    from spanbert_fast.tasks.ner import NerTask
+
+    init = tiny_checkpoint(tmp_path / "init")
+    replaced, real_replace = [], os.replace
+    monkeypatch.setattr(os, "replace", lambda src, dst: (replaced.append(os.path.basename(dst)), real_replace(src, dst)))
+    model = SpanBertForTokenClassification.from_pretrained(
+        init, labels=["O", "B-LOC", "B-ORG", "B-PER", "I-LOC", "I-ORG", "I-PER"], backend="torch")
+    NerTask().evaluate(model, fixture_tokenizer(), data_path("conll.txt"), str(tmp_path / "ner"))
+    model = SpanBertForSequenceClassification.from_pretrained(
+        init, labels=["negative", "neutral", "positive"], backend="torch")
+    ClassificationTask().evaluate(model, fixture_tokenizer(), data_path("classification.csv"), str(tmp_path / "cls"))
+    save_embeddings(str(tmp_path / "e.npy"), np.zeros((2, 3), np.float32))
+    save_embeddings(str(tmp_path / "e.npz"), [np.zeros((2, 3), np.float32)], [[1, 2]])
+    assert replaced == ["predictions.conll", "predictions.jsonl", "e.npy", "e.npz"]
+    assert np.load(tmp_path / "e.npy").shape == (2, 3)
+    assert not [p for p in tmp_path.rglob("*.tmp")]

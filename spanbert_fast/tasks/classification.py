@@ -27,6 +27,7 @@ from spanbert_fast.model import SpanBertModel
 from spanbert_fast.tasks.common import (
     InputFileError,
     SpanBertTaskModel,
+    atomic_write,
     masked_mean,
     predict_batches,
     read_utf8,
@@ -226,8 +227,7 @@ class ClassificationTask:
         metrics = classification_metrics([f["label"] for f in features], predicted, model.labels)
         if out_dir is not None:
             rows = [{"text": e.text, "label": e.label, "prediction": model.labels[p]} for e, p in zip(examples, predicted)]
-            os.makedirs(out_dir, exist_ok=True)
-            with open(os.path.join(out_dir, "predictions.jsonl"), "w", encoding="utf-8") as f:
+            with atomic_write(os.path.join(out_dir, "predictions.jsonl")) as f:
                 f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
         return metrics
 

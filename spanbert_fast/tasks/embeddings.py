@@ -22,14 +22,13 @@ Texts longer than the model's positions are cut (a warning says how many).
 from __future__ import annotations
 
 import logging
-import os
 from typing import List, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 
 from spanbert_fast.data.tokenizer import special_ids
-from spanbert_fast.tasks.common import collate_features, masked_mean, model_device
+from spanbert_fast.tasks.common import atomic_write, collate_features, masked_mean, model_device
 
 logger = logging.getLogger(__name__)
 
@@ -133,12 +132,11 @@ def save_embeddings(path: str, embeddings, input_ids: Sequence[Sequence[int]] = 
     Ragged results (a list of ``[n_i, d]`` arrays) need a path ending in ``.npz``;
     ``input_ids`` (one list per text) is stored beside them when given.
     """
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
     if isinstance(embeddings, np.ndarray):
         if not path.endswith(".npy"):
             raise ValueError(f"{path}: pooled embeddings are written as .npy; use a path ending in .npy")
-        np.save(path, embeddings)
+        with atomic_write(path, binary=True) as f:
+            np.save(f, embeddings)
         return path
     if not path.endswith(".npz"):
         raise ValueError(f"{path}: per-token (--pool none) embeddings are ragged and written as .npz "
@@ -150,7 +148,8 @@ def save_embeddings(path: str, embeddings, input_ids: Sequence[Sequence[int]] = 
               "offsets": offsets}
     if input_ids is not None:
         arrays["input_ids"] = np.asarray([t for ids in input_ids for t in ids], dtype=np.int64)
-    np.savez(path, **arrays)
+    with atomic_write(path, binary=True) as f:
+        np.savez(f, **arrays)
     return path
 
 

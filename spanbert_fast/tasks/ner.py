@@ -38,6 +38,7 @@ from spanbert_fast.tasks.common import (
     IGNORE_INDEX,
     InputFileError,
     SpanBertTaskModel,
+    atomic_write,
     predict_batches,
     read_utf8,
     saved_labels,
@@ -294,8 +295,7 @@ class NerTask:
         predicted = self.predict(model, tokenizer, sentences, path, batch_size)
         scores = entity_scores([s.tags for s in sentences], predicted)
         if out_dir is not None:
-            os.makedirs(out_dir, exist_ok=True)
-            with open(os.path.join(out_dir, "predictions.conll"), "w", encoding="utf-8") as f:
+            with atomic_write(os.path.join(out_dir, "predictions.conll")) as f:
                 for sentence, tags in zip(sentences, predicted):
                     f.writelines(f"{w} {g} {p}\n" for w, g, p in zip(sentence.words, sentence.tags, tags))
                     f.write("\n")
