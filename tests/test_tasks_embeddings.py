@@ -130,3 +130,13 @@ def test_cli_non_utf8_input_is_one_line_with_file_and_line(tmp_path, checkpoint)
     inputs.write_bytes(b"a text\ncaf\xe9\n")
     with pytest.raises(SystemExit, match=rf"embed: error: {inputs}:2: not UTF-8 text"):
         main(["embed", checkpoint, "--input", str(inputs), "--out", str(tmp_path / "x.npy")])
+
+
+@pytest.mark.parametrize("flag, value", [("--max-length", "1"), ("--max-length", "0"), ("--max-length", "-3"),
+                                         ("--batch-size", "0")])
+def test_cli_too_small_max_length_or_batch_size_is_one_line(tmp_path, checkpoint, flag, value):
+    """--max-length 0 used to mean the model maximum and 1 gave [CLS] [SEP] ... garbage rows."""
+    inputs = tmp_path / "texts.txt"
+    inputs.write_text("a text\n")
+    with pytest.raises(SystemExit, match=rf"embed: error: .*\({flag}\) must be at least"):
+        main(["embed", checkpoint, "--input", str(inputs), "--out", str(tmp_path / "x.npy"), flag, value])

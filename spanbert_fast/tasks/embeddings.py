@@ -86,6 +86,10 @@ def embed(model, tokenizer, texts: Sequence[str], *, layer: Layers = -1, pool: s
     """
     if pool not in POOLINGS:
         raise ValueError(f"pool must be one of {POOLINGS}, got {pool!r}")
+    if max_length is not None and max_length < 2:
+        raise ValueError(f"max_length (--max-length) must be at least 2 ([CLS] and [SEP]), got {max_length}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size (--batch-size) must be at least 1, got {batch_size}")
     encoder = getattr(model, "bert", model)
     config = encoder.config
     indices = layer_indices(layer, config.num_hidden_layers)
