@@ -283,3 +283,16 @@ def test_window_and_decoding_options_must_be_positive(option, flag, value, tmp_p
               flag, str(value)])
     with pytest.raises(ValueError, match="stride"):
         window_starts(10, 4, value)
+
+
+def test_eval_file_answer_offsets_only_warn(tmp_path, caplog):
+    """Scoring uses the answer text only: a wrong answer_start in an eval file is a warning."""
+    path, line = squad_file(tmp_path, "short context", "contxt", 6)
+    with pytest.raises(InputFileError, match="is not at answer_start"):
+        read_squad(path)  # training files stay strict
+    examples = QuestionAnsweringTask().read_eval(path)
+    assert examples[1].answers == [("contxt", 6)]
+    assert f"bad.json:{line}: question second: answer 'contxt' is not at answer_start 6" in caplog.text
+    outside, _ = squad_file(tmp_path, "short context", "context here", 6, name="outside.json")
+    assert QuestionAnsweringTask().read_eval(outside)[1].answers == [("context here", 6)]
+    assert "lies outside its context" in caplog.text

@@ -179,13 +179,17 @@ def _take_line(lines: Dict[str, List[int]], qid: str) -> Optional[int]:
     return found.pop(0) if len(found) > 1 else found[0]
 
 
-def read_squad(path: str, require_answers: bool = True) -> List[SquadExample]:
+def read_squad(path: str, require_answers: bool = True, check_offsets: bool = True) -> List[SquadExample]:
     """Questions of a SQuAD v1.1 / v2.0 JSON file, with their answers checked against the context.
 
     Raises :class:`InputFileError` (``path:line:``) for malformed JSON, a missing field, an
     article, paragraph, question or answer that is not an object (or their lists not lists), an
     answer whose offsets fall outside its context or whose text is not at ``answer_start``,
     and (``require_answers``) an answerable question without answers.
+
+    With ``check_offsets=False`` (evaluation files: only the answer *text* is scored) an
+    answer outside its context or not at its ``answer_start`` is logged as a warning
+    (``path:line``) and kept, instead of being an error.
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: file not found")
@@ -208,7 +212,7 @@ def read_squad(path: str, require_answers: bool = True) -> List[SquadExample]:
                              f"{where} must be {'an object' if kind is dict else 'a list'}, "
                              f"got {type(value).__name__}")
 
-    examples = []
+    examples, misplaced = [], []
     for a, article in enumerate(dataset["data"]):
         at = ["data", a]
         article = expect(article, dict, at)
@@ -232,14 +236,17 @@ def read_squad(path: str, require_answers: bool = True) -> List[SquadExample]:
                     if not isinstance(text, str) or not isinstance(start, int):
                         raise InputFileError(path, line, f"question {qid}: an answer needs 'text' and an "
                                                          "integer 'answer_start'")
+                    problem = None
                     if start < 0 or start + len(text) > len(context):
-                        raise InputFileError(path, line, f"question {qid}: answer {text!r} at {start}..."
-                                                         f"{start + len(text)} lies outside its context "
-                                                         f"({len(context)} characters)")
-                    if context[start: start + len(text)] != text:
-                        raise InputFileError(path, line, f"question {qid}: answer {text!r} is not at "
-                                                         f"answer_start {start} (context there: "
-                                                         f"{context[start: start + len(text)]!r})")
+                        problem = (f"question {qid}: answer {text!r} at {start}...{start + len(text)} lies "
+                                   f"outside its context ({len(context)} characters)")
+                    elif context[start: start + len(text)] != text:
+                        problem = (f"question {qid}: answer {text!r} is not at answer_start {start} "
+                                   f"(context there: {context[start: start + len(text)]!r})")
+                    if problem is not None and check_offsets:
+                        raise InputFileError(path, line, problem)
+                    if problem is not None:
+                        misplaced.append(f"{path}:{line}: {problem}")
                     answers.append((text, start))
                 if require_answers and not impossible and not answers:
                     raise InputFileError(path, line, f"question {qid} has no answers; mark it "
@@ -247,6 +254,10 @@ def read_squad(path: str, require_answers: bool = True) -> List[SquadExample]:
                 examples.append(SquadExample(qid, qa["question"], context, answers, impossible, line))
     if not examples:
         raise InputFileError(path, None, "no questions")
+    if misplaced:
+        shown = "; ".join(misplaced[:5]) + ("; ..." if len(misplaced) > 5 else "")
+        logger.warning("%s: %d answers do not match their answer_start (kept: only their text is scored): %s",
+                       path, len(misplaced), shown)
     return examples
 
 
@@ -496,8 +507,9 @@ class QuestionAnsweringTask:
         return predictions, nbest, null_diffs
 
     def read_eval(self, path: str, model=None) -> List[SquadExample]:
-        """The questions of ``path`` (answers optional: unanswered ones score 0)."""
-        return read_squad(path, require_answers=False)
+        """The questions of ``path`` (answers optional: unanswered ones score 0; answer offsets
+        that do not match are warnings, since only the answer text is scored)."""
+        return read_squad(path, require_answers=False, check_offsets=False)
 
     def evaluate(self, model, tokenizer, path: str, out_dir: Optional[str], batch_size: int = 64,
                  examples: Optional[List[SquadExample]] = None) -> dict:
