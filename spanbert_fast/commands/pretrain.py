@@ -76,6 +76,7 @@ def run_pretraining(args: argparse.Namespace, data_dir: str, out_dir: str):
     batches = PretrainingBatches(
         dataset, batch_size=args.batch_size, seed=args.seed, masking=args.masking,
         rank=ctx.rank, world_size=ctx.world_size, num_workers=args.num_workers,
+        unigram_replacement=args.unigram_replacement,
     )
     seed_everything(args.seed)  # same initial weights on every rank and every run
     model = build_model(args, dataset.vocab_size, dataset.block_size + 2)
@@ -150,6 +151,9 @@ def register(subparsers) -> None:
     model.add_argument("--init-from", help="continue pre-training from an HF BERT / SpanBERT checkpoint folder")
     parser.add_argument("--masking", choices=["span", "word", "subword"], default="span",
                         help="span (SpanBERT), word (whole-word) or subword masking (the paper's ablation)")
+    parser.add_argument("--unigram-replacement", action="store_true",
+                        help="draw the 10%% random replacement tokens from the corpus unigram counts "
+                             "(default: uniform over non-special ids)")
     parser.add_argument("--num-workers", type=int, default=0,
                         help="processes that mask and collate batches (0: in the training process; "
                              "batches are the same either way)")
