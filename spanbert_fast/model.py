@@ -54,7 +54,7 @@ from spanbert_fast.config import SpanBertConfig
 # --------------------------------------------------------------------------- outputs
 @dataclasses.dataclass
 class EncoderOutput:
-    last_hidden_state: torch.Tensor  # [B, L, d]
+    last_hidden_state: torch.Tensor  # [B, L, d]; [T, d] for packed input
     hidden_states: Optional[Tuple[torch.Tensor, ...]] = None  # embeddings + every layer, on request
 
 
@@ -67,7 +67,7 @@ class PreTrainingOutput:
     sbo_correct: torch.Tensor  # int64 count of SBO targets predicted right
     mlm_count: torch.Tensor  # int64 number of masked positions
     sbo_count: torch.Tensor  # int64 number of SBO targets
-    last_hidden_state: torch.Tensor  # [B, L, d]
+    last_hidden_state: torch.Tensor  # [B, L, d]; [T, d] for packed input
 
     def metrics(self) -> dict:
         """Per-head losses and accuracies as tensors (no host sync; the trainer logs them)."""
@@ -83,15 +83,15 @@ class PreTrainingOutput:
 class VarlenLayout:
     """Where the real tokens of a padded batch went when it was packed to ``[T, d]``."""
 
-    rows: torch.Tensor  # [T] int64 flat indices into the padded [B * L] grid
     cu_seqlens: torch.Tensor  # [B + 1] int32
     max_seqlen: int
-    batch: int
-    seq_len: int
+    rows: Optional[torch.Tensor] = None  # [T] flat indices into the padded [B * L] grid; None: input was packed
+    batch: int = 0
+    seq_len: int = 0
 
     def repad(self, packed: torch.Tensor) -> torch.Tensor:
-        """``[T, d]`` -> ``[B, L, d]`` with zeros at padding."""
-        return ops.repad(packed, self.rows, self.batch, self.seq_len)
+        """``[T, d]`` -> ``[B, L, d]`` with zeros at padding (packed input stays packed)."""
+        return packed if self.rows is None else ops.repad(packed, self.rows, self.batch, self.seq_len)
 
 
 # --------------------------------------------------------------------------- building blocks
@@ -113,15 +113,18 @@ class Embeddings(nn.Module):
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
         self.max_positions = config.max_position_embeddings
 
-    def forward(self, input_ids: torch.Tensor, token_type_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
-        seq_len = input_ids.shape[1]
-        if seq_len > self.max_positions:
-            raise ValueError(
-                f"input_ids has {seq_len} positions but the model has {self.max_positions} position "
-                "embeddings; cut the input (blocks are at most max_position_embeddings tokens)"
-            )
-        positions = torch.arange(seq_len, device=input_ids.device)
-        x = self.word_embeddings(input_ids) + self.position_embeddings(positions)[None]
+    def forward(self, input_ids: torch.Tensor, token_type_ids: Optional[torch.Tensor] = None,
+                position_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``input_ids`` [B, L] (positions 0..L-1) or packed [T] with ``position_ids`` [T]."""
+        if position_ids is None:
+            seq_len = input_ids.shape[-1]
+            if seq_len > self.max_positions:
+                raise ValueError(
+                    f"input_ids has {seq_len} positions but the model has {self.max_positions} position "
+                    "embeddings; cut the input (blocks are at most max_position_embeddings tokens)"
+                )
+            position_ids = torch.arange(seq_len, device=input_ids.device)
+        x = self.word_embeddings(input_ids) + self.position_embeddings(position_ids)
         if token_type_ids is None:
             x = x + self.token_type_embeddings.weight[0]
         else:
@@ -382,11 +385,27 @@ class SpanBertModel(SpanBertPreTrainedModel):
 
     def forward(
         self,
-        input_ids: torch.Tensor,  # [B, L] int64
+        input_ids: torch.Tensor,  # [B, L] int64, or packed [T]
         attention_mask: Optional[torch.Tensor] = None,  # [B, L] 1 = real token, 0 = padding
-        token_type_ids: Optional[torch.Tensor] = None,  # [B, L]
+        token_type_ids: Optional[torch.Tensor] = None,  # like input_ids
         output_hidden_states: bool = False,
+        *,
+        position_ids: Optional[torch.Tensor] = None,  # packed input: [T] position inside each sequence
+        cu_seqlens: Optional[torch.Tensor] = None,  # packed input: [B + 1] int32 sequence offsets
+        max_seqlen: Optional[int] = None,  # packed input: longest sequence
     ) -> EncoderOutput:
+        """Hidden states ``[B, L, d]`` of a padded batch, or ``[T, d]`` of a packed one.
+
+        Packed input (``spanbert_fast.data.collate.pack_batch``) has no padding at all and
+        needs no host sync; its ``cu_seqlens`` are trusted (not re-validated).
+        """
+        if cu_seqlens is not None:
+            if input_ids.dim() != 1 or position_ids is None or max_seqlen is None or attention_mask is not None:
+                raise ValueError("packed input: input_ids [T] with position_ids [T], cu_seqlens [B + 1] and "
+                                 "max_seqlen, and no attention_mask")
+            x = self.embeddings(input_ids, token_type_ids, position_ids)
+            return self._encode(x, None, VarlenLayout(cu_seqlens.to(torch.int32), int(max_seqlen)),
+                                output_hidden_states)
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be [batch, seq_len], got shape {tuple(input_ids.shape)}")
         if attention_mask is not None and attention_mask.shape != input_ids.shape:
@@ -394,13 +413,17 @@ class SpanBertModel(SpanBertPreTrainedModel):
                 f"attention_mask shape {tuple(attention_mask.shape)} differs from input_ids {tuple(input_ids.shape)}"
             )
         mask = None if attention_mask is None else attention_mask.bool()
-        x = self.embeddings(input_ids, token_type_ids)
+        x = self.embeddings(input_ids, token_type_ids, position_ids)
         varlen = None
         if mask is not None and ops.resolve_attention_backend(self.backend, x, self.config.head_dim) == "triton":
             # Unpad once: every layer then runs on the [T, d] real tokens (varlen attention)
             # and the states are repadded at the end; one host sync per forward.
             x, rows, cu_seqlens, max_seqlen = ops.unpad(x, mask)
-            varlen = VarlenLayout(rows, cu_seqlens, max_seqlen, *input_ids.shape)
+            varlen = VarlenLayout(cu_seqlens, max_seqlen, rows, *input_ids.shape)
+        return self._encode(x, mask, varlen, output_hidden_states)
+
+    def _encode(self, x, mask, varlen: Optional[VarlenLayout], output_hidden_states: bool) -> EncoderOutput:
+        """Run the layers on embeddings ``x`` (padded with ``mask``, or packed with ``varlen``)."""
         all_states = [x] if output_hidden_states else None
         for layer in self.encoder.layer:
             x = layer(x, mask, varlen)
@@ -437,19 +460,24 @@ class SpanBertForPreTraining(SpanBertPreTrainedModel):
         sbo_right: Optional[torch.Tensor] = None,
         sbo_rel_pos: Optional[torch.Tensor] = None,
         sbo_labels: Optional[torch.Tensor] = None,
+        position_ids: Optional[torch.Tensor] = None,
+        cu_seqlens: Optional[torch.Tensor] = None,
+        max_seqlen: Optional[int] = None,
         **unused,
     ) -> PreTrainingOutput:
-        """One pre-training forward on a collated batch (format in the module docstring).
+        """One pre-training forward on a collated batch (format in the module docstring),
+        padded or packed (``pack_batch``: indices then address the packed tokens).
 
-        Extra batch keys (``cu_seqlens``, ``max_seqlen``, ...) are accepted and ignored.
+        Extra batch keys (e.g. ``unpad_index``) are accepted and ignored.
         """
         required = dict(mlm_positions=mlm_positions, mlm_labels=mlm_labels, sbo_left=sbo_left,
                         sbo_right=sbo_right, sbo_rel_pos=sbo_rel_pos, sbo_labels=sbo_labels)
         missing = [name for name, value in required.items() if value is None]
         if missing:
             raise ValueError(f"SpanBertForPreTraining.forward needs the batch keys {missing} (see spanbert_fast.model)")
-        hidden = self.bert(input_ids, attention_mask, token_type_ids).last_hidden_state
-        hidden_flat = hidden.flatten(0, 1)
+        hidden = self.bert(input_ids, attention_mask, token_type_ids, position_ids=position_ids,
+                           cu_seqlens=cu_seqlens, max_seqlen=max_seqlen).last_hidden_state
+        hidden_flat = hidden.reshape(-1, hidden.shape[-1])  # [B * L, d] or packed [T, d]
         heads = self.cls
         mlm_loss, mlm_correct = heads.predictions.loss(hidden_flat, mlm_positions, mlm_labels, self.decoder_weight)
         sbo_loss, sbo_correct = heads.pair_target_predictions.loss(

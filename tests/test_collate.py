@@ -110,6 +110,17 @@ def test_packed_form_maps_every_index(masked_blocks):
         pack_batch(left_padded)
 
 
+def test_batch_stream_can_yield_packed_batches():
+    dataset = InMemoryBlocks(20)
+    padded = PretrainingBatches(dataset, batch_size=4, seed=1).make_batch(0, 2)
+    packed = PretrainingBatches(dataset, batch_size=4, seed=1, packed=True).make_batch(0, 2)
+    expected = pack_batch(padded)
+    assert packed.keys() == expected.keys() and packed["max_seqlen"] == expected["max_seqlen"]
+    for key, value in expected.items():
+        if torch.is_tensor(value):
+            assert torch.equal(packed[key], value), key
+
+
 def test_batch_stream_is_deterministic_and_resumes_exactly():
     dataset = InMemoryBlocks(50)
     stream = PretrainingBatches(dataset, batch_size=4, seed=7)

@@ -134,3 +134,31 @@ def test_presets_have_paper_sizes():
     # non-embedding parameters of BERT-base are about 85M
     n = SpanBertModel(base).num_parameters(exclude_embeddings=True)
     assert 84e6 < n < 86e6
+
+
+def test_packed_batch_gives_the_padded_loss_and_grads():
+    """pack_batch's unpadded form (input_ids [T] + cu_seqlens) trains exactly like the padded batch."""
+    from spanbert_fast.data.collate import pack_batch
+
+    model = SpanBertForPreTraining(tiny_config()).eval()
+    batch = tiny_batch()
+    padded = model(**batch)
+    padded.loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    packed_batch = pack_batch(batch)
+    packed = model(**packed_batch)
+    packed.loss.backward()
+    assert packed.last_hidden_state.shape == (17, 32)  # 10 + 7 real tokens, no padding
+    torch.testing.assert_close(packed.last_hidden_state,
+                               padded.last_hidden_state.flatten(0, 1)[packed_batch["unpad_index"]],
+                               atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(packed.loss, padded.loss, atol=1e-5, rtol=1e-5)
+    for name, param in model.named_parameters():
+        torch.testing.assert_close(param.grad, grads[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_packed_input_needs_its_layout():
+    model = SpanBertModel(tiny_config())
+    with pytest.raises(ValueError, match="position_ids"):
+        model(torch.ones(5, dtype=torch.long), cu_seqlens=torch.tensor([0, 5], dtype=torch.int32), max_seqlen=5)

@@ -43,3 +43,13 @@ def test_sbo_head_on_fused_ops_equals_reference_head():
         head.transform(hidden[left], hidden[right], rel),
         reference_sbo_rows(head, hidden, left, right, rel), atol=1e-5, rtol=1e-5,
     )
+
+
+def test_packed_batch_on_kernels_matches_padded_batch_on_torch():
+    from spanbert_fast.data.collate import pack_batch
+
+    model = SpanBertForPreTraining(kernel_ready_config()).eval()
+    batch = tiny_batch()
+    reference = model.set_backend("torch")(**batch)
+    packed = model.set_backend("triton")(**pack_batch(batch))
+    torch.testing.assert_close(packed.loss, reference.loss, atol=1e-5, rtol=1e-5)

@@ -65,6 +65,13 @@ def build_model(args, vocab_size: int, max_positions: int):
     return model
 
 
+def packed_batches(args: argparse.Namespace, device) -> bool:
+    """``--batch-layout auto``: packed (no padding, no unpad sync) where the Triton kernels run."""
+    if args.batch_layout != "auto":
+        return args.batch_layout == "packed"
+    return device.type == "cuda" and args.backend != "torch"
+
+
 def run_pretraining(args: argparse.Namespace, data_dir: str, out_dir: str):
     """Build data, model and trainer from ``args`` and train; returns the TrainResult."""
     from spanbert_fast.data.loader import PretrainingBatches
@@ -76,7 +83,7 @@ def run_pretraining(args: argparse.Namespace, data_dir: str, out_dir: str):
     batches = PretrainingBatches(
         dataset, batch_size=args.batch_size, seed=args.seed, masking=args.masking,
         rank=ctx.rank, world_size=ctx.world_size, num_workers=args.num_workers,
-        unigram_replacement=args.unigram_replacement,
+        unigram_replacement=args.unigram_replacement, packed=packed_batches(args, ctx.device),
     )
     seed_everything(args.seed)  # same initial weights on every rank and every run
     model = build_model(args, dataset.vocab_size, dataset.block_size + 2)
@@ -154,6 +161,9 @@ def register(subparsers) -> None:
     parser.add_argument("--unigram-replacement", action="store_true",
                         help="draw the 10%% random replacement tokens from the corpus unigram counts "
                              "(default: uniform over non-special ids)")
+    parser.add_argument("--batch-layout", choices=["auto", "padded", "packed"], default="auto",
+                        help="packed: real tokens only, for the varlen kernels (auto: packed on CUDA "
+                             "unless --backend torch; padded on CPU, where the reference attention is padded)")
     parser.add_argument("--num-workers", type=int, default=0,
                         help="processes that mask and collate batches (0: in the training process; "
                              "batches are the same either way)")

@@ -22,7 +22,7 @@ from typing import Dict, Iterator, Optional
 import numpy as np
 import torch
 
-from .collate import collate_masked_blocks
+from .collate import collate_masked_blocks, pack_batch
 from .masking import SpanMasker
 
 # The order generator is SeedSequence([seed, epoch], spawn_key=(ORDER_STREAM,)): the spawn key keeps
@@ -60,6 +60,9 @@ class PretrainingBatches:
             (``dataset.unigram_counts()``) instead of uniformly over non-special ids.
         masker: a ready :class:`SpanMasker` to use instead of building one.
         pad_to_multiple_of: passed to the collator.
+        packed: yield the unpadded form of :func:`~spanbert_fast.data.collate.pack_batch`
+            (``input_ids`` [T] with ``cu_seqlens``/``max_seqlen``): no padding, and the model
+            needs no host sync to unpad.
     """
 
     def __init__(
@@ -75,6 +78,7 @@ class PretrainingBatches:
         unigram_replacement: bool = False,
         masker: Optional[SpanMasker] = None,
         pad_to_multiple_of: Optional[int] = None,
+        packed: bool = False,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -99,6 +103,7 @@ class PretrainingBatches:
         self.world_size = world_size
         self.num_workers = num_workers
         self.pad_to_multiple_of = pad_to_multiple_of
+        self.packed = packed
         self.epoch = 0
         self.step = 0
         self._order_cache = (None, None)
@@ -129,7 +134,8 @@ class PretrainingBatches:
         for index in self.batch_indices(epoch, step).tolist():
             token_ids, word_starts = self.dataset[index]
             masked.append(self.masker(token_ids, word_starts, epoch=epoch, index=index))
-        return collate_masked_blocks(masked, self.masker.special_ids, pad_to_multiple_of=self.pad_to_multiple_of)
+        batch = collate_masked_blocks(masked, self.masker.special_ids, pad_to_multiple_of=self.pad_to_multiple_of)
+        return pack_batch(batch) if self.packed else batch
 
     def state_dict(self) -> Dict[str, int]:
         """Position (epoch, batches already handed out in it) plus the layout it is valid for."""
