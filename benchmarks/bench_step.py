@@ -80,14 +80,14 @@ SMOKE_SHAPE = dict(batch=2, seq_len=32)
 class StepBatch:
     """One batch in both formats, with the counts the FLOP formulas need."""
 
-    ours: Dict[str, torch.Tensor]  # the collator's format (spanbert_fast.data.collate)
+    ours: Dict[str, object]  # the packed training format (collate_masked_blocks + pack_batch), as pretrain on CUDA
     hf: Dict[str, torch.Tensor]  # input_ids, attention_mask, labels (-100 off the masked positions)
     lengths: List[int]  # real tokens per row, [CLS] and [SEP] included
     n_masked: int
     n_sbo: int
 
     def to(self, device) -> "StepBatch":
-        move = lambda d: {k: v.to(device) for k, v in d.items()}  # noqa: E731
+        move = lambda d: {k: v.to(device) if torch.is_tensor(v) else v for k, v in d.items()}  # noqa: E731
         return StepBatch(move(self.ours), move(self.hf), self.lengths, self.n_masked, self.n_sbo)
 
 
@@ -98,10 +98,12 @@ def make_batch(lengths: Sequence[int], vocab_size: int, seed: int = 0) -> StepBa
     segmentation (a token starts a word with probability ``WORD_START_P``, about the 1.3
     WordPiece tokens per word of English text); :class:`spanbert_fast.data.SpanMasker` masks them
     (span lengths in words, exact 15 % budget, merging, 80/10/10 per span, SBO targets) and
-    :func:`spanbert_fast.data.collate.collate_masked_blocks` pads them to the longest row.
+    :func:`spanbert_fast.data.collate.collate_masked_blocks` pads them to the longest row. HF gets
+    the padded batch; ours gets its packed form (:func:`~spanbert_fast.data.collate.pack_batch`),
+    which is what ``spanbert-fast pretrain`` feeds the model on CUDA (``--batch-layout auto``).
     """
     from spanbert_fast.data import SpanMasker, SpecialIds
-    from spanbert_fast.data.collate import collate_masked_blocks
+    from spanbert_fast.data.collate import collate_masked_blocks, pack_batch
 
     special = SpecialIds(pad=PAD_ID, unk=UNK_ID, cls=CLS_ID, sep=SEP_ID, mask=MASK_ID)
     masker = SpanMasker(special, vocab_size, seed=seed)
@@ -113,11 +115,12 @@ def make_batch(lengths: Sequence[int], vocab_size: int, seed: int = 0) -> StepBa
         word_starts = rng.random(n) < WORD_START_P
         word_starts[:1] = True
         blocks.append(masker(token_ids, word_starts, epoch=0, index=index))
-    ours = collate_masked_blocks(blocks, special)
-    rows, width = ours["input_ids"].shape
+    padded = collate_masked_blocks(blocks, special)
+    rows, width = padded["input_ids"].shape
     labels = torch.full((rows * width,), -100, dtype=torch.long)
-    labels[ours["mlm_positions"]] = ours["mlm_labels"]
-    hf = dict(input_ids=ours["input_ids"], attention_mask=ours["attention_mask"], labels=labels.view(rows, width))
+    labels[padded["mlm_positions"]] = padded["mlm_labels"]
+    hf = dict(input_ids=padded["input_ids"], attention_mask=padded["attention_mask"], labels=labels.view(rows, width))
+    ours = pack_batch(padded)
     return StepBatch(ours, hf, list(lengths), int(ours["mlm_positions"].numel()), int(ours["sbo_left"].numel()))
 
 

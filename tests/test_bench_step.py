@@ -9,33 +9,38 @@ from benchmarks import flops as F
 
 
 def test_make_batch_formats_agree():
+    """HF gets the padded batch, ours its packed form: the same tokens, masks and targets."""
     lengths = [20, 9, 16]
     batch = bench_step.make_batch(lengths, vocab_size=300, seed=3)
     ours, hf = batch.ours, batch.hf
     seq_len = max(lengths)
-    assert ours["input_ids"].shape == (3, seq_len) and batch.lengths == lengths
-    assert ours["attention_mask"].sum(1).tolist() == lengths
+    assert hf["input_ids"].shape == (3, seq_len) and batch.lengths == lengths
+    assert hf["attention_mask"].sum(1).tolist() == lengths
     for row, length in enumerate(lengths):
-        assert ours["input_ids"][row, 0] == bench_step.CLS_ID
-        assert ours["input_ids"][row, length - 1] == bench_step.SEP_ID
-        assert (ours["input_ids"][row, length:] == bench_step.PAD_ID).all()
+        assert hf["input_ids"][row, 0] == bench_step.CLS_ID
+        assert hf["input_ids"][row, length - 1] == bench_step.SEP_ID
+        assert (hf["input_ids"][row, length:] == bench_step.PAD_ID).all()
+    # packed: real tokens only, row after row
+    assert ours["input_ids"].shape == (sum(lengths),) and ours["cu_seqlens"].tolist() == [0, 20, 29, 45]
+    assert torch.equal(ours["input_ids"], hf["input_ids"].flatten()[ours["unpad_index"]])
+    to_padded = lambda key: ours["unpad_index"][ours[key]]  # noqa: E731  packed index -> padded flat index
     # 15 % of each block (without [CLS]/[SEP]), rounded up: ceil(2.7) + ceil(1.05) + ceil(2.1) = 3 + 2 + 3.
-    assert batch.n_masked == len(ours["mlm_positions"]) == 8
-    rows_of_masked = ours["mlm_positions"] // seq_len
-    cols_of_masked = ours["mlm_positions"] % seq_len
+    masked = to_padded("mlm_positions")
+    assert batch.n_masked == len(masked) == 8
+    rows_of_masked, cols_of_masked = masked // seq_len, masked % seq_len
     assert (cols_of_masked >= 1).all()
     assert (cols_of_masked < torch.tensor(lengths)[rows_of_masked] - 1).all()  # never [SEP] or padding
     labels = hf["labels"].flatten()
     assert (labels != -100).sum() == batch.n_masked
-    assert torch.equal(labels[ours["mlm_positions"]], ours["mlm_labels"])
+    assert torch.equal(labels[masked], ours["mlm_labels"])
     assert (ours["mlm_labels"] >= bench_step.FIRST_REGULAR_ID).all()
-    assert torch.equal(hf["input_ids"], ours["input_ids"]) and torch.equal(hf["attention_mask"], ours["attention_mask"])
     # SBO targets: boundaries in the target's row, around a masked token, labels from the originals.
-    assert batch.n_sbo == len(ours["sbo_left"])
-    assert (ours["sbo_left"] // seq_len == ours["sbo_right"] // seq_len).all()
-    assert (ours["sbo_left"] < ours["sbo_right"]).all() and (ours["sbo_rel_pos"] < 15).all()
-    targets = ours["sbo_left"] + 1 + ours["sbo_rel_pos"]
-    assert torch.isin(targets, ours["mlm_positions"]).all()
+    left, right = to_padded("sbo_left"), to_padded("sbo_right")
+    assert batch.n_sbo == len(left)
+    assert (left // seq_len == right // seq_len).all()
+    assert (left < right).all() and (ours["sbo_rel_pos"] < 15).all()
+    targets = left + 1 + ours["sbo_rel_pos"]
+    assert torch.isin(targets, masked).all()
     assert torch.equal(ours["sbo_labels"], labels[targets])
 
 
