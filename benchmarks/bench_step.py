@@ -138,7 +138,9 @@ def case_lengths(variant: str, batch: int, seq_len: int, seed: int = 0) -> List[
 def build_ours(config, device, backend: str) -> torch.nn.Module:
     from spanbert_fast import SpanBertForPreTraining
 
-    return SpanBertForPreTraining(config).set_backend(backend).to(device).train()
+    model = SpanBertForPreTraining(config).set_backend(backend).to(device).train()
+    model.validate_targets = False  # as in `spanbert-fast pretrain`: the masker checked the ids
+    return model
 
 
 def build_hf(config, device) -> torch.nn.Module:

@@ -248,10 +248,10 @@ class MLMHead(BackendMixin, nn.Module):
         self.transform = PredictionTransform(config)
         self.bias = nn.Parameter(torch.zeros(config.vocab_size))
 
-    def loss(self, hidden_flat, positions, labels, decoder_weight):
+    def loss(self, hidden_flat, positions, labels, decoder_weight, validate: bool = True):
         """``(mean CE, n_correct)`` at ``positions`` of ``hidden_flat`` [B*L, d]."""
         rows = self.transform(hidden_flat[positions])
-        return ops.masked_lm_loss(rows, labels, decoder_weight, self.bias, backend=self.backend)
+        return ops.masked_lm_loss(rows, labels, decoder_weight, self.bias, validate=validate, backend=self.backend)
 
     def logits(self, rows: torch.Tensor, decoder_weight: torch.Tensor) -> torch.Tensor:
         """Full-vocabulary logits ``[M, V]`` for already-gathered rows (fill-mask, tests)."""
@@ -300,10 +300,10 @@ class SpanBoundaryHead(BackendMixin, nn.Module):
             mlp.layer_norm2.eps, backend=self.backend,
         )
 
-    def loss(self, hidden_flat, left, right, rel_pos, labels, decoder_weight):
+    def loss(self, hidden_flat, left, right, rel_pos, labels, decoder_weight, validate: bool = True):
         """``(mean CE, n_correct)`` of the SBO targets; indices are flat rows of ``hidden_flat``."""
         rows = self.transform(hidden_flat[left], hidden_flat[right], rel_pos)
-        return ops.masked_lm_loss(rows, labels, decoder_weight, self.bias, backend=self.backend)
+        return ops.masked_lm_loss(rows, labels, decoder_weight, self.bias, validate=validate, backend=self.backend)
 
 
 class PreTrainingHeads(nn.Module):
@@ -438,6 +438,10 @@ class SpanBertModel(SpanBertPreTrainedModel):
 class SpanBertForPreTraining(SpanBertPreTrainedModel):
     """Encoder + MLM head + SBO head; loss = MLM CE + ``sbo_loss_weight`` × SBO CE."""
 
+    # The Triton loss checks that every label is a vocabulary id (two host syncs per step).
+    # `spanbert-fast pretrain` turns this off: its masker already checked the ids.
+    validate_targets: bool = True
+
     def __init__(self, config: SpanBertConfig):
         super().__init__(config)
         self.bert = SpanBertModel(config)
@@ -479,9 +483,12 @@ class SpanBertForPreTraining(SpanBertPreTrainedModel):
                            cu_seqlens=cu_seqlens, max_seqlen=max_seqlen).last_hidden_state
         hidden_flat = hidden.reshape(-1, hidden.shape[-1])  # [B * L, d] or packed [T, d]
         heads = self.cls
-        mlm_loss, mlm_correct = heads.predictions.loss(hidden_flat, mlm_positions, mlm_labels, self.decoder_weight)
+        validate = self.validate_targets
+        mlm_loss, mlm_correct = heads.predictions.loss(
+            hidden_flat, mlm_positions, mlm_labels, self.decoder_weight, validate
+        )
         sbo_loss, sbo_correct = heads.pair_target_predictions.loss(
-            hidden_flat, sbo_left, sbo_right, sbo_rel_pos, sbo_labels, self.decoder_weight
+            hidden_flat, sbo_left, sbo_right, sbo_rel_pos, sbo_labels, self.decoder_weight, validate
         )
         return PreTrainingOutput(
             loss=mlm_loss + self.config.sbo_loss_weight * sbo_loss,

@@ -51,5 +51,6 @@ def test_packed_batch_on_kernels_matches_padded_batch_on_torch():
     model = SpanBertForPreTraining(kernel_ready_config()).eval()
     batch = tiny_batch()
     reference = model.set_backend("torch")(**batch)
+    model.validate_targets = False  # the sync-free path pretrain uses
     packed = model.set_backend("triton")(**pack_batch(batch))
     torch.testing.assert_close(packed.loss, reference.loss, atol=1e-5, rtol=1e-5)

@@ -87,6 +87,7 @@ def run_pretraining(args: argparse.Namespace, data_dir: str, out_dir: str):
     )
     seed_everything(args.seed)  # same initial weights on every rank and every run
     model = build_model(args, dataset.vocab_size, dataset.block_size + 2)
+    model.validate_targets = False  # SpanMasker checked every id against the vocabulary: no host syncs
     if ctx.is_main:
         n = model.num_parameters(exclude_embeddings=True)
         print(f"model: {model.config.num_hidden_layers} layers, d={model.config.hidden_size}, "
