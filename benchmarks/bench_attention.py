@@ -16,8 +16,8 @@ Cases (GPU, bf16):
   padded batch with a key-padding mask;
 * sliding windows 64 and 128 at ``B32 H12 S512``: ours vs SDPA with a band mask.
 
-``smoke=True`` runs tiny shapes on CPU through the Triton interpreter (importing this module
-without a GPU sets ``TRITON_INTERPRET=1`` when Triton is not yet imported): it checks that the suite runs,
+``smoke=True`` runs tiny shapes (on a machine without a GPU: on CPU through the Triton interpreter; importing this module
+there sets ``TRITON_INTERPRET=1`` when Triton is not yet imported): it checks that the suite runs,
 not speed. ``python -m benchmarks.bench_attention [--smoke] [--csv PATH]`` prints the rows.
 """
 from __future__ import annotations
@@ -90,7 +90,7 @@ def run(smoke: bool = False) -> List[Result]:
     from spanbert_fast import ops
 
     kernel = _kernel_module()
-    device = "cuda" if (torch.cuda.is_available() and not smoke) else "cpu"
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # smoke on a GPU machine: tiny shapes on the GPU
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     generator = torch.Generator().manual_seed(0)
     if smoke:

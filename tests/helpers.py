@@ -8,6 +8,10 @@
 """
 import torch
 
+# Where kernel tests run: the GPU when there is one (compiled kernels), else the CPU
+# (Triton interpreter, switched on by tests/conftest.py).
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
 FP32_TOL = 1e-5
 FP32_REDUCTION_TOL = 1e-4
 

@@ -6,6 +6,7 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
+from helpers import DEVICE  # noqa: E402
 from spanbert_fast import ops, patch_hf_bert  # noqa: E402
 from spanbert_fast.tasks.patch_hf import key_padding_from_mask  # noqa: E402
 
@@ -151,9 +152,9 @@ def test_masked_lm_parity_on_the_triton_kernels():
                                      intermediate_size=64, max_position_embeddings=32)  # head dim 32
     config._attn_implementation = "sdpa"
     torch.manual_seed(4)
-    reference = transformers.BertForMaskedLM(config).eval()
+    reference = transformers.BertForMaskedLM(config).to(DEVICE).eval()
     patched = patch_hf_bert(copy.deepcopy(reference), backend="triton")
-    input_ids, attention_mask, labels = batch()
+    input_ids, attention_mask, labels = (t.to(DEVICE) for t in batch())
     out = patched(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
     ref = reference(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
     torch.testing.assert_close(out.loss, ref.loss, atol=1e-4, rtol=1e-4)

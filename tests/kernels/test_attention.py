@@ -17,12 +17,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import FP32_REDUCTION_TOL, FP32_TOL, assert_close_fp32, assert_close_lowp
+from helpers import DEVICE, FP32_REDUCTION_TOL, FP32_TOL, assert_close_fp32, assert_close_lowp
 from spanbert_fast import ops
 from spanbert_fast.kernels import attention as kernel
 from spanbert_fast.kernels.attention import attention, attention_dropout_keep_mask, attention_varlen
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 GRAD_NAMES = ("dq", "dk", "dv")
 
 

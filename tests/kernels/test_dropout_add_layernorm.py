@@ -10,13 +10,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import FP32_REDUCTION_TOL, FP32_TOL, assert_close_fp32, assert_close_lowp, assert_layernorm_grads_close
+from helpers import DEVICE, FP32_REDUCTION_TOL, FP32_TOL, assert_close_fp32, assert_close_lowp, assert_layernorm_grads_close
 from spanbert_fast import ops
 from spanbert_fast.kernels import dropout_add_layernorm as kernel
 from spanbert_fast.kernels.dropout_add_layernorm import bias_dropout_add_layernorm, dropout_keep_mask
 from spanbert_fast.ops import bias_dropout_add_layernorm_torch
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 GRAD_NAMES = ("dx", "dbias", "dresidual", "dgamma", "dbeta")
 SEED = 1234
 

@@ -9,13 +9,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import FP32_REDUCTION_TOL, FP32_TOL, assert_close_fp32, assert_close_lowp, assert_layernorm_grads_close
+from helpers import DEVICE, FP32_REDUCTION_TOL, FP32_TOL, assert_close_fp32, assert_close_lowp, assert_layernorm_grads_close
 from spanbert_fast import ops
 from spanbert_fast.kernels import gelu_layernorm as kernel
 from spanbert_fast.kernels.gelu_layernorm import bias_gelu_layernorm
 from spanbert_fast.ops import bias_gelu_layernorm_torch
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 GRAD_NAMES = ("dx", "dbias", "dgamma", "dbeta")
 
 

@@ -13,13 +13,13 @@ import torch.nn.functional as F
 
 from spanbert_fast import ops
 from spanbert_fast.kernels import masked_lm_loss as mlm
-from helpers import FP32_REDUCTION_TOL, FP32_TOL, assert_close_fp32, assert_close_lowp
+from helpers import DEVICE, FP32_REDUCTION_TOL, FP32_TOL, assert_close_fp32, assert_close_lowp
 
 IGNORE = -100
 
 
 def make_inputs(n_rows, d, vocab, n_selected, *, positions=True, duplicates=False, ignore_every=0,
-                bias=True, dtype=torch.float32, device="cpu", ignore_index=IGNORE):
+                bias=True, dtype=torch.float32, device=DEVICE, ignore_index=IGNORE):
     """Random loss inputs; about half the valid targets are the argmax, so n_correct is informative."""
     hidden = torch.randn(n_rows, d, device=device)
     weight = torch.randn(vocab, d, device=device) * (3.0 / d**0.5)  # logits with std ~ 3
@@ -126,8 +126,8 @@ def test_no_valid_target_gives_zero_loss_and_zero_grads(kind):
 
 def test_unselected_rows_get_zero_grad_and_duplicates_accumulate():
     hidden, targets, weight, bias, _ = make_inputs(8, 16, 17, 3, positions=False)
-    positions = torch.tensor([2, 5, 2])
-    targets = torch.tensor([4, 9, 11])
+    positions = torch.tensor([2, 5, 2], device=DEVICE)
+    targets = torch.tensor([4, 9, 11], device=DEVICE)
     _, _, d_hidden, _, _ = loss_and_grads(mlm.masked_lm_loss, hidden, targets, weight, bias, positions)
     assert torch.count_nonzero(d_hidden[[0, 1, 3, 4, 6, 7]]) == 0
     # row 2 is selected twice: its grad is the sum of the two single-selection grads
@@ -161,7 +161,7 @@ def test_argmax_ties_take_the_first_index(monkeypatch, split_cols):
     assert (rows[0] @ weight.T).argmax().item() == 5
     # row 0's argmax is tied at 5, 700, 1500: only target 5 counts as correct
     for target, expected in ((5, 1), (700, 0), (1500, 0)):
-        targets = torch.tensor([target, IGNORE, IGNORE, IGNORE])
+        targets = torch.tensor([target, IGNORE, IGNORE, IGNORE], device=DEVICE)
         _, n_correct = mlm.masked_lm_loss(hidden, targets, weight, bias, positions)
         assert n_correct.item() == expected, f"target {target}: n_correct {n_correct.item()}"
         assert ops.masked_lm_loss_torch(hidden, targets, weight, bias, positions)[1].item() == expected
@@ -186,7 +186,8 @@ def test_opcheck():
     _, _, lse = mlm.masked_lm_loss_forward(hidden, targets, weight, bias, positions, IGNORE)
     torch.library.opcheck(
         mlm._masked_lm_loss_bwd_op,
-        (torch.tensor(1.0), hidden.detach(), targets, weight.detach(), bias.detach(), positions, lse, IGNORE),
+        (torch.tensor(1.0, device=DEVICE), hidden.detach(), targets, weight.detach(), bias.detach(), positions, lse,
+         IGNORE),
     )
 
 
@@ -225,14 +226,14 @@ BAD_INPUTS = {
 @pytest.mark.parametrize("case", list(BAD_INPUTS), ids=list(BAD_INPUTS))
 def test_bad_input_raises_value_error_naming_the_argument(case):
     hidden, targets, weight, bias, positions = make_inputs(30, 16, 17, 6)
-    targets = torch.arange(6) % 17
+    targets = torch.arange(6, device=DEVICE) % 17
     corrupt, name = BAD_INPUTS[case]
     with pytest.raises(ValueError, match=name):
         mlm.masked_lm_loss(*corrupt(hidden, targets, weight, bias, positions))
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
-def test_low_precision_on_cpu_within_twice_torch_error(dtype):
+def test_low_precision_small_shapes_within_twice_torch_error(dtype):
     """The bf16/fp16 path (16-bit dlogits chunks, fp32 dX accumulation) by the 2x rule, small shapes."""
     inputs = make_inputs(350, 64, 1000, 300, duplicates=True, ignore_every=8)
     check_low_precision(inputs, dtype)
@@ -250,7 +251,7 @@ def test_fp32_master_weights_with_bf16_rows_match_a_bf16_decoder():
         assert torch.equal(a, b.to(a.dtype)), name
 
 
-def test_deterministic_on_cpu():
+def test_deterministic():
     inputs = make_inputs(200, 64, 1000, 150, duplicates=True, ignore_every=5)
     first = loss_and_grads(mlm.masked_lm_loss, *inputs)
     second = loss_and_grads(mlm.masked_lm_loss, *inputs)
