@@ -17,6 +17,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import tempfile
 from typing import Dict, List, Optional
 
@@ -192,15 +193,41 @@ def load_state_dict_into(model: torch.nn.Module, checkpoint: Dict[str, torch.Ten
     return report
 
 
+# What a checkpoint download needs: config, weights (either format), tokenizer files.
+HUB_FILES = ["config.json", "*.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+             "vocab.txt", "tokenizer.json", "tokenizer_config.json", "task.json"]
+
+
+def resolve_checkpoint(path: str) -> str:
+    """A local checkpoint folder for ``path``: the folder itself, or an HF hub repo id
+    (``"SpanBERT/spanbert-base-cased"``) downloaded with ``huggingface_hub`` (cached)."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        return path
+    looks_like_repo_id = re.fullmatch(r"[\w.-]+/[\w.-]+", path) is not None and not os.path.exists(path)
+    if not looks_like_repo_id:
+        raise FileNotFoundError(f"{path}: checkpoint folder not found (expected config.json + model.safetensors)")
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError as error:
+        raise FileNotFoundError(
+            f"{path}: no such folder; to download it from the HF hub install huggingface_hub "
+            "(pip install 'spanbert-fast[hf]')"
+        ) from error
+    try:
+        return snapshot_download(path, allow_patterns=HUB_FILES)
+    except Exception as error:  # offline, unknown repo, gated model ...
+        raise FileNotFoundError(f"{path}: no such folder, and downloading it from the HF hub failed ({error})") from error
+
+
 def load_pretrained(model_class, path: str, *, strict: bool = False, backend: str = "auto",
                     config: Optional[SpanBertConfig] = None, **config_overrides):
-    """Build ``model_class`` from a checkpoint folder and load its weights.
+    """Build ``model_class`` from a checkpoint folder (or HF hub repo id) and load its weights.
 
     ``config_overrides`` change config fields (e.g. ``hidden_dropout_prob=0.0``);
     fields that define weight shapes must match the checkpoint.
     """
-    if not os.path.isdir(path):
-        raise FileNotFoundError(f"{path}: checkpoint folder not found (expected config.json + model.safetensors)")
+    path = resolve_checkpoint(path)
     if config is None:
         config = SpanBertConfig.load(path)
     if config_overrides:

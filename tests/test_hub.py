@@ -176,3 +176,30 @@ def test_key_helpers():
     assert is_ignored_key("cls.predictions.decoder.weight")
     assert is_ignored_key("bert.pooler.dense.bias")
     assert not is_ignored_key("cls.predictions.bias")
+
+
+def test_hub_repo_id_is_downloaded_then_loaded(tmp_path, monkeypatch):
+    """A repo id ("org/name") that is not a local folder goes through huggingface_hub."""
+    huggingface_hub = pytest.importorskip("huggingface_hub")
+    SpanBertForPreTraining(tiny_config()).save_pretrained(str(tmp_path / "snapshot"))
+    asked = {}
+
+    def fake_snapshot_download(repo_id, allow_patterns):
+        asked["repo_id"], asked["patterns"] = repo_id, allow_patterns
+        return str(tmp_path / "snapshot")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    model = SpanBertForPreTraining.from_pretrained("SpanBERT/spanbert-tiny-test", strict=True)
+    assert asked["repo_id"] == "SpanBERT/spanbert-tiny-test" and "config.json" in asked["patterns"]
+    assert model.config.hidden_size == 32
+
+
+def test_hub_download_failure_is_a_clear_error(monkeypatch):
+    huggingface_hub = pytest.importorskip("huggingface_hub")
+
+    def offline(repo_id, allow_patterns):
+        raise OSError("no network")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
+    with pytest.raises(FileNotFoundError, match="downloading it from the HF hub failed.*no network"):
+        SpanBertForPreTraining.from_pretrained("SpanBERT/spanbert-base-cased")

@@ -166,8 +166,9 @@ class SpanBertTaskModel(SpanBertPreTrainedModel):
         A head missing from the checkpoint is freshly initialised and listed in
         ``model.load_report.missing``.
         """
-        from spanbert_fast.hub import load_pretrained
+        from spanbert_fast.hub import load_pretrained, resolve_checkpoint
 
+        path = resolve_checkpoint(path)  # a hub repo id becomes its downloaded folder
         head_names = set(cls.head_argument_names())
         head = {k: v for k, v in (saved_head(path, cls.task) or {}).items() if k in head_names}
         head.update({k: v for k, v in kwargs.items() if k in head_names})
