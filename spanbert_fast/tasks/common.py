@@ -317,8 +317,9 @@ def predict_batches(model, inputs: Sequence[dict], pad_id: int, batch_size: int)
 def resolve_tokenizer(checkpoint: str, tokenizer_path: Optional[str] = None):
     """The tokenizer at ``tokenizer_path``, else the one saved in the ``checkpoint`` folder."""
     from spanbert_fast.data.tokenizer import load_tokenizer
+    from spanbert_fast.hub import resolve_checkpoint
 
-    path = tokenizer_path or checkpoint
+    path = tokenizer_path or resolve_checkpoint(checkpoint)  # a hub repo id: its downloaded folder
     try:
         return load_tokenizer(path)
     except FileNotFoundError as err:
