@@ -90,6 +90,13 @@ def draw_seed() -> int:
     return int(torch.randint(0, 2**31 - 1, (1,)).item())
 
 
+def kernel_seed(seed: Optional[int], p: float) -> int:
+    """The int seed a Triton kernel gets: the caller's, a fresh one for dropout, else 0 (unused)."""
+    if seed is not None:
+        return seed
+    return draw_seed() if p > 0 else 0
+
+
 def _seeded_keep_mask(shape, p: float, seed: int, device) -> torch.Tensor:
     """Reference dropout keep-mask: ``True`` where kept, reproducible from ``seed``."""
     generator = torch.Generator(device="cpu").manual_seed(seed)
@@ -236,7 +243,7 @@ def attention(
     if resolve_attention_backend(backend, q, q.shape[-1]) == "torch":
         return attention_torch(q, k, v, key_padding_mask, window, dropout_p, seed, softmax_scale)
     _check_attention_inputs(q, k, v, packed=False)
-    seed = draw_seed() if (seed is None and dropout_p > 0) else (seed or 0)
+    seed = kernel_seed(seed, dropout_p)
     kernel = _kernel("attention")
     if key_padding_mask is None:
         return kernel.attention(q, k, v, window=window, dropout_p=dropout_p, seed=seed, softmax_scale=softmax_scale)
@@ -272,7 +279,7 @@ def attention_varlen(
     """
     if resolve_attention_backend(backend, q, q.shape[-1]) == "torch":
         return attention_varlen_torch(q, k, v, cu_seqlens, max_seqlen, window, dropout_p, seed, softmax_scale)
-    seed = draw_seed() if (seed is None and dropout_p > 0) else (seed or 0)
+    seed = kernel_seed(seed, dropout_p)
     return _kernel("attention").attention_varlen(
         q, k, v, cu_seqlens, max_seqlen, window=window, dropout_p=dropout_p, seed=seed,
         softmax_scale=softmax_scale, validate=validate,
@@ -347,7 +354,7 @@ def bias_dropout_add_layernorm(
     """``LayerNorm(dropout(x + bias) + residual)``: the end of every post-LN sublayer."""
     if resolve_backend(backend, x) == "torch":
         return bias_dropout_add_layernorm_torch(x, bias, residual, weight, ln_bias, p, seed, eps)
-    seed = draw_seed() if (seed is None and p > 0) else (seed or 0)
+    seed = kernel_seed(seed, p)
     return _kernel("dropout_add_layernorm").bias_dropout_add_layernorm(
         x, bias, residual, weight, ln_bias, p, seed, eps
     )
