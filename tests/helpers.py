@@ -54,3 +54,16 @@ def assert_layernorm_grads_close(names, grads, grads_ref, tol, d):
             assert torch.equal(grad, torch.zeros_like(grad)), name
         else:
             assert_close_fp32(grad, grad_ref, tol, name)
+
+
+def assert_compiled_matches_eager(block, inputs, grad_names):
+    """``torch.compile(block, fullgraph=True)`` traces the custom op (no graph break) and gives
+    the eager loss and input gradients; ``block(*inputs)`` returns a scalar loss."""
+    compiled = torch.compile(block, backend="aot_eager", fullgraph=True)
+    loss = compiled(*inputs)
+    grads = torch.autograd.grad(loss, inputs)
+    loss_ref = block(*inputs)
+    grads_ref = torch.autograd.grad(loss_ref, inputs)
+    assert_close_fp32(loss, loss_ref, FP32_REDUCTION_TOL, "loss")
+    for name, grad, grad_ref in zip(grad_names, grads, grads_ref):
+        assert_close_fp32(grad, grad_ref, name=name)
