@@ -46,6 +46,18 @@ def test_read_conll_fixture():
     assert sentences[0].lines[0] == 3  # the -DOCSTART- line and the blank line come first
 
 
+@pytest.mark.parametrize("inside", ["\x1c", "\x1d", "\x1e", "\x1f", "\x85", "\xa0", "\u2028", "\u2029", "\u3000"],
+                         ids=["x1c", "x1d", "x1e", "x1f", "x85", "nbsp", "u2028", "u2029", "u3000"])
+def test_only_spaces_and_tabs_separate_columns(tmp_path, inside):
+    """str.split() also splits on these; in CoNLL they are part of the token."""
+    path = tmp_path / "odd.conll"
+    path.write_text(f"Gustave NNP\tB-PER\nEif{inside}fel  NNP \t I-PER \r\n \t\nParis NNP B-LOC\n", encoding="utf-8")
+    sentences = read_conll(str(path))
+    assert [s.words for s in sentences] == [["Gustave", f"Eif{inside}fel"], ["Paris"]]
+    assert [s.tags for s in sentences] == [["B-PER", "I-PER"], ["B-LOC"]]
+    assert [s.lines for s in sentences] == [[1, 2], [4]]
+
+
 def test_first_subword_carries_the_label(tmp_path):
     vocab = tmp_path / "vocab.txt"
     vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "un", "##be", "##lie", "##vable",

@@ -4,10 +4,11 @@ Model: ``logits = classifier(dropout(h))`` for every token; loss = mean cross-en
 labelled tokens. A word's label sits on its **first** subword; its other subwords, ``[CLS]``,
 ``[SEP]`` and padding get ``-100`` (ignored). A word's prediction is its first subword's.
 
-Data: CoNLL format -- one token per line, whitespace-separated columns, the token first and
-its tag in the **last** column (CoNLL-2003's ``word POS chunk NER`` works as is); a blank line
-ends a sentence; ``-DOCSTART-`` lines are skipped. Every token line of a file must have the
-same number of columns.
+Data: CoNLL format -- one token per line, columns separated by spaces or tabs (only those:
+other Unicode separators such as ``\\x1c``, ``\\x85``, ``\\xa0`` or ``\\u2028`` belong to the
+token), the token first and its tag in the **last** column (CoNLL-2003's ``word POS chunk NER``
+works as is); a blank line (or one of spaces and tabs) ends a sentence; ``-DOCSTART-`` lines are
+skipped. Every token line of a file must have the same number of columns.
 
 Scoring (:func:`entity_scores`): entities are read from BIO / IOB2 tags as conlleval does:
 an entity starts at ``B-X``, or at ``I-X`` after ``O`` or after a tag of another type, and
@@ -26,6 +27,7 @@ import dataclasses
 import io
 import logging
 import os
+import re
 from typing import Dict, List, Optional, Sequence, Set, Tuple
 
 import torch
@@ -97,6 +99,19 @@ class SpanBertForTokenClassification(SpanBertTaskModel):
 
 
 # --------------------------------------------------------------------------- CoNLL data
+_COLUMN_SEPARATOR = re.compile(r"[ \t]+")
+
+
+def conll_columns(line: str) -> List[str]:
+    """The columns of one CoNLL line, split on runs of spaces and tabs only (``[]`` when blank).
+
+    Not ``str.split()``: that also splits on ``\\x1c``-``\\x1f``, ``\\x85``, ``\\xa0``, ``\\u2028`` ...,
+    which may be part of a token.
+    """
+    stripped = line.rstrip("\r\n").strip(" \t")
+    return _COLUMN_SEPARATOR.split(stripped) if stripped else []
+
+
 @dataclasses.dataclass
 class ConllSentence:
     words: List[str]
@@ -112,7 +127,7 @@ def read_conll(path: str) -> List[ConllSentence]:
     current = ConllSentence([], [], [])
     columns: Optional[Tuple[int, int]] = None  # (count, line where it was set)
     for number, line in enumerate(io.StringIO(read_utf8(path), newline=None), start=1):
-        fields = line.split()
+        fields = conll_columns(line)
         if not fields:
             if current.words:
                 sentences.append(current)
