@@ -50,20 +50,23 @@ word of Philox-4x32-7 with key ``seed`` and counter ``(i * ceil(S_mask / 8) + j 
 ``S_mask`` is the padded length S, or ``max_seqlen`` for varlen input. So the
 mask of a varlen call is ``attention_dropout_keep_mask(B, H, max_seqlen, p, seed)[b, :, :L, :L]``
 for sequence b, and a padded call with ``seq_lens`` uses the same bits as an unmasked call.
-The backward regenerates the same bits; nothing of the mask is stored. With ``p = 0`` the
+The backward regenerates the same bits; nothing of the mask is stored. The seed is a
+one-element int64 tensor that the kernels load, so a fresh one costs no host sync
+(:mod:`._dropout_seed`). With ``p = 0`` the
 dropout code is removed at compile time (``HAS_DROPOUT`` constexpr).
 """
 from __future__ import annotations
 
 import math
 import numbers
-import operator
 import os
 from typing import Optional, Tuple
 
 import torch
 import triton
 import triton.language as tl
+
+from ._dropout_seed import SeedLike, as_seed_tensor, check_seed, is_int, seed_tensor
 
 SUPPORTED_HEAD_DIMS = (32, 64, 128)
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -255,7 +258,7 @@ def _attention_fwd_kernel(
     window,  # |i - j| <= window (only read when HAS_WINDOW)
     qk_scale,  # softmax_scale * log2(e)
     dropout_p,
-    seed,
+    SEED,  # [1] int64 Philox key; read only when HAS_DROPOUT
     SEQ_BUCKET,  # next power of two of seq_len: autotune key only
     MODE: tl.constexpr,
     HEAD_DIM: tl.constexpr,
@@ -269,6 +272,9 @@ def _attention_fwd_kernel(
     b = pid_bh // num_heads
     h = pid_bh % num_heads
     start, length = _sequence_bounds(SEQ_INFO, b, seq_len, MODE)
+    seed = 0
+    if HAS_DROPOUT:
+        seed = tl.load(SEED)
     b64 = b.to(tl.int64)
     h64 = h.to(tl.int64)
     q_base = Q + b64 * stride_qb + h64 * stride_qh + start * stride_qs
@@ -410,7 +416,7 @@ def _attention_bwd_dkdv_kernel(
     qk_scale,  # softmax_scale * log2(e)
     softmax_scale,
     dropout_p,
-    seed,
+    SEED,  # [1] int64 Philox key; read only when HAS_DROPOUT
     SEQ_BUCKET,
     MODE: tl.constexpr,
     HEAD_DIM: tl.constexpr,
@@ -424,6 +430,9 @@ def _attention_bwd_dkdv_kernel(
     b = pid_bh // num_heads
     h = pid_bh % num_heads
     start, length = _sequence_bounds(SEQ_INFO, b, seq_len, MODE)
+    seed = 0
+    if HAS_DROPOUT:
+        seed = tl.load(SEED)
     b64 = b.to(tl.int64)
     h64 = h.to(tl.int64)
     q_base = Q + b64 * stride_qb + h64 * stride_qh + start * stride_qs
@@ -517,7 +526,7 @@ def _attention_bwd_dq_kernel(
     qk_scale,
     softmax_scale,
     dropout_p,
-    seed,
+    SEED,  # [1] int64 Philox key; read only when HAS_DROPOUT
     SEQ_BUCKET,
     MODE: tl.constexpr,
     HEAD_DIM: tl.constexpr,
@@ -531,6 +540,9 @@ def _attention_bwd_dq_kernel(
     b = pid_bh // num_heads
     h = pid_bh % num_heads
     start, length = _sequence_bounds(SEQ_INFO, b, seq_len, MODE)
+    seed = 0
+    if HAS_DROPOUT:
+        seed = tl.load(SEED)
     b64 = b.to(tl.int64)
     h64 = h.to(tl.int64)
     q_base = Q + b64 * stride_qb + h64 * stride_qh + start * stride_qs
@@ -571,9 +583,10 @@ def _dropout_keep_mask_kernel(
     KEEP,  # [B, H, S, S] int8 (1 = kept), contiguous
     seq_len,
     dropout_p,
-    seed,
+    SEED,  # [1] int64 Philox key
     BLOCK: tl.constexpr,
 ):
+    seed = tl.load(SEED)
     pid_bh = tl.program_id(0)
     pid_m = tl.program_id(1)
     pid_n = tl.program_id(2)
@@ -665,6 +678,11 @@ def _unit_last_stride(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
+def _seed_arg(seed: Optional[torch.Tensor], q: torch.Tensor) -> torch.Tensor:
+    """The SEED pointer: the seed tensor, or any tensor when there is no dropout (never read)."""
+    return q if seed is None else seed
+
+
 def _attention_forward_launch(
     q: torch.Tensor,  # [B, H, S, D] or [T, H, D]
     k: torch.Tensor,
@@ -673,7 +691,7 @@ def _attention_forward_launch(
     max_seqlen: int,
     window: int,  # < 0: no window
     dropout_p: float,
-    seed: int,
+    seed: Optional[torch.Tensor],  # [1] int64 on q's device; None without dropout
     softmax_scale: float,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Run the forward kernel; returns (O like q but contiguous, LSE fp32)."""
@@ -693,7 +711,7 @@ def _attention_forward_launch(
     _attention_fwd_kernel[grid](
         q, k, v, out, lse, seq_info if seq_info is not None else q,
         *_bhs_strides(q), *_bhs_strides(k), *_bhs_strides(v), *_bhs_strides(out), *_lse_strides(lse),
-        heads, seq_len, max(window, 0), softmax_scale * LOG2E, dropout_p, seed,
+        heads, seq_len, max(window, 0), softmax_scale * LOG2E, dropout_p, _seed_arg(seed, q),
         triton.next_power_of_2(seq_len),
         MODE=mode, HEAD_DIM=q.shape[-1], HAS_WINDOW=window >= 0, HAS_DROPOUT=dropout_p > 0.0,
         DOT_PRECISION=_dot_precision(q.dtype),
@@ -712,7 +730,7 @@ def _attention_backward_launch(
     max_seqlen: int,
     window: int,
     dropout_p: float,
-    seed: int,
+    seed: Optional[torch.Tensor],  # the forward's
     softmax_scale: float,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Preprocess (Delta), then the dK/dV and dQ kernels; returns contiguous (dq, dk, dv)."""
@@ -740,8 +758,8 @@ def _attention_backward_launch(
     )
     common = dict(MODE=mode, HEAD_DIM=head_dim, HAS_WINDOW=window >= 0, HAS_DROPOUT=dropout_p > 0.0,
                   DOT_PRECISION=_dot_precision(q.dtype))
-    scalars = (heads, seq_len, max(window, 0), softmax_scale * LOG2E, softmax_scale, dropout_p, seed,
-               triton.next_power_of_2(seq_len))
+    scalars = (heads, seq_len, max(window, 0), softmax_scale * LOG2E, softmax_scale, dropout_p,
+               _seed_arg(seed, q), triton.next_power_of_2(seq_len))
     strides = (*_bhs_strides(q), *_bhs_strides(k), *_bhs_strides(v), *o_strides, *l_strides)
     grid_kv = lambda meta: (triton.cdiv(seq_len, meta["BLOCK_N"]) * batch * heads,)  # noqa: E731
     _attention_bwd_dkdv_kernel[grid_kv](
@@ -764,7 +782,7 @@ def attention_forward_op(
     max_seqlen: int,
     window: int,
     dropout_p: float,
-    seed: int,
+    seed: Optional[torch.Tensor],
     softmax_scale: float,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """(O, LSE) of fused attention. ``q.dim() == 3``: packed with ``seq_info = cu_seqlens``;
@@ -791,7 +809,7 @@ def attention_backward_op(
     max_seqlen: int,
     window: int,
     dropout_p: float,
-    seed: int,
+    seed: Optional[torch.Tensor],
     softmax_scale: float,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dQ, dK, dV) of :func:`attention_forward_op`, deterministic."""
@@ -809,15 +827,18 @@ def _attention_backward_fake(grad_out, q, k, v, out, lse, seq_info, max_seqlen, 
 def _setup_context(ctx, inputs, output):
     q, k, v, seq_info, max_seqlen, window, dropout_p, seed, softmax_scale = inputs
     out, lse = output
-    ctx.save_for_backward(q, k, v, out, lse)
+    ctx.save_for_backward(q, k, v, out, lse, seed)
     ctx.seq_info = seq_info
-    ctx.options = (max_seqlen, window, dropout_p, seed, softmax_scale)
+    ctx.options = (max_seqlen, window, dropout_p, softmax_scale)
     ctx.mark_non_differentiable(lse)
 
 
 def _backward(ctx, grad_out, grad_lse):
-    q, k, v, out, lse = ctx.saved_tensors
-    dq, dk, dv = attention_backward_op(grad_out, q, k, v, out, lse, ctx.seq_info, *ctx.options)
+    q, k, v, out, lse, seed = ctx.saved_tensors
+    max_seqlen, window, dropout_p, softmax_scale = ctx.options
+    dq, dk, dv = attention_backward_op(
+        grad_out, q, k, v, out, lse, ctx.seq_info, max_seqlen, window, dropout_p, seed, softmax_scale
+    )
     return dq, dk, dv, None, None, None, None, None, None
 
 
@@ -834,24 +855,12 @@ def _may_sync(t: torch.Tensor) -> bool:
     return True
 
 
-def _is_int(value) -> bool:
-    """Python or NumPy integer, not bool (``operator.index`` accepts both kinds)."""
-    if isinstance(value, bool):
-        return False
-    try:
-        operator.index(value)
-    except TypeError:
-        return False
-    return True
-
-
 def _check_options(fn: str, window, dropout_p, seed, softmax_scale) -> None:
-    if window is not None and (not _is_int(window) or window < 0):
+    if window is not None and (not is_int(window) or window < 0):
         raise ValueError(f"{fn}: window must be None or an int >= 0 (keys with |i - j| <= window), got {window!r}")
     if not isinstance(dropout_p, numbers.Real) or not (0.0 <= float(dropout_p) < 1.0):
         raise ValueError(f"{fn}: dropout_p must be a float in [0, 1), got {dropout_p!r}")
-    if not _is_int(seed) or not (0 <= seed < 2**63):
-        raise ValueError(f"{fn}: seed must be an int in [0, 2**63), got {seed!r}")
+    check_seed(seed, fn)
     if softmax_scale is not None and not (
         isinstance(softmax_scale, numbers.Real) and math.isfinite(softmax_scale) and softmax_scale > 0
     ):
@@ -866,14 +875,16 @@ def attention(
     seq_lens: Optional[torch.Tensor] = None,  # [B] integer, right padding
     window: Optional[int] = None,
     dropout_p: float = 0.0,
-    seed: int = 0,
+    seed: SeedLike = None,
     softmax_scale: Optional[float] = None,
 ) -> torch.Tensor:
     """Fused attention on padded ``[B, H, S, D]``; returns ``[B, H, S, D]`` in q's dtype.
 
     ``seq_lens[b]``: keys at positions >= it get no weight and those query rows are zeros.
     ``window``: query i sees keys j with ``|i - j| <= window``. ``dropout_p``/``seed``: see
-    :func:`attention_dropout_keep_mask`. ``softmax_scale`` defaults to ``1/sqrt(D)``.
+    :func:`attention_dropout_keep_mask`; ``seed=None`` draws a fresh one on q's device from
+    torch's generator, an int or a one-element int64 tensor fixes the mask.
+    ``softmax_scale`` defaults to ``1/sqrt(D)``.
     """
     fn = "attention"
     _check_qkv(q, k, v, packed=False, fn=fn)
@@ -892,8 +903,9 @@ def attention(
             raise ValueError(f"{fn}: seq_lens must lie in [0, S={seq_len}], got {seq_lens.tolist()}")
         seq_info = seq_lens.to(torch.int32).contiguous()
     scale = float(softmax_scale) if softmax_scale is not None else 1.0 / math.sqrt(head_dim)
+    seed = seed_tensor(seed, float(dropout_p), q.device, fn)
     out, _ = attention_forward_op(
-        q, k, v, seq_info, seq_len, -1 if window is None else int(window), float(dropout_p), int(seed), scale
+        q, k, v, seq_info, seq_len, -1 if window is None else int(window), float(dropout_p), seed, scale
     )
     return out
 
@@ -907,7 +919,7 @@ def attention_varlen(
     *,
     window: Optional[int] = None,
     dropout_p: float = 0.0,
-    seed: int = 0,
+    seed: SeedLike = None,
     softmax_scale: Optional[float] = None,
     validate: bool = True,
 ) -> torch.Tensor:
@@ -948,7 +960,7 @@ def attention_varlen(
     scale = float(softmax_scale) if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
     out, _ = attention_forward_op(
         q, k, v, cu_seqlens.contiguous(), int(max_seqlen), -1 if window is None else int(window),
-        float(dropout_p), int(seed), scale,
+        float(dropout_p), seed_tensor(seed, float(dropout_p), q.device, fn), scale,
     )
     return out
 
@@ -958,7 +970,7 @@ def attention_dropout_keep_mask(
     heads: int,
     seq_len: int,
     dropout_p: float,
-    seed: int,
+    seed,  # int or one-element int64 tensor
     device=None,
 ) -> torch.Tensor:
     """``[B, H, S, S]`` bool, True where the kernels keep probability (b, h, i, j).
@@ -970,6 +982,8 @@ def attention_dropout_keep_mask(
     ``ops.attention_torch(..., dropout_mask=mask)`` to reproduce the kernel with the reference.
     """
     fn = "attention_dropout_keep_mask"
+    if seed is None:
+        raise ValueError(f"{fn}: pass the seed whose mask you want (an int or a one-element int64 tensor)")
     _check_options(fn, None, dropout_p, seed, None)
     device = torch.device("cpu") if device is None else torch.device(device)
     if dropout_p == 0.0:
@@ -978,5 +992,6 @@ def attention_dropout_keep_mask(
     if keep.numel() == 0:
         return keep.bool()
     grid = (batch * heads, triton.cdiv(seq_len, KEEP_MASK_BLOCK), triton.cdiv(seq_len, KEEP_MASK_BLOCK))
-    _dropout_keep_mask_kernel[grid](keep, seq_len, float(dropout_p), int(seed), BLOCK=KEEP_MASK_BLOCK)
+    seed = as_seed_tensor(seed, device, fn)
+    _dropout_keep_mask_kernel[grid](keep, seq_len, float(dropout_p), seed, BLOCK=KEEP_MASK_BLOCK)
     return keep.bool()

@@ -15,7 +15,8 @@ Backward, with ``ds`` the LayerNorm input grad (see :mod:`_layernorm_common`):
 Shapes: ``x`` and ``residual`` [..., D] (flattened to [N, D]; each may be fp32, fp16
 or bf16), ``bias``/``gamma``/``beta`` [D], D <= 8192; ``y`` has x's shape and dtype.
 
-Dropout: Philox (``tl.rand``) keyed by ``seed`` and the element's flat int64 index, so
+Dropout: Philox (``tl.rand``) keyed by ``seed`` (a one-element int64 tensor the kernels
+load, see :mod:`._dropout_seed`) and the element's flat int64 index, so
 the mask depends only on (seed, N, D) and is recomputed in the backward instead of
 stored (no [N, D] mask in memory). ``p == 0`` compiles the dropout away (``HAS_DROPOUT``
 is a constexpr). :func:`dropout_keep_mask` returns the same mask for tests.
@@ -33,6 +34,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ._dropout_seed import SeedLike, as_seed_tensor, check_seed, seed_tensor
 from ._layernorm_common import (
     INTERPRETING,
     block_d,
@@ -58,6 +60,15 @@ _MASK_BLOCK = 65536 if INTERPRETING else 1024  # elements per program of the kee
 
 # --------------------------------------------------------------------------- Triton kernels
 @triton.jit
+def _load_seed(SEED, HAS_DROPOUT: tl.constexpr):
+    """The Philox key, loaded only when the kernel drops anything."""
+    seed = 0
+    if HAS_DROPOUT:
+        seed = tl.load(SEED)
+    return seed
+
+
+@triton.jit
 def _keep(seed, offsets, p):
     """Dropout keep-mask of the elements at flat ``offsets`` (int64): uniform >= p."""
     return tl.rand(seed, offsets) >= p
@@ -77,7 +88,7 @@ def _residual_sum(X, BIAS, RES, offsets, mask, D, seed, p, scale,
 
 
 @triton.autotune(key=["D", "HAS_BIAS", "HAS_DROPOUT"], **row_autotune(registers_per_element=6))
-@triton.jit(do_not_specialize=["seed"])
+@triton.jit
 def _bias_dropout_add_layernorm_fwd_kernel(
     X,  # [N, D] fp32/fp16/bf16, contiguous
     BIAS,  # [D] (unused when HAS_BIAS is False)
@@ -90,7 +101,7 @@ def _bias_dropout_add_layernorm_fwd_kernel(
     N,
     D,
     eps,
-    seed,
+    SEED,  # [1] int64 Philox key; read only when HAS_DROPOUT
     p,
     scale,  # 1 / (1 - p)
     HAS_BIAS: tl.constexpr,
@@ -99,12 +110,13 @@ def _bias_dropout_add_layernorm_fwd_kernel(
     BLOCK_ROWS: tl.constexpr,
 ):
     rows, row_ok, offsets, mask = row_tile(tl.program_id(0), N, D, BLOCK_ROWS, BLOCK_D)
+    seed = _load_seed(SEED, HAS_DROPOUT)
     s, _ = _residual_sum(X, BIAS, RES, offsets, mask, D, seed, p, scale, HAS_BIAS, HAS_DROPOUT, BLOCK_D)
     layernorm_forward(s, mask, rows, row_ok, offsets, W, B, Y, MEAN, RSTD, D, eps, BLOCK_D)
 
 
 @triton.autotune(key=["D", "HAS_BIAS", "HAS_DROPOUT"], **row_autotune(registers_per_element=12))
-@triton.jit(do_not_specialize=["seed"])
+@triton.jit
 def _bias_dropout_add_layernorm_bwd_kernel(
     DY,  # [N, D] x's dtype, contiguous
     X,  # [N, D] fp32/fp16/bf16
@@ -119,7 +131,7 @@ def _bias_dropout_add_layernorm_bwd_kernel(
     N,
     D,
     G,  # number of programs; program g walks row tiles g, g + G, ...
-    seed,
+    SEED,  # [1] int64 Philox key; read only when HAS_DROPOUT
     p,
     scale,  # 1 / (1 - p)
     HAS_BIAS: tl.constexpr,
@@ -128,6 +140,7 @@ def _bias_dropout_add_layernorm_bwd_kernel(
     BLOCK_ROWS: tl.constexpr,
 ):
     gamma = load_vector(W, D, BLOCK_D)
+    seed = _load_seed(SEED, HAS_DROPOUT)
     dgamma = tl.zeros((BLOCK_D,), dtype=tl.float32)
     dbeta = tl.zeros((BLOCK_D,), dtype=tl.float32)
     dbias = tl.zeros((BLOCK_D,), dtype=tl.float32)
@@ -147,22 +160,23 @@ def _bias_dropout_add_layernorm_bwd_kernel(
     store_partials(PARTIAL, D, dgamma, dbeta, dbias, HAS_BIAS, BLOCK_D)
 
 
-@triton.jit(do_not_specialize=["seed"])
+@triton.jit
 def _keep_mask_kernel(
     KEEP,  # [numel] int8, 1 where kept
     numel,
-    seed,
+    SEED,  # [1] int64 Philox key
     p,
     BLOCK: tl.constexpr,
 ):
     offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    tl.store(KEEP + offsets, _keep(seed, offsets, p).to(tl.int8), mask=offsets < numel)
+    tl.store(KEEP + offsets, _keep(tl.load(SEED), offsets, p).to(tl.int8), mask=offsets < numel)
 
 
 # --------------------------------------------------------------------------- launch functions
-def _dropout_args(p: float, seed: int) -> dict:
-    """Scalar dropout arguments shared by both kernels; ``p == 0`` turns dropout off at compile time."""
-    return dict(seed=seed, p=p, scale=1.0 / (1.0 - p), HAS_DROPOUT=p > 0.0)
+def _dropout_args(p: float, seed: Optional[torch.Tensor], x: torch.Tensor) -> dict:
+    """Dropout arguments shared by both kernels; ``p == 0`` turns dropout off at compile time
+    (SEED then points at ``x`` and is never read)."""
+    return dict(SEED=x if seed is None else seed, p=p, scale=1.0 / (1.0 - p), HAS_DROPOUT=p > 0.0)
 
 
 def _forward(
@@ -172,7 +186,7 @@ def _forward(
     weight: torch.Tensor,  # [D]
     ln_bias: torch.Tensor,  # [D]
     p: float,
-    seed: int,
+    seed: Optional[torch.Tensor],  # [1] int64 on x's device; None when p == 0
     eps: float,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Launch the forward on validated inputs: (y [N, D], mean [N] fp32, rstd [N] fp32)."""
@@ -181,7 +195,7 @@ def _forward(
     if n_rows > 0:
         _bias_dropout_add_layernorm_fwd_kernel[forward_grid(n_rows)](
             x, weight if bias is None else bias, residual, weight, ln_bias, y, mean, rstd, n_rows, d, eps,
-            HAS_BIAS=bias is not None, BLOCK_D=block_d(d), **_dropout_args(p, seed),
+            HAS_BIAS=bias is not None, BLOCK_D=block_d(d), **_dropout_args(p, seed, x),
         )
     return y, mean, rstd
 
@@ -195,7 +209,7 @@ def _backward(
     mean: torch.Tensor,  # [N] fp32
     rstd: torch.Tensor,  # [N] fp32
     p: float,
-    seed: int,
+    seed: Optional[torch.Tensor],  # the forward's
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Launch the backward: (dx, dresidual [N, D], param grads [2 + has_bias, D] fp32)."""
     n_rows, d = x.shape
@@ -205,25 +219,26 @@ def _backward(
     _bias_dropout_add_layernorm_bwd_kernel[(partials.shape[0],)](
         grad_y, x, weight if bias is None else bias, residual, weight, mean, rstd, dx, dresidual, partials,
         n_rows, d, partials.shape[0],
-        HAS_BIAS=bias is not None, BLOCK_D=block_d(d), **_dropout_args(p, seed),
+        HAS_BIAS=bias is not None, BLOCK_D=block_d(d), **_dropout_args(p, seed, x),
     )
     return dx, dresidual, sum_partials(partials)
 
 
-def _check_dropout(p: float, seed: int):
-    if not isinstance(p, (int, float)) or not 0.0 <= p < 1.0:
+def _check_p(p: float):
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p < 1.0:
         raise ValueError(f"{_OP}: p must be a dropout probability in [0, 1), got {p!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
-        raise ValueError(f"{_OP}: seed must be an int in [0, 2**63), got {seed!r}; draw one with ops.draw_seed()")
 
 
-def dropout_keep_mask(shape: Sequence[int], p: float, seed: int, device) -> torch.Tensor:
+def dropout_keep_mask(shape: Sequence[int], p: float, seed: SeedLike, device) -> torch.Tensor:
     """The keep-mask (bool, ``True`` = kept) the kernels use for an input of ``shape``.
 
     Element ``i`` of the flattened ``shape`` is kept when Philox(seed, i) >= p, exactly
     as in :func:`bias_dropout_add_layernorm` on an input of that shape.
     """
-    _check_dropout(p, seed)
+    _check_p(p)
+    if seed is None:
+        raise ValueError("dropout_keep_mask: pass the seed whose mask you want (an int or an int64 tensor)")
+    seed = as_seed_tensor(seed, device, "dropout_keep_mask")
     numel = 1
     for size in shape:
         numel *= int(size)
@@ -242,7 +257,7 @@ def _fwd_op(
     weight: torch.Tensor,
     ln_bias: torch.Tensor,
     p: float,
-    seed: int,
+    seed: Optional[torch.Tensor],
     eps: float,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return _forward(x, bias, residual, weight, ln_bias, p, seed, eps)
@@ -263,7 +278,7 @@ def _bwd_op(
     mean: torch.Tensor,
     rstd: torch.Tensor,
     p: float,
-    seed: int,
+    seed: Optional[torch.Tensor],
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return _backward(grad_y, x, bias, residual, weight, mean, rstd, p, seed)
 
@@ -276,13 +291,13 @@ def _(grad_y, x, bias, residual, weight, mean, rstd, p, seed):
 def _setup_context(ctx, inputs, output):
     x, bias, residual, weight, ln_bias, p, seed, _eps = inputs
     _y, mean, rstd = output
-    ctx.save_for_backward(x, bias, residual, weight, ln_bias, mean, rstd)
-    ctx.p, ctx.seed = p, seed
+    ctx.save_for_backward(x, bias, residual, weight, ln_bias, mean, rstd, seed)
+    ctx.p = p
 
 
 def _autograd_backward(ctx, grad_y, _grad_mean, _grad_rstd):
-    x, bias, residual, weight, ln_bias, mean, rstd = ctx.saved_tensors
-    dx, dresidual, totals = _bwd_op(grad_y.contiguous(), x, bias, residual, weight, mean, rstd, ctx.p, ctx.seed)
+    x, bias, residual, weight, ln_bias, mean, rstd, seed = ctx.saved_tensors
+    dx, dresidual, totals = _bwd_op(grad_y.contiguous(), x, bias, residual, weight, mean, rstd, ctx.p, seed)
     dbias, dweight, dln_bias = split_param_grads(totals, weight, ln_bias, bias)
     return dx, dbias, dresidual, dweight, dln_bias, None, None, None
 
@@ -298,18 +313,21 @@ def bias_dropout_add_layernorm(
     weight: torch.Tensor,  # [d] LayerNorm gamma
     ln_bias: torch.Tensor,  # [d] LayerNorm beta
     p: float = 0.0,
-    seed: int = 0,
+    seed: SeedLike = None,
     eps: float = 1e-12,
 ) -> torch.Tensor:
     """``LayerNorm(dropout(x + bias) + residual)`` over the last dim; x's shape and dtype; differentiable.
 
-    The dropout mask is :func:`dropout_keep_mask` ``(x.shape, p, seed)``; pass a fresh
-    ``seed`` every step (the same seed gives the same mask).
+    The dropout mask is :func:`dropout_keep_mask` ``(x.shape, p, seed)``. ``seed=None``
+    draws a fresh one on x's device from torch's generator (no host sync); an int or a
+    one-element int64 tensor fixes the mask (the same seed gives the same mask).
     """
-    _check_dropout(p, seed)
+    _check_p(p)
+    check_seed(seed, _OP)
     x2d, vectors, rows = validate_rows(
         _OP, x, {"bias": bias, "weight": weight, "ln_bias": ln_bias}, {"residual": residual}, eps
     )
+    seed = seed_tensor(seed, float(p), x.device, _OP)
     y, _, _ = _fwd_op(
         x2d, vectors["bias"], rows["residual"], vectors["weight"], vectors["ln_bias"], float(p), seed, float(eps)
     )

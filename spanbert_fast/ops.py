@@ -21,7 +21,10 @@ The references are the ground truth of every parity test: written for clarity,
 they compute in fp32 whatever the input dtype and return the input dtype.
 
 Dropout is seeded: the same ``seed`` gives the same mask, so a backward pass (or a
-test) can recompute it. The reference draws its mask from ``torch.Generator``
+test) can recompute it. ``seed=None`` (what the model passes) means a fresh mask from
+torch's generator, so ``torch.manual_seed`` makes a run reproducible; the Triton path
+draws its seed as a device tensor (no host sync, no ``torch.compile`` graph break, a new
+mask on every CUDA-graph replay). The reference draws its mask from ``torch.Generator``
 seeded with ``seed``; the Triton kernels use Philox with the same seed. The two
 masks differ from each other, so parity tests with dropout pass the kernel's mask
 to the reference through ``dropout_mask``.
@@ -31,12 +34,15 @@ from __future__ import annotations
 import importlib
 import math
 import os
-from typing import Optional, Tuple
+from typing import Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 
 BACKENDS = ("auto", "torch", "triton")
+# A dropout seed: None (fresh, from torch's generator on the tensors' device), an int, or
+# a one-element int64 tensor (what the Triton kernels read; no host sync, CUDA-graph safe).
+Seed = Union[int, torch.Tensor, None]
 SUPPORTED_HEAD_DIMS = (32, 64, 128)
 
 
@@ -85,21 +91,16 @@ def _kernel(module: str):
     return importlib.import_module(f"spanbert_fast.kernels.{module}")
 
 
-def draw_seed() -> int:
-    """A fresh dropout seed from torch's CPU generator (no device sync)."""
-    return int(torch.randint(0, 2**31 - 1, (1,)).item())
+def _reference_keep_mask(shape, p: float, seed: Seed, device) -> torch.Tensor:
+    """Reference dropout keep-mask: ``True`` where kept.
 
-
-def kernel_seed(seed: Optional[int], p: float) -> int:
-    """The int seed a Triton kernel gets: the caller's, a fresh one for dropout, else 0 (unused)."""
-    if seed is not None:
-        return seed
-    return draw_seed() if p > 0 else 0
-
-
-def _seeded_keep_mask(shape, p: float, seed: int, device) -> torch.Tensor:
-    """Reference dropout keep-mask: ``True`` where kept, reproducible from ``seed``."""
-    generator = torch.Generator(device="cpu").manual_seed(seed)
+    ``seed=None`` draws from torch's generator on ``device`` (no host sync, traceable by
+    ``torch.compile``); an int or a one-element tensor gives a mask reproducible from it
+    (a tensor seed is read on the host: this is the reference, not the hot path).
+    """
+    if seed is None:
+        return torch.rand(shape, device=device) >= p
+    generator = torch.Generator(device="cpu").manual_seed(int(seed))
     return (torch.rand(shape, generator=generator) >= p).to(device)
 
 
@@ -133,7 +134,7 @@ def attention_torch(
     key_padding_mask: Optional[torch.Tensor] = None,  # [B, S] bool, True = real token
     window: Optional[int] = None,
     dropout_p: float = 0.0,
-    seed: Optional[int] = None,
+    seed: Seed = None,
     softmax_scale: Optional[float] = None,
     dropout_mask: Optional[torch.Tensor] = None,  # [B, H, S, S] bool keep-mask, overrides seed
 ) -> torch.Tensor:
@@ -159,8 +160,7 @@ def attention_torch(
         scores = scores.masked_fill(~allowed, float("-inf"))
         probs = torch.softmax(scores, dim=-1).nan_to_num(0.0)
         if dropout_mask is None and dropout_p > 0.0:
-            seed = draw_seed() if seed is None else seed
-            dropout_mask = _seeded_keep_mask(probs.shape, dropout_p, seed, q.device)
+            dropout_mask = _reference_keep_mask(probs.shape, dropout_p, seed, q.device)
         if dropout_mask is not None:
             probs = probs * dropout_mask / (1.0 - dropout_p)
         out = torch.matmul(probs, v.float())
@@ -177,7 +177,7 @@ def attention_varlen_torch(
     max_seqlen: int,
     window: Optional[int] = None,
     dropout_p: float = 0.0,
-    seed: Optional[int] = None,
+    seed: Seed = None,
     softmax_scale: Optional[float] = None,
 ) -> torch.Tensor:
     """Reference varlen attention: repad, run :func:`attention_torch`, unpad."""
@@ -229,7 +229,7 @@ def attention(
     *,
     window: Optional[int] = None,
     dropout_p: float = 0.0,
-    seed: Optional[int] = None,
+    seed: Seed = None,
     softmax_scale: Optional[float] = None,
     backend: str = "auto",
 ) -> torch.Tensor:
@@ -237,13 +237,12 @@ def attention(
 
     Padded keys get no weight; padded query rows return zeros. ``window``: each query
     sees keys within ``±window`` positions. ``dropout_p`` drops attention probabilities
-    with a mask reproducible from ``seed`` (drawn fresh when ``None``).
+    with a mask reproducible from ``seed`` (fresh from torch's generator when ``None``).
     Returns ``[B, H, S, D]`` in the input dtype.
     """
     if resolve_attention_backend(backend, q, q.shape[-1]) == "torch":
         return attention_torch(q, k, v, key_padding_mask, window, dropout_p, seed, softmax_scale)
     _check_attention_inputs(q, k, v, packed=False)
-    seed = kernel_seed(seed, dropout_p)
     kernel = _kernel("attention")
     if key_padding_mask is None:
         return kernel.attention(q, k, v, window=window, dropout_p=dropout_p, seed=seed, softmax_scale=softmax_scale)
@@ -267,7 +266,7 @@ def attention_varlen(
     *,
     window: Optional[int] = None,
     dropout_p: float = 0.0,
-    seed: Optional[int] = None,
+    seed: Seed = None,
     softmax_scale: Optional[float] = None,
     validate: bool = True,
     backend: str = "auto",
@@ -279,7 +278,6 @@ def attention_varlen(
     """
     if resolve_attention_backend(backend, q, q.shape[-1]) == "torch":
         return attention_varlen_torch(q, k, v, cu_seqlens, max_seqlen, window, dropout_p, seed, softmax_scale)
-    seed = kernel_seed(seed, dropout_p)
     return _kernel("attention").attention_varlen(
         q, k, v, cu_seqlens, max_seqlen, window=window, dropout_p=dropout_p, seed=seed,
         softmax_scale=softmax_scale, validate=validate,
@@ -323,15 +321,14 @@ def bias_dropout_add_layernorm_torch(
     weight: torch.Tensor,  # [d]
     ln_bias: torch.Tensor,  # [d]
     p: float = 0.0,
-    seed: Optional[int] = None,
+    seed: Seed = None,
     eps: float = 1e-12,
     dropout_mask: Optional[torch.Tensor] = None,  # [N, d] bool keep-mask, overrides seed
 ) -> torch.Tensor:
     """Reference post-LN residual block: ``LayerNorm(dropout(x + bias) + residual)``."""
     h = x.float() if bias is None else x.float() + bias.float()
     if dropout_mask is None and p > 0.0:
-        seed = draw_seed() if seed is None else seed
-        dropout_mask = _seeded_keep_mask(h.shape, p, seed, h.device)
+        dropout_mask = _reference_keep_mask(h.shape, p, seed, h.device)
     if dropout_mask is not None:
         h = h * dropout_mask / (1.0 - p)
     h = h + residual.float()
@@ -346,7 +343,7 @@ def bias_dropout_add_layernorm(
     weight: torch.Tensor,  # [d]
     ln_bias: torch.Tensor,  # [d]
     p: float = 0.0,
-    seed: Optional[int] = None,
+    seed: Seed = None,
     eps: float = 1e-12,
     *,
     backend: str = "auto",
@@ -354,7 +351,6 @@ def bias_dropout_add_layernorm(
     """``LayerNorm(dropout(x + bias) + residual)``: the end of every post-LN sublayer."""
     if resolve_backend(backend, x) == "torch":
         return bias_dropout_add_layernorm_torch(x, bias, residual, weight, ln_bias, p, seed, eps)
-    seed = kernel_seed(seed, p)
     return _kernel("dropout_add_layernorm").bias_dropout_add_layernorm(
         x, bias, residual, weight, ln_bias, p, seed, eps
     )

@@ -164,6 +164,34 @@ def test_dropout_same_seed_same_output_other_seed_other_output():
     assert torch.equal(first, again)
     assert not torch.allclose(first, other)
     assert not torch.allclose(first, no_dropout)
+    # A one-element int64 tensor is the same seed as the int (what the kernels read).
+    assert torch.equal(first, attention(q, k, v, dropout_p=0.2, seed=torch.tensor([7], device=DEVICE)))
+    assert torch.equal(attention_dropout_keep_mask(2, 2, 40, 0.2, seed=7, device=DEVICE),
+                       attention_dropout_keep_mask(2, 2, 40, 0.2, seed=torch.tensor(7, device=DEVICE),
+                                                   device=DEVICE))
+
+
+def test_dropout_without_seed_draws_from_torch_generator():
+    """seed=None: a fresh mask per call, reproducible through torch.manual_seed."""
+    q, k, v = (t.detach() for t in make_qkv(1, 2, 40, 32))
+    torch.manual_seed(3)
+    first, second = attention(q, k, v, dropout_p=0.2), attention(q, k, v, dropout_p=0.2)
+    torch.manual_seed(3)
+    assert torch.equal(first, attention(q, k, v, dropout_p=0.2))
+    assert not torch.allclose(first, second)
+
+
+def test_dropout_backward_uses_the_forward_mask_when_seed_is_fresh():
+    """With seed=None the backward must regenerate the forward's mask (the drawn seed tensor
+    is saved for backward). With q = 0 (uniform P) and v = I the output row i *is* the
+    dropped row ``Z_i / (S (1 - p))``, so ``dV = out^T dO`` exactly when the masks agree."""
+    seq_len, dropout_p = 64, 0.3
+    q = torch.zeros(1, 2, seq_len, 64, device=DEVICE, requires_grad=True)
+    k = torch.randn(1, 2, seq_len, 64, device=DEVICE, requires_grad=True)
+    v = torch.eye(seq_len, 64, device=DEVICE).expand(1, 2, seq_len, 64).contiguous().requires_grad_()
+    grad_out = torch.randn_like(v)
+    out, (_, _, dv) = output_and_grads(lambda q, k, v: attention(q, k, v, dropout_p=dropout_p), q, k, v, grad_out)
+    assert_close_fp32(dv, out.transpose(-1, -2) @ grad_out, name="dv")
 
 
 @pytest.mark.parametrize("dropout_p", [0.1, 0.5])
@@ -251,10 +279,11 @@ def test_backward_is_deterministic():
 def test_opcheck_padded_and_varlen():
     q, k, v = make_qkv(1, 2, 16, 32)
     lens = torch.tensor([11], dtype=torch.int32, device=DEVICE)
-    torch.library.opcheck(kernel.attention_forward_op, (q, k, v, lens, 16, 3, 0.1, 5, 0.25))
+    seed = torch.tensor([5], device=DEVICE)
+    torch.library.opcheck(kernel.attention_forward_op, (q, k, v, lens, 16, 3, 0.1, seed, 0.25))
     qp, kp, vp = make_qkv(16, 2, 32)
     cu_seqlens = torch.tensor([0, 5, 16], dtype=torch.int32, device=DEVICE)
-    torch.library.opcheck(kernel.attention_forward_op, (qp, kp, vp, cu_seqlens, 11, -1, 0.0, 0, 0.2))
+    torch.library.opcheck(kernel.attention_forward_op, (qp, kp, vp, cu_seqlens, 11, -1, 0.0, None, 0.2))
 
 
 def test_torch_compile_traces_through_the_op():
@@ -266,6 +295,24 @@ def test_torch_compile_traces_through_the_op():
     backend = "inductor" if torch.cuda.is_available() else "aot_eager"
     compiled = torch.compile(fn, backend=backend, fullgraph=True)
     assert_parity(output_and_grads(compiled, q, k, v, grad_out), output_and_grads(fn, q, k, v, grad_out), FP32_TOL)
+
+
+def test_torch_compile_fullgraph_with_a_fresh_seed():
+    """seed=None inside a compiled region: the seed is a device tensor drawn by torch.randint,
+    so there is no graph break (fullgraph=True), and the backward still sees the forward's mask
+    (the identity trick of test_dropout_backward_uses_the_forward_mask_when_seed_is_fresh)."""
+    seq_len = 64
+    q = torch.zeros(1, 2, seq_len, 64, device=DEVICE)
+    k = torch.randn(1, 2, seq_len, 64, device=DEVICE)
+    v = torch.eye(seq_len, 64, device=DEVICE).expand(1, 2, seq_len, 64).contiguous()
+    grad_out = torch.randn_like(v)
+    backend = "inductor" if torch.cuda.is_available() else "aot_eager"
+    compiled = torch.compile(lambda q, k, v: attention(q, k, v, dropout_p=0.3), backend=backend, fullgraph=True)
+    out, (_, _, dv) = output_and_grads(compiled, q, k, v, grad_out)
+    kept = out * seq_len * 0.7
+    torch.testing.assert_close(kept, kept.round(), atol=1e-5, rtol=0)  # a real dropout mask
+    assert 0.5 < kept.mean().item() < 0.9
+    assert_close_fp32(dv, out.transpose(-1, -2) @ grad_out, name="dv")
 
 
 # --------------------------------------------------------------------------- bad input
@@ -309,9 +356,9 @@ BAD_VARLEN = [
 
 
 BAD_OP = [  # the registered op validates too (it can be called directly)
-    pytest.param(lambda: kernel.attention_forward_op(*_qkv(2, 1, 8, 32), torch.tensor([8, 2]), 8, -1, 0.0, 0, 0.1),
+    pytest.param(lambda: kernel.attention_forward_op(*_qkv(2, 1, 8, 32), torch.tensor([8, 2]), 8, -1, 0.0, None, 0.1),
                  "int32", id="op-seq-lens-int64"),
-    pytest.param(lambda: kernel.attention_forward_op(*_qkv(8, 1, 32), None, 8, -1, 0.0, 0, 0.1),
+    pytest.param(lambda: kernel.attention_forward_op(*_qkv(8, 1, 32), None, 8, -1, 0.0, None, 0.1),
                  "needs cu_seqlens", id="op-packed-without-cu"),
 ]
 
