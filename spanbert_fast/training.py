@@ -193,7 +193,9 @@ class Trainer:
         self.model = model.to(self.device)
         self.batches = batches
         self.precision = self._resolve_precision()
-        fused = self.device.type == "cuda"
+        # Fused AdamW (one multi-tensor kernel; its step counters stay on the device, so the
+        # step never reads them on the host). CPU has a fused implementation too.
+        fused = self.device.type in ("cuda", "cpu")
         self.optimizer = torch.optim.AdamW(
             parameter_groups(model, args.weight_decay), lr=args.lr, betas=tuple(args.adam_betas),
             eps=args.adam_eps, **({"fused": True} if fused else {}),
@@ -364,25 +366,13 @@ class Trainer:
         window = _MetricWindow(self.device)
         checkpoint = None
         while self.step < args.max_steps:
-            for micro in range(args.grad_accum):
+            micro_batches = []
+            for _ in range(args.grad_accum):
                 try:
-                    batch = move_batch(next(iterator), self.device)
+                    micro_batches.append(move_batch(next(iterator), self.device))
                 except StopIteration:
                     raise RuntimeError("the batch source ran out before max_steps; make it repeat (epochs)") from None
-                sync = micro == args.grad_accum - 1 or self.ctx.world_size == 1
-                no_sync = getattr(self.train_model, "no_sync", None)
-                with (contextlib.nullcontext() if sync or no_sync is None else no_sync()):
-                    with self._autocast():
-                        output = self.train_model(**batch)
-                    self.scaler.scale(output.loss / args.grad_accum).backward()
-                window.add(output, batch)
-            self.scaler.unscale_(self.optimizer)
-            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), args.grad_clip)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scheduler.step()
-            self.step += 1
+            grad_norm = self.training_step(micro_batches, window)
             if self.step % args.log_every == 0 or self.step == args.max_steps:
                 row = window.flush(self.step, self.scheduler.get_last_lr()[0], grad_norm, self.ctx)
                 self.history.append(row)
@@ -404,6 +394,32 @@ class Trainer:
         if tensorboard is not None:
             tensorboard.close()
         return TrainResult(self.step, self.history, args.out_dir, checkpoint, plot)
+
+    def training_step(self, micro_batches: List[Dict[str, object]], window: Optional["_MetricWindow"] = None):
+        """One optimizer step over ``micro_batches`` (already on the device): forward and
+        backward of each (DDP all-reduces on the last), clipping, AdamW, LR schedule.
+
+        Returns the gradient norm as a device tensor. Nothing in here reads a device value on
+        the host (tests/test_host_syncs.py checks it), so the CPU can run ahead of the GPU;
+        the loop syncs once per log line. With fp16 the GradScaler's inf check is one sync.
+        """
+        for micro, batch in enumerate(micro_batches):
+            sync = micro == len(micro_batches) - 1 or self.ctx.world_size == 1
+            no_sync = getattr(self.train_model, "no_sync", None)
+            with (contextlib.nullcontext() if sync or no_sync is None else no_sync()):
+                with self._autocast():
+                    output = self.train_model(**batch)
+                self.scaler.scale(output.loss / len(micro_batches)).backward()
+            if window is not None:
+                window.add(output, batch)
+        self.scaler.unscale_(self.optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.args.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        self.step += 1
+        return grad_norm
 
     def _tensorboard(self):
         if not self.ctx.is_main:
