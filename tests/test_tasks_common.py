@@ -5,7 +5,7 @@ import os
 import pytest
 import torch
 
-from spanbert_fast.tasks.common import EpochBatches, InputFileError, collate_features, read_task_file
+from spanbert_fast.tasks.common import EpochBatches, InputFileError, batched, collate_features, read_task_file
 
 
 def ids_of(batch):
@@ -64,6 +64,23 @@ def test_empty_features_or_bad_batch_size_are_errors():
         EpochBatches([], 2, list)
     with pytest.raises(ValueError, match="batch_size"):
         EpochBatches([{"input_ids": [1]}], 0, list)
+
+
+def test_batched_reads_a_generator_one_batch_at_a_time():
+    taken = []
+
+    def items():
+        for i in range(7):
+            taken.append(i)
+            yield i
+
+    batches = batched(items(), 3)
+    assert next(batches) == [0, 1, 2] and taken == [0, 1, 2]  # nothing read ahead
+    assert list(batches) == [[3, 4, 5], [6]]
+    assert list(batched([1, 2], 5)) == [[1, 2]] and list(batched([], 5)) == []
+    for bad in (0, -1):  # 0 used to raise from range(); an empty result would lose every prediction
+        with pytest.raises(ValueError, match=f"batch_size must be at least 1, got {bad}"):
+            list(batched([1, 2], bad))
 
 
 @pytest.mark.parametrize("name, reader", [

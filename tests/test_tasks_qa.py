@@ -1,19 +1,24 @@
 """Extractive QA: SQuAD reading, windows, decoding, official-style EM/F1, overfitting v1.1 and v2.0."""
+import collections
 import json
 import os
 
 import pytest
 
 from task_fixtures import data_path, fixture_tokenizer, tiny_checkpoint
+from spanbert_fast.data.tokenizer import special_ids
 from spanbert_fast.cli import main
 from spanbert_fast.tasks import SpanBertForQuestionAnswering, squad_metrics
-from spanbert_fast.tasks.common import InputFileError
+from spanbert_fast.tasks import qa
+from spanbert_fast.tasks.common import InputFileError, predict_batches
 from spanbert_fast.tasks.finetune import finetune
 from spanbert_fast.tasks.qa import (
     ContextTokens,
     QuestionAnsweringTask,
+    ScoredWindow,
     SquadExample,
     decode_answers,
+    decode_examples,
     exact_match_score,
     f1_score,
     make_features,
@@ -110,6 +115,119 @@ def test_decode_answers_limits_and_null_threshold():
     assert answer == "aa bb cc" and diff == pytest.approx(-7.0) and "" in [c["text"] for c in nbest]
     answer, _, _ = decode_answers(example, context, [feature], starts, ends, version_2=True, null_threshold=-8.0)
     assert answer == ""
+
+
+# --------------------------------------------------------------------------- streaming prediction
+SMALL_WINDOWS = dict(max_length=48, doc_stride=16, max_query_length=16)  # long contexts: 7 windows
+
+
+@pytest.fixture(scope="module")
+def untrained_qa(tmp_path_factory):
+    """A QA model with a random head: arbitrary but fixed logits, enough to compare decoders."""
+    init = tiny_checkpoint(tmp_path_factory.mktemp("qa-init"))
+    return SpanBertForQuestionAnswering.from_pretrained(init, backend="torch").eval()
+
+
+def predict_all_windows_then_decode(task, model, tokenizer, examples, version_2, batch_size):
+    """The decoder before streaming: every window's logits kept until all were scored."""
+    contexts, windows = [], []
+    for index, example in enumerate(examples):
+        contexts.append(tokenize_context(tokenizer, example.context))
+        windows.extend((index, f) for f in make_features(example, tokenizer, task.max_length, task.doc_stride,
+                                                         task.max_query_length, contexts[-1]))
+    inputs = [{"input_ids": f["input_ids"], "token_type_ids": f["token_type_ids"]} for _, f in windows]
+    logits_of = collections.defaultdict(list)
+    done = 0
+    for chunk, output in predict_batches(model, inputs, special_ids(tokenizer).pad, batch_size):
+        for row in range(len(chunk)):
+            index, feature = windows[done + row]
+            length = len(feature["input_ids"])
+            logits_of[index].append((feature, output.start_logits[row, :length].tolist(),
+                                     output.end_logits[row, :length].tolist()))
+        done += len(chunk)
+    predictions, nbest, null_diffs = {}, {}, {}
+    for index, example in enumerate(examples):
+        features, starts, ends = zip(*logits_of[index])
+        answer, candidates, null_diff = decode_answers(
+            example, contexts[index], features, starts, ends, n_best=task.n_best,
+            max_answer_length=task.max_answer_length, version_2=version_2, null_threshold=task.null_threshold)
+        predictions[example.qid], nbest[example.qid], null_diffs[example.qid] = answer, candidates, null_diff
+    return predictions, nbest, null_diffs
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 64], ids=["batch1", "batch3", "batch64"])
+@pytest.mark.parametrize("name, version_2", [("squad_v1.json", False), ("squad_v2.json", True)], ids=["v1", "v2"])
+def test_streaming_decoder_gives_the_same_predictions(untrained_qa, batch_size, name, version_2):
+    """Same answers, n-best lists (scores included) and null odds as decoding after all windows."""
+    tokenizer, examples = fixture_tokenizer(), read_squad(data_path(name))
+    task = QuestionAnsweringTask(**SMALL_WINDOWS)
+    window_counts = [len(make_features(e, tokenizer, **SMALL_WINDOWS)) for e in examples]
+    assert sum(count > 1 for count in window_counts) >= 4 and 1 in window_counts  # mixed, batches cut examples
+    streamed = task.predict(untrained_qa, tokenizer, examples, version_2, batch_size)
+    expected = predict_all_windows_then_decode(task, untrained_qa, tokenizer, examples, version_2, batch_size)
+    assert streamed == expected
+    assert list(streamed[0]) == [e.qid for e in examples]  # in file order
+    assert squad_metrics(examples, streamed[0]) == squad_metrics(examples, expected[0])
+
+
+def test_decode_examples_holds_one_example_at_a_time():
+    """Each example is decoded when the next one's first window arrives, never later."""
+    context = ContextTokens([10, 11, 12], [(0, 2), (3, 5), (6, 8)])
+    examples = [SquadExample(f"q{i}", "q", "aa bb cc", [], False, None) for i in range(4)]
+    windows_per_example = [3, 1, 2, 4]
+    produced = []
+
+    def scored_windows():
+        feature = {"context_start": 2, "token_start": 0, "max_context": [True, True, True]}
+        for index, count in enumerate(windows_per_example):
+            for _ in range(count):
+                produced.append(index)
+                yield ScoredWindow(index, context, feature, [0.0, 0.0, 3.0, 1.0, 0.0], [0.0, 0.0, 0.0, 1.0, 2.0])
+
+    decoded = []
+    for index, answer, nbest, _ in decode_examples(examples, scored_windows()):
+        decoded.append(index)
+        held = len(produced) - sum(windows_per_example[:index])  # windows read but not yet decoded before
+        assert held <= windows_per_example[index] + 1  # this example's windows + the one that closed it
+        assert answer == "aa bb cc" and len(nbest) == 6  # the 6 spans of 3 tokens, each once however many windows
+    assert decoded == [0, 1, 2, 3]
+
+
+def test_decode_examples_rejects_windows_out_of_example_order():
+    context = ContextTokens([10], [(0, 2)])
+    examples = [SquadExample(f"q{i}", "q", "aa", [], False, None) for i in range(2)]
+    window = dict(context=context, feature={"context_start": 2, "token_start": 0, "max_context": [True]},
+                  start_logits=[0.0, 0.0, 1.0], end_logits=[0.0, 0.0, 1.0])
+    scored = [ScoredWindow(0, **window), ScoredWindow(1, **window), ScoredWindow(0, **window)]
+    with pytest.raises(ValueError, match="windows of example 0 come after those of example 1"):
+        list(decode_examples(examples, scored))
+
+
+def test_predict_decodes_each_example_once_its_windows_are_scored(untrained_qa, monkeypatch):
+    """Through the model: when an example is decoded, at most one batch beyond its windows was scored."""
+    tokenizer, examples = fixture_tokenizer(), read_squad(data_path("squad_v2.json"))
+    task, batch_size = QuestionAnsweringTask(**SMALL_WINDOWS), 2
+    scored, held = [0], []
+
+    def counting_predict_batches(*args, **kwargs):
+        for chunk, output in predict_batches(*args, **kwargs):
+            scored[0] += len(chunk)
+            yield chunk, output
+
+    def recording_decode_answers(example, context, features, *args, **kwargs):
+        held.append(scored[0] - decoded_windows[0])  # scored windows not decoded yet, this example's included
+        decoded_windows[0] += len(features)
+        return decode_answers(example, context, features, *args, **kwargs)
+
+    decoded_windows = [0]
+    monkeypatch.setattr(qa, "predict_batches", counting_predict_batches)
+    monkeypatch.setattr(qa, "decode_answers", recording_decode_answers)
+    task.predict(untrained_qa, tokenizer, examples, True, batch_size)
+    window_counts = [len(make_features(e, tokenizer, **SMALL_WINDOWS)) for e in examples]
+    assert decoded_windows[0] == scored[0] == sum(window_counts) > len(examples) + batch_size
+    assert len(held) == len(examples)
+    for count, pending in zip(window_counts, held):
+        assert pending <= count + batch_size
 
 
 # --------------------------------------------------------------------------- bad input

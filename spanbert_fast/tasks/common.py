@@ -14,11 +14,12 @@ from __future__ import annotations
 import codecs
 import contextlib
 import functools
+import itertools
 import json
 import os
 import random
 import tempfile
-from typing import IO, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import IO, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -291,10 +292,14 @@ def masked_mean(hidden: torch.Tensor, attention_mask: Optional[torch.Tensor]) ->
     return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1)
 
 
-def batched(items: Sequence, batch_size: int) -> Iterator[Sequence]:
-    """Consecutive slices of ``items`` of at most ``batch_size`` (evaluation order)."""
-    for start in range(0, len(items), batch_size):
-        yield items[start: start + batch_size]
+def batched(items: Iterable, batch_size: int) -> Iterator[List]:
+    """Consecutive lists of at most ``batch_size`` of ``items`` (evaluation order); a generator
+    is read lazily, one batch at a time."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    remaining = iter(items)
+    while chunk := list(itertools.islice(remaining, batch_size)):
+        yield chunk
 
 
 def model_device(model: torch.nn.Module) -> torch.device:
@@ -302,9 +307,12 @@ def model_device(model: torch.nn.Module) -> torch.device:
 
 
 @torch.no_grad()
-def predict_batches(model, inputs: Sequence[dict], pad_id: int, batch_size: int) -> Iterator[Tuple[Sequence[dict], object]]:
+def predict_batches(model, inputs: Iterable[dict], pad_id: int, batch_size: int) -> Iterator[Tuple[List[dict], object]]:
     """Run ``model`` in eval mode over ``inputs`` (dicts of ``input_ids`` [+ ``token_type_ids``]),
-    ``batch_size`` at a time, in order; yields ``(chunk, output)`` per batch."""
+    ``batch_size`` at a time, in order; yields ``(chunk, output)`` per batch.
+
+    ``inputs`` may be a generator (read one batch at a time); other keys of an input dict are
+    not read by the model and ride along in ``chunk`` (e.g. what decoding needs)."""
     model.eval()
     device = model_device(model)
     for chunk in batched(inputs, batch_size):

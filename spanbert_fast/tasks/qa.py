@@ -17,7 +17,9 @@ Decoding: per example, over all its windows, the ``n_best`` best start and end p
 are paired into spans inside the context with ``start <= end`` and at most
 ``max_answer_length`` tokens, scored ``start_logit + end_logit``. v1.1 answers with the best
 span. v2.0 also scores the null answer, ``min`` over windows of ``start[0] + end[0]``, and
-answers ``""`` when ``null_score - best_span_score > null_threshold``.
+answers ``""`` when ``null_score - best_span_score > null_threshold``. Prediction streams:
+windows are made, scored and decoded example by example (an example's windows are
+consecutive), so only one example's logits are held, whatever the size of the file.
 
 Evaluation (:func:`squad_metrics`): the official SQuAD rules -- answers are normalised
 (lower case, punctuation removed, articles a/an/the removed, whitespace collapsed); EM and
@@ -29,12 +31,13 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import itertools
 import json
 import logging
 import os
 import re
 import string
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -390,6 +393,49 @@ def decode_answers(example: SquadExample, context: ContextTokens, features: Sequ
     return answer, nbest, null_diff
 
 
+@dataclasses.dataclass
+class ScoredWindow:
+    """One window after the model: its decoding metadata and the logits of its real tokens."""
+
+    example: int  # index of its example in the list being predicted
+    context: ContextTokens  # its example's context tokens
+    feature: dict  # the window from make_features (context_start, token_start, max_context)
+    start_logits: List[float]
+    end_logits: List[float]
+
+
+def score_windows(model, windows: Iterable[dict], pad_id: int, batch_size: int) -> Iterator[ScoredWindow]:
+    """Run ``model`` over ``windows`` (:meth:`QuestionAnsweringTask.prediction_windows`), lazily:
+    one batch of windows is made and scored at a time, its windows yielded in order."""
+    for chunk, output in predict_batches(model, windows, pad_id, batch_size):
+        starts, ends = output.start_logits.tolist(), output.end_logits.tolist()  # one copy per batch
+        for row, item in enumerate(chunk):
+            example, context, feature = item["window"]
+            length = len(item["input_ids"])
+            yield ScoredWindow(example, context, feature, starts[row][:length], ends[row][:length])
+
+
+def decode_examples(examples: Sequence[SquadExample], scored_windows: Iterable[ScoredWindow],
+                    **decoding) -> Iterator[Tuple[int, str, List[dict], float]]:
+    """``(example index, answer, n-best, null-score difference)`` of each example, decoded
+    (:func:`decode_answers` with ``decoding``) as soon as its last window has been scored.
+
+    ``scored_windows`` come example by example, in example order (an example's windows
+    consecutive); only the current example's windows are held -- the next example's first
+    window is what closes it.
+    """
+    previous = -1
+    for index, windows in itertools.groupby(scored_windows, key=lambda window: window.example):
+        if index <= previous:
+            raise ValueError(f"the windows of example {index} come after those of example {previous}; "
+                             "windows must come example by example, in order")
+        previous = index
+        windows = list(windows)
+        yield (index, *decode_answers(examples[index], windows[0].context, [w.feature for w in windows],
+                                      [w.start_logits for w in windows], [w.end_logits for w in windows],
+                                      **decoding))
+
+
 # --------------------------------------------------------------------------- official-style metrics
 def normalize_answer(text: str) -> str:
     """Lower case, drop punctuation, drop the articles a/an/the, collapse whitespace (SQuAD rules)."""
@@ -478,32 +524,33 @@ class QuestionAnsweringTask:
     def _windows(self, example: SquadExample, tokenizer, context: Optional[ContextTokens] = None) -> List[dict]:
         return make_features(example, tokenizer, self.max_length, self.doc_stride, self.max_query_length, context)
 
+    def prediction_windows(self, examples: Sequence[SquadExample], tokenizer) -> Iterator[dict]:
+        """Model inputs of every window, example by example, made lazily; ``"window"`` holds
+        ``(example index, context tokens, window)`` for decoding (see :func:`score_windows`)."""
+        for index, example in enumerate(examples):
+            context = tokenize_context(tokenizer, example.context)
+            for feature in self._windows(example, tokenizer, context):
+                yield {"input_ids": feature["input_ids"], "token_type_ids": feature["token_type_ids"],
+                       "window": (index, context, feature)}
+
     def predict(self, model, tokenizer, examples: List[SquadExample], version_2: bool,
                 batch_size: int = 64) -> Tuple[Dict[str, str], Dict[str, List[dict]], Dict[str, float]]:
-        """(predictions {qid: text}, n-best lists, null-score differences) for ``examples``."""
+        """(predictions {qid: text}, n-best lists, null-score differences) for ``examples``.
+
+        One pass: windows are made, scored and decoded example by example
+        (:func:`score_windows`, :func:`decode_examples`), so the logits held at any time are one
+        batch's and one example's.
+        """
         from spanbert_fast.data.tokenizer import special_ids
 
-        contexts, windows = [], []
-        for index, example in enumerate(examples):
-            contexts.append(tokenize_context(tokenizer, example.context))
-            windows.extend((index, f) for f in self._windows(example, tokenizer, contexts[-1]))
-        inputs = [{"input_ids": f["input_ids"], "token_type_ids": f["token_type_ids"]} for _, f in windows]
-        logits_of: Dict[int, List[Tuple[dict, List[float], List[float]]]] = collections.defaultdict(list)
-        done = 0
-        for chunk, output in predict_batches(model, inputs, special_ids(tokenizer).pad, batch_size):
-            for row in range(len(chunk)):
-                index, feature = windows[done + row]
-                length = len(feature["input_ids"])
-                logits_of[index].append((feature, output.start_logits[row, :length].tolist(),
-                                         output.end_logits[row, :length].tolist()))
-            done += len(chunk)
+        windows = self.prediction_windows(examples, tokenizer)
+        scored = score_windows(model, windows, special_ids(tokenizer).pad, batch_size)
         predictions, nbest, null_diffs = {}, {}, {}
-        for index, example in enumerate(examples):
-            features, starts, ends = zip(*logits_of[index])
-            answer, candidates, null_diff = decode_answers(
-                example, contexts[index], features, starts, ends, n_best=self.n_best,
-                max_answer_length=self.max_answer_length, version_2=version_2, null_threshold=self.null_threshold)
-            predictions[example.qid], nbest[example.qid], null_diffs[example.qid] = answer, candidates, null_diff
+        for index, answer, candidates, null_diff in decode_examples(
+                examples, scored, n_best=self.n_best, max_answer_length=self.max_answer_length,
+                version_2=version_2, null_threshold=self.null_threshold):
+            qid = examples[index].qid
+            predictions[qid], nbest[qid], null_diffs[qid] = answer, candidates, null_diff
         return predictions, nbest, null_diffs
 
     def read_eval(self, path: str, model=None) -> List[SquadExample]:
