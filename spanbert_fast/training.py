@@ -42,6 +42,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from spanbert_fast.cuda_graphs import CapturedTrainingStep, check_graphable
+
 CHECKPOINT_DIR = "checkpoints"
 TRAINER_STATE = "trainer_state.pt"
 LOG_CSV = "log.csv"
@@ -63,6 +65,7 @@ class TrainingArgs:
     grad_accum: int = 1  # micro-batches per optimizer step
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp16 | fp32
     compile: bool = False
+    cuda_graphs: bool = False  # capture the whole step as one CUDA graph (spanbert_fast.cuda_graphs)
     log_every: int = 10
     save_every: int = 0  # steps between checkpoints; 0 = only at the end
     keep_checkpoints: int = 2  # newest checkpoints kept (0 = all)
@@ -196,9 +199,14 @@ class Trainer:
         # Fused AdamW (one multi-tensor kernel; its step counters stay on the device, so the
         # step never reads them on the host). CPU has a fused implementation too.
         fused = self.device.type in ("cuda", "cpu")
+        graph_options = {}
+        if args.cuda_graphs:
+            check_graphable(self.device, self.ctx.world_size, args.compile, args.grad_accum, self.precision)
+            # A captured step reads the learning rate from memory: the scheduler fills this tensor.
+            graph_options = dict(capturable=True, lr=torch.tensor(args.lr, dtype=torch.float32, device=self.device))
         self.optimizer = torch.optim.AdamW(
-            parameter_groups(model, args.weight_decay), lr=args.lr, betas=tuple(args.adam_betas),
-            eps=args.adam_eps, **({"fused": True} if fused else {}),
+            parameter_groups(model, args.weight_decay), **{"lr": args.lr, **graph_options},
+            betas=tuple(args.adam_betas), eps=args.adam_eps, **({"fused": True} if fused else {}),
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, warmup_linear_decay(args.warmup_steps, args.max_steps)
@@ -214,6 +222,7 @@ class Trainer:
             )
         if args.compile:
             self.train_model = torch.compile(self.train_model)
+        self._captured_step = CapturedTrainingStep(self) if args.cuda_graphs else None
 
     # ------------------------------------------------------------------ helpers
     def _resolve_precision(self) -> str:
@@ -228,7 +237,8 @@ class Trainer:
         if self.precision == "fp32":
             return contextlib.nullcontext()
         dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
-        return torch.autocast(self.device.type, dtype=dtype)
+        # The weight-cast cache would hold tensors from one step to the next: not under a graph.
+        return torch.autocast(self.device.type, dtype=dtype, cache_enabled=not self.args.cuda_graphs)
 
     def _log_path(self) -> str:
         return os.path.join(self.args.out_dir, LOG_CSV)
@@ -372,7 +382,10 @@ class Trainer:
                     micro_batches.append(move_batch(next(iterator), self.device))
                 except StopIteration:
                     raise RuntimeError("the batch source ran out before max_steps; make it repeat (epochs)") from None
-            grad_norm = self.training_step(micro_batches, window)
+            if self._captured_step is not None:
+                grad_norm = self._captured_step(micro_batches[0], window)
+            else:
+                grad_norm = self.training_step(micro_batches, window)
             if self.step % args.log_every == 0 or self.step == args.max_steps:
                 row = window.flush(self.step, self.scheduler.get_last_lr()[0], grad_norm, self.ctx)
                 self.history.append(row)
@@ -403,6 +416,15 @@ class Trainer:
         the host (tests/test_host_syncs.py checks it), so the CPU can run ahead of the GPU;
         the loop syncs once per log line. With fp16 the GradScaler's inf check is one sync.
         """
+        outputs, grad_norm = self.forward_backward_update(micro_batches)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.finish_step(outputs, micro_batches, window)
+        return grad_norm
+
+    def forward_backward_update(self, micro_batches: List[Dict[str, object]]):
+        """The device work of a step (what a CUDA graph captures): forward and backward of each
+        micro-batch, clipping, the optimizer update. Returns (model outputs, grad norm)."""
+        outputs = []
         for micro, batch in enumerate(micro_batches):
             sync = micro == len(micro_batches) - 1 or self.ctx.world_size == 1
             no_sync = getattr(self.train_model, "no_sync", None)
@@ -410,16 +432,20 @@ class Trainer:
                 with self._autocast():
                     output = self.train_model(**batch)
                 self.scaler.scale(output.loss / len(micro_batches)).backward()
-            if window is not None:
-                window.add(output, batch)
+            outputs.append(output)
         self.scaler.unscale_(self.optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.args.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
+        return outputs, grad_norm
+
+    def finish_step(self, outputs, micro_batches, window: Optional["_MetricWindow"] = None) -> None:
+        """Host-side bookkeeping after the update: metrics, LR schedule, step counter."""
+        if window is not None:
+            for output, batch in zip(outputs, micro_batches):
+                window.add(output, batch)
         self.scheduler.step()
         self.step += 1
-        return grad_norm
 
     def _tensorboard(self):
         if not self.ctx.is_main:
@@ -469,7 +495,12 @@ class _MetricWindow:
             self.sums[key] = self.sums.get(key, 0) + value
         self.micro_batches += 1
         mask = batch.get("attention_mask")
-        self.tokens += mask.sum() if mask is not None else batch["input_ids"].numel()
+        if "num_tokens" in batch:  # fixed-shape packed batches count their real tokens
+            self.tokens += batch["num_tokens"]
+        elif mask is not None:
+            self.tokens += mask.sum()
+        else:
+            self.tokens += batch["input_ids"].numel()
 
     def flush(self, step, lr, grad_norm, ctx: DistributedContext) -> dict:
         names = sorted(self.sums)

@@ -35,7 +35,7 @@ def training_args_from(args: argparse.Namespace, out_dir: str):
 
     warmup = args.warmup_steps if args.warmup_steps is not None else max(1, args.max_steps // 100)
     return TrainingArgs(out_dir=out_dir, max_steps=args.max_steps, warmup_steps=warmup, adam_eps=args.adam_eps,
-                        **loop_settings(args))
+                        cuda_graphs=args.cuda_graphs, **loop_settings(args))
 
 
 def build_model(args, vocab_size: int, max_positions: int):
@@ -67,6 +67,10 @@ def build_model(args, vocab_size: int, max_positions: int):
 
 def packed_batches(args: argparse.Namespace, device) -> bool:
     """``--batch-layout auto``: packed (no padding, no unpad sync) where the Triton kernels run."""
+    if args.cuda_graphs:
+        if args.batch_layout == "padded":
+            raise ValueError("--cuda-graphs needs --batch-layout packed (fixed-shape packed batches)")
+        return True
     if args.batch_layout != "auto":
         return args.batch_layout == "packed"
     return device.type == "cuda" and args.backend != "torch"
@@ -84,6 +88,7 @@ def run_pretraining(args: argparse.Namespace, data_dir: str, out_dir: str):
         dataset, batch_size=args.batch_size, seed=args.seed, masking=args.masking,
         rank=ctx.rank, world_size=ctx.world_size, num_workers=args.num_workers,
         unigram_replacement=args.unigram_replacement, packed=packed_batches(args, ctx.device),
+        static_shapes=args.cuda_graphs,
     )
     seed_everything(args.seed)  # same initial weights on every rank and every run
     model = build_model(args, dataset.vocab_size, dataset.block_size + 2)
@@ -165,6 +170,9 @@ def register(subparsers) -> None:
     parser.add_argument("--batch-layout", choices=["auto", "padded", "packed"], default="auto",
                         help="packed: real tokens only, for the varlen kernels (auto: packed on CUDA "
                              "unless --backend torch; padded on CPU, where the reference attention is padded)")
+    parser.add_argument("--cuda-graphs", action="store_true",
+                        help="capture the whole training step as one CUDA graph (single GPU; packed batches "
+                             "padded to fixed sizes; not with --compile or --grad-accum > 1)")
     parser.add_argument("--num-workers", type=int, default=0,
                         help="processes that mask and collate batches (0: in the training process; "
                              "batches are the same either way)")

@@ -24,6 +24,7 @@ import torch
 
 from .collate import collate_masked_blocks, pack_batch
 from .masking import SpanMasker
+from .static_shapes import pad_packed_batch, static_capacity
 
 # The order generator is SeedSequence([seed, epoch], spawn_key=(ORDER_STREAM,)): the spawn key keeps
 # it apart from every mask generator PCG64([seed, epoch, index]). (Appending ORDER_STREAM to the
@@ -63,6 +64,9 @@ class PretrainingBatches:
         packed: yield the unpadded form of :func:`~spanbert_fast.data.collate.pack_batch`
             (``input_ids`` [T] with ``cu_seqlens``/``max_seqlen``): no padding, and the model
             needs no host sync to unpad.
+        static_shapes: with ``packed``, pad every batch to fixed sizes
+            (:mod:`~spanbert_fast.data.static_shapes`; ``True`` picks the capacity from the
+            batch size, the longest block and the masker's ratio), for a CUDA-graph step.
     """
 
     def __init__(
@@ -79,6 +83,7 @@ class PretrainingBatches:
         masker: Optional[SpanMasker] = None,
         pad_to_multiple_of: Optional[int] = None,
         packed: bool = False,
+        static_shapes: bool = False,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -104,6 +109,11 @@ class PretrainingBatches:
         self.num_workers = num_workers
         self.pad_to_multiple_of = pad_to_multiple_of
         self.packed = packed
+        self.static_capacity = None
+        if static_shapes:
+            if not packed:
+                raise ValueError("static_shapes=True needs packed=True (fixed-shape packed batches)")
+            self.static_capacity = static_capacity(batch_size, dataset.block_size + 2, masker.mask_ratio)
         self.epoch = 0
         self.step = 0
         self._order_cache = (None, None)
@@ -135,7 +145,12 @@ class PretrainingBatches:
             token_ids, word_starts = self.dataset[index]
             masked.append(self.masker(token_ids, word_starts, epoch=epoch, index=index))
         batch = collate_masked_blocks(masked, self.masker.special_ids, pad_to_multiple_of=self.pad_to_multiple_of)
-        return pack_batch(batch) if self.packed else batch
+        if not self.packed:
+            return batch
+        packed = pack_batch(batch)
+        if self.static_capacity is not None:
+            packed = pad_packed_batch(packed, self.static_capacity, self.masker.special_ids.pad)
+        return packed
 
     def state_dict(self) -> Dict[str, int]:
         """Position (epoch, batches already handed out in it) plus the layout it is valid for."""

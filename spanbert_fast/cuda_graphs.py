@@ -1,0 +1,101 @@
+"""The whole training step as one CUDA graph (``TrainingArgs.cuda_graphs``, ``pretrain --cuda-graphs``).
+
+A BERT-base step launches a few thousand kernels; many are small, and each costs Python and
+launch overhead on the host (Triton's launcher is several µs). Replaying a captured graph
+launches them all at once. What makes the step capturable:
+
+* fixed shapes: packed batches padded to a :class:`~spanbert_fast.data.static_shapes.StaticCapacity`
+  (same sizes, same ``max_seqlen`` every step), copied into the graph's own input tensors;
+* no host sync anywhere in forward, backward, clipping and AdamW (``tests/test_host_syncs.py``);
+* dropout seeds drawn on the device (``torch.randint``), whose Philox offset torch advances
+  on each replay, so every step gets new masks;
+* AdamW with ``capturable=True`` and a tensor learning rate, which the LR scheduler updates
+  in place between replays; autocast without its weight-cast cache.
+
+The first ``warmup_steps`` steps run eagerly on a side stream (Triton compiles and
+autotunes there, and the optimizer creates its state); the next step is captured, then
+every step replays. Gradients are allocated during capture and overwritten by each replay.
+Single GPU only: DDP, ``torch.compile``, gradient accumulation and fp16 loss scaling are
+refused (use ``--compile``'s own ``mode="reduce-overhead"`` for the compiled route).
+"""
+from __future__ import annotations
+
+from typing import Dict, Optional
+
+import torch
+
+GRAPH_WARMUP_STEPS = 3
+
+
+def check_graphable(device: torch.device, world_size: int, compile: bool, grad_accum: int, precision: str) -> None:
+    """Raise a clear error for the settings a captured step does not support."""
+    problems = []
+    if device.type != "cuda":
+        problems.append(f"CUDA graphs need a CUDA device, got {device}")
+    if world_size > 1:
+        problems.append("CUDA graphs run on a single GPU (no DDP); drop --cuda-graphs under torchrun")
+    if compile:
+        problems.append("use either --compile or --cuda-graphs, not both")
+    if grad_accum != 1:
+        problems.append(f"CUDA graphs capture one micro-batch per step; got grad_accum={grad_accum}")
+    if precision == "fp16":
+        problems.append("fp16 loss scaling reads the inf check on the host; use bf16 or fp32 with CUDA graphs")
+    if problems:
+        raise ValueError("cuda_graphs: " + "; ".join(problems))
+
+
+class CapturedTrainingStep:
+    """Runs ``trainer``'s optimizer step as a CUDA graph after a few eager warm-up steps."""
+
+    def __init__(self, trainer, warmup_steps: int = GRAPH_WARMUP_STEPS):
+        self.trainer = trainer
+        self.warmup_left = warmup_steps
+        self.graph: Optional[torch.cuda.CUDAGraph] = None
+        self.static_batch: Dict[str, object] = {}
+        self.static_output = None
+        self.static_grad_norm: Optional[torch.Tensor] = None
+
+    def __call__(self, batch: Dict[str, object], window=None) -> torch.Tensor:
+        trainer = self.trainer
+        if self.graph is None and self.warmup_left > 0:
+            self.warmup_left -= 1
+            side = torch.cuda.Stream(device=trainer.device)
+            side.wait_stream(torch.cuda.current_stream(trainer.device))
+            with torch.cuda.stream(side):
+                grad_norm = trainer.training_step([batch], window)
+            torch.cuda.current_stream(trainer.device).wait_stream(side)
+            return grad_norm
+        if self.graph is None:
+            self._capture(batch)
+        else:
+            self._load(batch)
+        self.graph.replay()
+        trainer.finish_step([self.static_output], [self.static_batch], window)
+        return self.static_grad_norm
+
+    def _capture(self, batch: Dict[str, object]) -> None:
+        trainer = self.trainer
+        self.static_batch = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        trainer.optimizer.zero_grad(set_to_none=True)  # the capture allocates the grads it overwrites
+        torch.cuda.synchronize(trainer.device)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            outputs, self.static_grad_norm = trainer.forward_backward_update([self.static_batch])
+        self.static_output = outputs[0]
+
+    def _load(self, batch: Dict[str, object]) -> None:
+        """Copy a new batch into the captured input tensors (same keys, shapes and Python values)."""
+        if batch.keys() != self.static_batch.keys():
+            raise ValueError(f"cuda_graphs: batch keys changed from {sorted(self.static_batch)} to {sorted(batch)}")
+        for key, value in batch.items():
+            static = self.static_batch[key]
+            if isinstance(static, torch.Tensor):
+                if value.shape != static.shape or value.dtype != static.dtype:
+                    raise ValueError(
+                        f"cuda_graphs: batch[{key!r}] is {value.dtype}{tuple(value.shape)}, the captured step "
+                        f"has {static.dtype}{tuple(static.shape)}; feed fixed-shape batches "
+                        "(spanbert_fast.data.static_shapes.pad_packed_batch)"
+                    )
+                static.copy_(value, non_blocking=True)
+            elif value != static:
+                raise ValueError(f"cuda_graphs: batch[{key!r}] = {value!r} differs from the captured {static!r}")
