@@ -155,3 +155,16 @@ def test_utf8_bom_is_accepted(tmp_path, name):
     path.write_bytes(b"\xef\xbb\xbf" + body.encode("utf-8"))
     [example] = read_classification_file(str(path))
     assert (example.text, example.label, example.line) == ("fine day", "positive", 2 if name.endswith(".csv") else 1)
+
+
+def test_evaluation_progress_bar_shown_or_quiet(init, capsys):
+    """A bar over the rows while predicting with progress=True; nothing on stderr by default."""
+    model = SpanBertForSequenceClassification.from_pretrained(init, labels=["negative", "neutral", "positive"],
+                                                              backend="torch")
+    task, csv_path = ClassificationTask(), data_path("classification.csv")
+    quiet = task.evaluate(model, fixture_tokenizer(), csv_path, None, batch_size=4)
+    assert capsys.readouterr().err == ""
+    shown = task.evaluate(model, fixture_tokenizer(), csv_path, None, batch_size=4, progress=True)
+    err = capsys.readouterr().err
+    assert "predict: 100%" in err and "10/10" in err and "row/s" in err
+    assert shown == quiet

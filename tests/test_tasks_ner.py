@@ -134,3 +134,26 @@ def test_cli_reports_bad_training_file_in_one_line(tmp_path):
     init = tiny_checkpoint(tmp_path / "init")
     with pytest.raises(SystemExit, match=rf"finetune-ner: error: {bad}:2: 2 columns, but line 1 has 3"):
         main(["finetune-ner", "--train", str(bad), "--init", init, "--out", str(tmp_path / "out"), "--no-progress"])
+
+
+def test_evaluation_progress_bar_shown_or_quiet(tmp_path, capsys):
+    """A bar over the sentences while predicting with progress=True; nothing on stderr by default."""
+    model = SpanBertForTokenClassification.from_pretrained(tiny_checkpoint(tmp_path / "init"),
+                                                           labels=["O", "B-PER", "I-PER"], backend="torch")
+    conll = data_path("conll.txt")
+    quiet = NerTask().evaluate(model, fixture_tokenizer(), conll, None, batch_size=2)
+    assert "predict" not in capsys.readouterr().err
+    shown = NerTask().evaluate(model, fixture_tokenizer(), conll, None, batch_size=2, progress=True)
+    err = capsys.readouterr().err
+    assert "predict: 100%" in err and "5/5" in err and "sentence/s" in err
+    assert shown == quiet
+
+
+@pytest.mark.parametrize("progress", [True, False], ids=["progress", "quiet"])
+def test_finetune_shows_the_prediction_bar_with_the_training_bar(tmp_path, capsys, progress):
+    """The driver's final evaluation follows the training loop's progress switch (--no-progress)."""
+    conll = data_path("conll.txt")
+    finetune(NerTask(), train_path=conll, eval_path=conll, init=tiny_checkpoint(tmp_path / "init"),
+             out_dir=str(tmp_path / "out"), batch_size=5, max_steps=1, progress=progress, backend="torch")
+    err = capsys.readouterr().err
+    assert ("train: 100%" in err) == progress and ("predict: 100%" in err) == progress

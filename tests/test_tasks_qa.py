@@ -414,3 +414,14 @@ def test_eval_file_answer_offsets_only_warn(tmp_path, caplog):
     outside, _ = squad_file(tmp_path, "short context", "context here", 6, name="outside.json")
     assert QuestionAnsweringTask().read_eval(outside)[1].answers == [("context here", 6)]
     assert "lies outside its context" in caplog.text
+
+
+def test_evaluation_progress_bar_counts_questions(untrained_qa, capsys):
+    """A bar over the questions decoded with progress=True; nothing on stderr by default."""
+    task, squad = QuestionAnsweringTask(**SMALL_WINDOWS), data_path("squad_v2.json")
+    quiet = task.evaluate(untrained_qa, fixture_tokenizer(), squad, None, batch_size=4)
+    assert capsys.readouterr().err == ""
+    shown = task.evaluate(untrained_qa, fixture_tokenizer(), squad, None, batch_size=4, progress=True)
+    err = capsys.readouterr().err
+    assert "predict: 100%" in err and "9/9" in err and "question/s" in err
+    assert shown == quiet

@@ -30,6 +30,7 @@ from spanbert_fast.tasks.common import (
     atomic_write,
     masked_mean,
     predict_batches,
+    progress_bar,
     read_utf8,
     saved_labels,
     truncation,
@@ -201,11 +202,16 @@ class ClassificationTask:
     def features(self, examples, tokenizer, model, path: str) -> List[dict]:
         return [encode_example(e, tokenizer, self.max_length, model.label2id, path) for e in examples]
 
-    def predict(self, model, features: List[dict], pad_id: int, batch_size: int = 64) -> List[int]:
-        """Predicted label ids, in order."""
+    def predict(self, model, features: List[dict], pad_id: int, batch_size: int = 64,
+                progress: bool = False) -> List[int]:
+        """Predicted label ids, in order (``progress``: a bar over the rows)."""
         inputs = [{k: v for k, v in f.items() if k != "label"} for f in features]
-        return [label for _, output in predict_batches(model, inputs, pad_id, batch_size)
-                for label in output.logits.argmax(-1).tolist()]
+        labels = []
+        with progress_bar(len(inputs), "row", progress) as bar:
+            for chunk, output in predict_batches(model, inputs, pad_id, batch_size):
+                labels.extend(output.logits.argmax(-1).tolist())
+                bar.update(len(chunk))
+        return labels
 
     def read_eval(self, path: str, model) -> List[ClassificationExample]:
         """The rows of ``path``; a label the model does not have is an error (metrics need its id)."""
@@ -217,13 +223,14 @@ class ClassificationTask:
         return examples
 
     def evaluate(self, model, tokenizer, path: str, out_dir: Optional[str], batch_size: int = 64,
-                 examples: Optional[List[ClassificationExample]] = None) -> dict:
-        """Accuracy and macro-F1 on ``path``; writes ``predictions.jsonl`` into ``out_dir``."""
+                 examples: Optional[List[ClassificationExample]] = None, progress: bool = False) -> dict:
+        """Accuracy and macro-F1 on ``path``; writes ``predictions.jsonl`` into ``out_dir``
+        (``progress``: a bar while predicting)."""
         from spanbert_fast.data.tokenizer import special_ids
 
         examples = self.read_eval(path, model) if examples is None else examples
         features = self.features(examples, tokenizer, model, path)
-        predicted = self.predict(model, features, special_ids(tokenizer).pad, batch_size)
+        predicted = self.predict(model, features, special_ids(tokenizer).pad, batch_size, progress)
         metrics = classification_metrics([f["label"] for f in features], predicted, model.labels)
         if out_dir is not None:
             rows = [{"text": e.text, "label": e.label, "prediction": model.labels[p]} for e, p in zip(examples, predicted)]

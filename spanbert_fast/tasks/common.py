@@ -302,6 +302,15 @@ def batched(items: Iterable, batch_size: int) -> Iterator[List]:
         yield chunk
 
 
+def progress_bar(total: int, unit: str, enabled: bool, desc: str = "predict"):
+    """A tqdm bar over ``total`` items (``unit``) for prediction, shown by the rule of the
+    training loop's bar: on stderr whenever ``enabled``, terminal or not (``--no-progress`` and
+    the Python API's default turn it off). It stays on screen only when no other bar is open."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, disable=not enabled, dynamic_ncols=True, leave=None)
+
+
 def model_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 

@@ -11,8 +11,9 @@ the task-specific parts:
   :func:`~spanbert_fast.tasks.common.collate_features`;
 * ``read_eval(path, model)`` -> the evaluation examples, checked against ``model`` (its
   labels); called **before** training, so a bad evaluation file fails fast;
-* ``evaluate(model, tokenizer, path, out_dir, batch_size, examples=None)`` -> metrics dict
-  (and writes its predictions into ``out_dir``); ``examples`` are those ``read_eval`` returned.
+* ``evaluate(model, tokenizer, path, out_dir, batch_size, examples=None, progress=False)`` ->
+  metrics dict (and writes its predictions into ``out_dir``); ``examples`` are those
+  ``read_eval`` returned; ``progress`` shows a prediction bar (on with the training bar).
 
 :func:`finetune` does the rest the same way for all of them: tokenizer resolution, seeded
 epoch batches, :class:`spanbert_fast.training.Trainer` (AdamW, warm-up + linear decay, bf16
@@ -88,6 +89,7 @@ def finetune(task, *, train_path: str, init: str, out_dir: str, eval_path: Optio
     save_tokenizer(tokenizer, out_dir)
     metrics = None
     if eval_path is not None:
-        metrics = task.evaluate(model, tokenizer, eval_path, out_dir, eval_batch_size, examples=eval_examples)
+        metrics = task.evaluate(model, tokenizer, eval_path, out_dir, eval_batch_size, examples=eval_examples,
+                                progress=args.progress)
         write_json_atomic(os.path.join(out_dir, EVAL_RESULTS), metrics)
     return FineTuneResult(model, out_dir, metrics, train_result)

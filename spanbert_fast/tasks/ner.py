@@ -42,6 +42,7 @@ from spanbert_fast.tasks.common import (
     SpanBertTaskModel,
     atomic_write,
     predict_batches,
+    progress_bar,
     read_utf8,
     saved_labels,
     truncation,
@@ -287,27 +288,31 @@ class NerTask:
         return [{"input_ids": f["input_ids"], "token_labels": f["token_labels"]} for f in features]
 
     def predict(self, model, tokenizer, sentences: List[ConllSentence], path: str,
-                batch_size: int = 64) -> List[List[str]]:
-        """Predicted tag of every word (``O`` for words cut by ``max_length``)."""
+                batch_size: int = 64, progress: bool = False) -> List[List[str]]:
+        """Predicted tag of every word (``O`` for words cut by ``max_length``); ``progress``: a
+        bar over the sentences."""
         from spanbert_fast.data.tokenizer import special_ids
 
         encoded = [encode_sentence(s, tokenizer, self.max_length, None, path) for s in sentences]
         inputs = [{"input_ids": f["input_ids"]} for f in encoded]
         predictions = []
-        for chunk, output in predict_batches(model, inputs, special_ids(tokenizer).pad, batch_size):
-            for best in output.logits.argmax(-1).tolist():
-                feature = encoded[len(predictions)]
-                tags = [OUTSIDE] * feature["n_words"]
-                for word, position in feature["first_subword"].items():
-                    tags[word] = model.labels[best[position]]
-                predictions.append(tags)
+        with progress_bar(len(inputs), "sentence", progress) as bar:
+            for chunk, output in predict_batches(model, inputs, special_ids(tokenizer).pad, batch_size):
+                for best in output.logits.argmax(-1).tolist():
+                    feature = encoded[len(predictions)]
+                    tags = [OUTSIDE] * feature["n_words"]
+                    for word, position in feature["first_subword"].items():
+                        tags[word] = model.labels[best[position]]
+                    predictions.append(tags)
+                bar.update(len(chunk))
         return predictions
 
     def evaluate(self, model, tokenizer, path: str, out_dir: Optional[str], batch_size: int = 64,
-                 examples: Optional[List[ConllSentence]] = None) -> dict:
-        """Entity P/R/F1 on ``path``; writes ``predictions.conll`` (word gold predicted) into ``out_dir``."""
+                 examples: Optional[List[ConllSentence]] = None, progress: bool = False) -> dict:
+        """Entity P/R/F1 on ``path``; writes ``predictions.conll`` (word gold predicted) into
+        ``out_dir`` (``progress``: a bar while predicting)."""
         sentences = self.read_eval(path, model) if examples is None else examples
-        predicted = self.predict(model, tokenizer, sentences, path, batch_size)
+        predicted = self.predict(model, tokenizer, sentences, path, batch_size, progress)
         scores = entity_scores([s.tags for s in sentences], predicted)
         if out_dir is not None:
             with atomic_write(os.path.join(out_dir, "predictions.conll")) as f:

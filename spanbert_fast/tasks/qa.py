@@ -50,6 +50,7 @@ from spanbert_fast.tasks.common import (
     SpanBertTaskModel,
     line_of,
     predict_batches,
+    progress_bar,
     read_utf8,
     write_json_atomic,
 )
@@ -533,24 +534,26 @@ class QuestionAnsweringTask:
                 yield {"input_ids": feature["input_ids"], "token_type_ids": feature["token_type_ids"],
                        "window": (index, context, feature)}
 
-    def predict(self, model, tokenizer, examples: List[SquadExample], version_2: bool,
-                batch_size: int = 64) -> Tuple[Dict[str, str], Dict[str, List[dict]], Dict[str, float]]:
+    def predict(self, model, tokenizer, examples: List[SquadExample], version_2: bool, batch_size: int = 64,
+                progress: bool = False) -> Tuple[Dict[str, str], Dict[str, List[dict]], Dict[str, float]]:
         """(predictions {qid: text}, n-best lists, null-score differences) for ``examples``.
 
         One pass: windows are made, scored and decoded example by example
         (:func:`score_windows`, :func:`decode_examples`), so the logits held at any time are one
-        batch's and one example's.
+        batch's and one example's. ``progress``: a bar over the questions decoded.
         """
         from spanbert_fast.data.tokenizer import special_ids
 
         windows = self.prediction_windows(examples, tokenizer)
         scored = score_windows(model, windows, special_ids(tokenizer).pad, batch_size)
+        decoded = decode_examples(examples, scored, n_best=self.n_best, max_answer_length=self.max_answer_length,
+                                  version_2=version_2, null_threshold=self.null_threshold)
         predictions, nbest, null_diffs = {}, {}, {}
-        for index, answer, candidates, null_diff in decode_examples(
-                examples, scored, n_best=self.n_best, max_answer_length=self.max_answer_length,
-                version_2=version_2, null_threshold=self.null_threshold):
-            qid = examples[index].qid
-            predictions[qid], nbest[qid], null_diffs[qid] = answer, candidates, null_diff
+        with progress_bar(len(examples), "question", progress) as bar:
+            for index, answer, candidates, null_diff in decoded:
+                qid = examples[index].qid
+                predictions[qid], nbest[qid], null_diffs[qid] = answer, candidates, null_diff
+                bar.update(1)
         return predictions, nbest, null_diffs
 
     def read_eval(self, path: str, model=None) -> List[SquadExample]:
@@ -559,12 +562,12 @@ class QuestionAnsweringTask:
         return read_squad(path, require_answers=False, check_offsets=False)
 
     def evaluate(self, model, tokenizer, path: str, out_dir: Optional[str], batch_size: int = 64,
-                 examples: Optional[List[SquadExample]] = None) -> dict:
+                 examples: Optional[List[SquadExample]] = None, progress: bool = False) -> dict:
         """EM/F1 on ``path``; writes ``predictions.json``, ``nbest_predictions.json`` (and v2.0
-        ``null_odds.json``) into ``out_dir``."""
+        ``null_odds.json``) into ``out_dir`` (``progress``: a bar while predicting)."""
         examples = self.read_eval(path, model) if examples is None else examples
         version_2 = bool(self.version_2) or any(e.is_impossible for e in examples)
-        predictions, nbest, null_diffs = self.predict(model, tokenizer, examples, version_2, batch_size)
+        predictions, nbest, null_diffs = self.predict(model, tokenizer, examples, version_2, batch_size, progress)
         metrics = squad_metrics(examples, predictions)
         if out_dir is not None:
             write_json_atomic(os.path.join(out_dir, "predictions.json"), predictions)
