@@ -11,6 +11,8 @@ dropout 0.1 on both models, all in one process so the ratios are side by side:
   (no SBO head: HF has none);
 * ``+compile``: the same model through ``torch.compile`` (default inductor; ``torch._dynamo``
   is reset before each compiled model so shapes of an earlier case do not leak in).
+* ``ours+cudagraph`` (CUDA only): our step captured once as a CUDA graph and replayed
+  (AdamW ``capturable=True``), as ``spanbert-fast pretrain --cuda-graphs`` trains.
 
 Cases: SpanBERT-base and -large at B32 x S512, every row a full 512-token block (``dense``),
 and a ``pad`` variant with real lengths uniform in [128, 512], padded to the batch's longest
@@ -171,26 +173,47 @@ def _hf_loss(model, batch):
 
 
 def make_step(model: torch.nn.Module, loss_fn: Callable, batch: Dict[str, torch.Tensor],
-              compile_backend: Optional[str]) -> Callable[[], None]:
-    """A closure running one optimizer step of ``model`` on ``batch`` (fresh fused AdamW)."""
+              compile_backend: Optional[str], cuda_graph: bool = False) -> Callable[[], None]:
+    """A closure running one optimizer step of ``model`` on ``batch`` (fresh fused AdamW).
+
+    ``cuda_graph``: the step is captured once (after eager warm-up steps on a side stream, as
+    ``spanbert_fast.cuda_graphs`` does in training) and the closure replays it.
+    """
     from spanbert_fast.training import parameter_groups
 
     cuda = next(model.parameters()).is_cuda
-    optimizer = torch.optim.AdamW(parameter_groups(model, WEIGHT_DECAY), lr=LR,
+    graph_options = {"capturable": True, "lr": torch.tensor(LR, device="cuda")} if cuda_graph else {"lr": LR}
+    optimizer = torch.optim.AdamW(parameter_groups(model, WEIGHT_DECAY), **graph_options,
                                   **({"fused": True} if cuda else {}))
     forward = model
     if compile_backend is not None:
         torch._dynamo.reset()
         forward = torch.compile(model, backend=compile_backend)
 
-    def step():
-        optimizer.zero_grad(set_to_none=True)
-        with torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext():
+    def update():
+        with torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=not cuda_graph) if cuda \
+                else contextlib.nullcontext():
             loss = loss_fn(forward, batch)
         loss.backward()
         optimizer.step()
 
-    return step
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        update()
+
+    if not cuda_graph:
+        return step
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):  # Triton compiles and autotunes, AdamW creates its state
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    optimizer.zero_grad(set_to_none=True)  # the capture allocates the grads each replay overwrites
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        update()
+    return graph.replay
 
 
 # --------------------------------------------------------------------------- measuring
@@ -247,14 +270,16 @@ def matmul_ceiling(smoke: bool) -> Result:
                   F.tflops(F.matmul_flops(size, size, size), ms), "MFU denominator of this run")
 
 
-def _impls(compile_backend: Optional[str], with_compile: bool):
-    """(name, family, compile backend) in measuring order; the baseline comes first."""
-    impls = [(BASELINE, "hf", None)]
+def _impls(compile_backend: Optional[str], with_compile: bool, with_graphs: bool):
+    """(name, family, compile backend, CUDA graph) in measuring order; the baseline comes first."""
+    impls = [(BASELINE, "hf", None, False)]
     if with_compile:
-        impls.append((f"{BASELINE}+compile", "hf", compile_backend))
-    impls.append(("ours", "ours", None))
+        impls.append((f"{BASELINE}+compile", "hf", compile_backend, False))
+    impls.append(("ours", "ours", None, False))
+    if with_graphs:
+        impls.append(("ours+cudagraph", "ours", None, True))
     if with_compile:
-        impls.append(("ours+compile", "ours", compile_backend))
+        impls.append(("ours+compile", "ours", compile_backend, False))
     return impls
 
 
@@ -291,14 +316,15 @@ def run(smoke: bool = False, presets: Optional[Sequence[str]] = None, variants: 
             loss_fn = _hf_loss if family == "hf" else _ours_loss
             for variant in variants:
                 case, batch = batches[variant]
-                for impl, impl_family, impl_compile in _impls(compile_backend, with_compile):
+                for impl, impl_family, impl_compile, impl_graph in _impls(compile_backend, with_compile,
+                                                                          with_graphs=cuda and not smoke):
                     if impl_family != family:
                         continue
                     inputs = batch.hf if family == "hf" else batch.ours
                     failure = None
                     try:
                         impl_rows, ms, peak = _measure_impl(model, loss_fn, inputs, impl_compile, smoke, cuda,
-                                                            family == "ours")
+                                                            family == "ours" and not impl_graph, impl_graph)
                     except Exception as err:  # an OOM or compile error of one impl must not lose the others
                         if smoke:
                             raise
@@ -319,9 +345,9 @@ def run(smoke: bool = False, presets: Optional[Sequence[str]] = None, variants: 
     return rows
 
 
-def _measure_impl(model, loss_fn, inputs, compile_backend, smoke, cuda, check_syncs):
+def _measure_impl(model, loss_fn, inputs, compile_backend, smoke, cuda, check_syncs, cuda_graph=False):
     """``(extra rows, ms per step, peak MB)`` of one implementation on one batch."""
-    step = make_step(model, loss_fn, inputs, compile_backend)
+    step = make_step(model, loss_fn, inputs, compile_backend, cuda_graph)
     ms = time_step(step, smoke)
     peak = step_peak_mb(step) if cuda else None
     extra_rows = []
