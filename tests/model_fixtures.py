@@ -28,13 +28,15 @@ def tiny_batch(vocab_size: int = 97, seed: int = 0):
     mlm_positions = torch.tensor([3, 4, 5, length + 2])
     mlm_labels = labels.flatten()[mlm_positions].clone()
     input_ids.view(-1)[mlm_positions] = 3  # [MASK]
+    sbo_left, sbo_right = torch.tensor([2, 2, 2, length + 1]), torch.tensor([6, 6, 6, length + 3])
     return dict(
         input_ids=input_ids,
         attention_mask=attention_mask,
         mlm_positions=mlm_positions,
         mlm_labels=mlm_labels,
-        sbo_left=torch.tensor([2, 2, 2, length + 1]),
-        sbo_right=torch.tensor([6, 6, 6, length + 3]),
+        sbo_left=sbo_left,
+        sbo_right=sbo_right,
         sbo_rel_pos=torch.tensor([0, 1, 2, 0]),
         sbo_labels=mlm_labels.clone(),
+        head_rows=torch.unique(torch.cat([mlm_positions, sbo_left, sbo_right])),  # [2, 3, 4, 5, 6, 11, 12, 13]
     )

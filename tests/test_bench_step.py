@@ -42,6 +42,9 @@ def test_make_batch_formats_agree():
     targets = left + 1 + ours["sbo_rel_pos"]
     assert torch.isin(targets, masked).all()
     assert torch.equal(ours["sbo_labels"], labels[targets])
+    # head_rows comes with the batch, so the last layer skips the other rows without a host sync
+    head_rows = torch.unique(torch.cat([ours["mlm_positions"], ours["sbo_left"], ours["sbo_right"]]))
+    assert torch.equal(ours["head_rows"], head_rows)
 
 
 def test_full_size_batch_is_span_masked():

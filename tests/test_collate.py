@@ -110,11 +110,27 @@ def test_packed_form_maps_every_index(masked_blocks):
         pack_batch(left_padded)
 
 
+def union_of_head_indices(batch):
+    return torch.unique(torch.cat([batch["mlm_positions"], batch["sbo_left"], batch["sbo_right"]]))
+
+
+def test_head_rows_are_the_sorted_union_of_the_head_indices(masked_blocks):
+    batch = collate_masked_blocks(masked_blocks, SPECIALS)
+    assert torch.equal(batch["head_rows"], union_of_head_indices(batch))
+    assert batch["head_rows"].numel() < batch["mlm_positions"].numel() + 2 * batch["sbo_left"].numel()  # shared boundaries
+    packed = pack_batch(batch)
+    assert torch.equal(packed["head_rows"], union_of_head_indices(packed))
+    assert torch.equal(packed["unpad_index"][packed["head_rows"]], batch["head_rows"])  # the same tokens
+    without = {k: v for k, v in batch.items() if k != "head_rows"}  # e.g. a hand-made padded batch
+    assert torch.equal(pack_batch(without)["head_rows"], packed["head_rows"])
+
+
 def test_batch_stream_can_yield_packed_batches():
     dataset = InMemoryBlocks(20)
     padded = PretrainingBatches(dataset, batch_size=4, seed=1).make_batch(0, 2)
     packed = PretrainingBatches(dataset, batch_size=4, seed=1, packed=True).make_batch(0, 2)
     expected = pack_batch(padded)
+    assert "head_rows" in padded and "head_rows" in packed  # what `spanbert-fast pretrain` feeds the model
     assert packed.keys() == expected.keys() and packed["max_seqlen"] == expected["max_seqlen"]
     for key, value in expected.items():
         if torch.is_tensor(value):

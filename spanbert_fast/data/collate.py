@@ -10,9 +10,12 @@ Padded batch (keys agreed with the model side; all int64 torch tensors)::
     sbo_right      [K]     flat index of its right boundary (e + 1)
     sbo_rel_pos    [K]     target position inside its (merged) span, 0..14
     sbo_labels     [K]     original id of the target
+    head_rows      [R]     sorted unique union of mlm_positions, sbo_left and sbo_right
 
 ``L`` is the longest block of the batch plus 2 (optionally rounded up to ``pad_to_multiple_of``).
-The model gathers ``hidden.flatten(0, 1)[mlm_positions]`` and likewise for the SBO boundaries.
+The model gathers ``hidden.flatten(0, 1)[mlm_positions]`` and likewise for the SBO boundaries;
+``head_rows`` (every row some head reads) lets its last layer skip the other rows past attention
+without a host sync (``torch.unique`` on the GPU would need one, here it is CPU work).
 
 :func:`pack_batch` turns a padded batch into the varlen layout (``cu_seqlens`` int32 [B+1],
 ``max_seqlen``), remapping every flat index into the packed token axis.
@@ -29,8 +32,9 @@ from .tokenizer import SpecialIds
 
 BATCH_KEYS = (
     "input_ids", "attention_mask", "mlm_positions", "mlm_labels",
-    "sbo_left", "sbo_right", "sbo_rel_pos", "sbo_labels",
+    "sbo_left", "sbo_right", "sbo_rel_pos", "sbo_labels", "head_rows",
 )
+PER_BLOCK_KEYS = BATCH_KEYS[2:-1]  # concatenated block after block; head_rows is derived from them
 
 
 def collate_masked_blocks(
@@ -45,7 +49,7 @@ def collate_masked_blocks(
         width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
     input_ids = np.full((len(blocks), width), special_ids.pad, dtype=np.int64)
     attention_mask = np.zeros((len(blocks), width), dtype=np.int64)
-    fields = {key: [] for key in BATCH_KEYS[2:]}
+    fields = {key: [] for key in PER_BLOCK_KEYS}
     for row, block in enumerate(blocks):
         n = block.input_ids.size
         input_ids[row, 0] = special_ids.cls
@@ -62,7 +66,13 @@ def collate_masked_blocks(
     batch = {"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(attention_mask)}
     for key, parts in fields.items():
         batch[key] = torch.from_numpy(np.concatenate(parts).astype(np.int64, copy=False))
+    batch["head_rows"] = head_rows(batch["mlm_positions"], batch["sbo_left"], batch["sbo_right"])
     return batch
+
+
+def head_rows(mlm_positions: torch.Tensor, sbo_left: torch.Tensor, sbo_right: torch.Tensor) -> torch.Tensor:
+    """The rows the pre-training heads read: sorted unique union of the three index tensors."""
+    return torch.unique(torch.cat([mlm_positions, sbo_left, sbo_right]), sorted=True)
 
 
 def cu_seqlens_from_mask(attention_mask: torch.Tensor):
@@ -80,8 +90,9 @@ def pack_batch(batch: Dict[str, torch.Tensor]) -> Dict[str, object]:
     ``position_ids`` [T] (0.. within each sequence), ``cu_seqlens`` int32 [B+1],
     ``max_seqlen`` (a Python int), ``unpad_index`` [T] (flat index of each packed token in the
     padded B·L grid: ``hidden_padded.flatten(0, 1)[unpad_index]`` packs a padded tensor), and
-    ``mlm_positions`` / ``sbo_left`` / ``sbo_right`` remapped to indices into the packed axis;
-    labels and ``sbo_rel_pos`` are unchanged. Padding must be on the right.
+    ``mlm_positions`` / ``sbo_left`` / ``sbo_right`` remapped to indices into the packed axis,
+    and their ``head_rows`` (computed when the padded batch has none); labels and ``sbo_rel_pos``
+    are unchanged. Padding must be on the right.
     """
     attention_mask = batch["attention_mask"]
     rows, width = attention_mask.shape
@@ -106,4 +117,7 @@ def pack_batch(batch: Dict[str, torch.Tensor]) -> Dict[str, object]:
         packed[key] = grid_to_packed[batch[key]]
     for key in ("mlm_labels", "sbo_rel_pos", "sbo_labels"):
         packed[key] = batch[key]
+    # grid_to_packed grows along the real tokens, so it keeps head_rows sorted and unique.
+    packed["head_rows"] = (grid_to_packed[batch["head_rows"]] if "head_rows" in batch
+                           else head_rows(packed["mlm_positions"], packed["sbo_left"], packed["sbo_right"]))
     return packed
