@@ -8,7 +8,7 @@ transformers = pytest.importorskip("transformers")
 
 from helpers import DEVICE  # noqa: E402
 from spanbert_fast import ops, patch_hf_bert  # noqa: E402
-from spanbert_fast.tasks.patch_hf import key_padding_from_mask  # noqa: E402
+from spanbert_fast.tasks.patch_hf import SUPPORTED_ATTN_IMPLEMENTATIONS, key_padding_from_mask  # noqa: E402
 
 TOL = 1e-5  # fp32 parity (tests/helpers.py FP32_TOL); the masked loss sums over ~10 rows only
 
@@ -86,6 +86,38 @@ def test_masked_lm_parity(attn_implementation, monkeypatch):
     torch.testing.assert_close(logits[real], expected[real], atol=TOL, rtol=TOL)
 
 
+def test_masked_lm_parity_with_flex_attention(monkeypatch):
+    """attn_implementation="flex_attention" hands each layer a BlockMask: read as the same padding.
+
+    Forward against the unpatched flex model; gradients against the unpatched model on eager
+    attention (same weights), since flex attention has no backward on CPU.
+    """
+    torch.manual_seed(5)
+    reference = transformers.BertForMaskedLM(tiny_bert_config("flex_attention")).eval()
+    patched = patch_hf_bert(copy.deepcopy(reference), backend="torch")
+    calls = count_op_calls(monkeypatch)
+    input_ids, attention_mask, labels = batch(seed=5)
+    out = patched(input_ids=input_ids, attention_mask=attention_mask, labels=labels, output_hidden_states=True)
+    with torch.no_grad():
+        ref = reference(input_ids=input_ids, attention_mask=attention_mask, labels=labels, output_hidden_states=True)
+    assert calls["attention"] == 2  # our op ran on both layers, not a fallback
+    torch.testing.assert_close(out.loss, ref.loss, atol=TOL, rtol=TOL)
+    real = attention_mask.bool()
+    for mine, theirs in zip(out.hidden_states, ref.hidden_states):  # row 1 is padded: the mask was applied
+        torch.testing.assert_close(mine[real], theirs[real], atol=TOL, rtol=TOL)
+    with torch.no_grad():
+        logits = patched(input_ids=input_ids, attention_mask=attention_mask).logits
+        expected = reference(input_ids=input_ids, attention_mask=attention_mask).logits
+    torch.testing.assert_close(logits[real], expected[real], atol=TOL, rtol=TOL)
+
+    eager = copy.deepcopy(reference)
+    eager.set_attn_implementation("eager")
+    assert eager.config._attn_implementation == "eager" and reference.config._attn_implementation == "flex_attention"
+    out.loss.backward()
+    eager(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss.backward()
+    assert_grads_match(patched, eager)
+
+
 def test_pretraining_parity_with_nsp_loss(monkeypatch):
     torch.manual_seed(1)
     reference = transformers.BertForPreTraining(tiny_bert_config("sdpa")).eval()
@@ -131,6 +163,33 @@ def test_key_padding_from_each_mask_format():
     assert torch.equal(key_padding_from_mask(keep[:, None, None, :].expand(2, 1, 3, 3), 2), keep)
     assert torch.equal(key_padding_from_mask(keep.long(), 2), keep)
     assert key_padding_from_mask(torch.ones(2, 3), 2) is None and key_padding_from_mask(None, 2) is None
+
+
+@pytest.mark.parametrize("attn_implementation", SUPPORTED_ATTN_IMPLEMENTATIONS)
+def test_key_padding_from_the_mask_transformers_builds(attn_implementation):
+    """Each supported implementation's own mask (4-D, 2-D or a flex BlockMask) reads as the padding."""
+    from transformers.masking_utils import create_bidirectional_mask
+
+    config = tiny_bert_config(attn_implementation)
+    _, attention_mask, _ = batch()
+    embeddings = torch.zeros(2, 10, 32)
+    built = create_bidirectional_mask(config=config, inputs_embeds=embeddings, attention_mask=attention_mask)
+    assert torch.equal(key_padding_from_mask(built, 2), attention_mask.bool())
+    unpadded = create_bidirectional_mask(config=config, inputs_embeds=embeddings,
+                                         attention_mask=torch.ones_like(attention_mask))
+    assert key_padding_from_mask(unpadded, 2) is None
+
+
+def test_refuses_other_attn_implementations_naming_the_supported_ones():
+    config = tiny_bert_config("eager")
+    model = transformers.BertForMaskedLM(config)
+    config._attn_implementation_internal = "paged|sdpa"  # as set_attn_implementation would leave it
+    supported = "'eager', 'sdpa', 'flex_attention', 'flash_attention_2'"
+    with pytest.raises(ValueError, match=f"attn_implementation 'paged|sdpa' is not supported; .*{supported}"):
+        patch_hf_bert(model, backend="torch")
+    assert patch_hf_bert(model, backend="torch", attention=False)._spanbert_patched["attention"] == 0
+    with pytest.raises(ValueError, match=f"unexpected attention mask of type dict; .*{supported}"):
+        key_padding_from_mask({"mask": None}, 2)  # a mask form that appeared after patching
 
 
 def test_refuses_decoders_and_other_models():

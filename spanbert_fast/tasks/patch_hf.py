@@ -4,7 +4,10 @@
 parameters, no copies; ``state_dict`` and ``save_pretrained`` are unchanged):
 
 * every ``BertSelfAttention``: q/k/v projections as before, then :func:`spanbert_fast.ops.attention`
-  (key-padding mask read from the mask transformers built; attention dropout inside the op);
+  (key-padding mask read from the mask transformers built; attention dropout inside the op).
+  That mask depends on the model's ``attn_implementation``: ``eager`` / ``sdpa`` (a 4-D mask),
+  ``flex_attention`` (a ``BlockMask``) and ``flash_attention_2/3/4`` (a 2-D mask) are read;
+  other implementations (paged, hub kernels) are refused by :func:`patch_hf_bert`;
 * every ``BertSelfOutput`` / ``BertOutput``: ``dense`` without its bias, then
   :func:`spanbert_fast.ops.bias_dropout_add_layernorm` (bias + dropout + residual + LayerNorm);
 * ``BertForMaskedLM`` / ``BertForPreTraining`` called **with labels** (for pre-training: with
@@ -21,7 +24,7 @@ attention. Decoder (causal) and cross-attention BERTs are refused.
 from __future__ import annotations
 
 import types
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -30,16 +33,56 @@ from spanbert_fast import ops
 from spanbert_fast.tasks.common import IGNORE_INDEX
 
 
-def key_padding_from_mask(attention_mask: Optional[torch.Tensor], batch: int) -> Optional[torch.Tensor]:
+# attn_implementation values whose attention mask key_padding_from_mask reads.
+SUPPORTED_ATTN_IMPLEMENTATIONS: Tuple[str, ...] = (
+    "eager", "sdpa", "flex_attention", "flash_attention_2", "flash_attention_3", "flash_attention_4")
+
+
+def _supported_list() -> str:
+    return ", ".join(repr(name) for name in SUPPORTED_ATTN_IMPLEMENTATIONS)
+
+
+def _is_block_mask(mask) -> bool:
+    try:
+        from torch.nn.attention.flex_attention import BlockMask
+    except ImportError:  # a torch without flex attention makes no BlockMask
+        return False
+    return isinstance(mask, BlockMask)
+
+
+def _key_padding_from_block_mask(block_mask) -> torch.Tensor:
+    """``[B|1, S]`` keep-mask of a flex-attention ``BlockMask``: its ``mask_mod`` at query 0.
+
+    Evaluated once per mask object and kept on it (every layer of a forward gets the same one).
+    """
+    keep = getattr(block_mask, "_spanbert_key_padding", None)
+    if keep is None:
+        from torch.nn.attention.flex_attention import create_mask
+
+        mask_batch, _, _, kv_length = block_mask.shape
+        keep = create_mask(block_mask.mask_mod, mask_batch, 1, 1, kv_length,
+                           device=block_mask.kv_num_blocks.device)[:, 0, 0, :]
+        block_mask._spanbert_key_padding = keep
+    return keep
+
+
+def key_padding_from_mask(attention_mask, batch: int) -> Optional[torch.Tensor]:
     """``[B, S]`` bool keep-mask (True = real key) from a transformers attention mask.
 
-    Accepts ``None``, a 2-D ``[B, S]`` 0/1 mask, or the 4-D ``[B|1, 1, Q, S]`` mask of a
-    bidirectional encoder (bool: True = attend; float: 0 = attend, very negative = masked), whose
-    rows are all the same key mask; row 0 is read. Returns ``None`` when nothing is masked.
+    Accepts ``None``, a 2-D ``[B, S]`` 0/1 mask (flash-attention implementations), the 4-D
+    ``[B|1, 1, Q, S]`` mask of a bidirectional encoder (eager / sdpa; bool: True = attend;
+    float: 0 = attend, very negative = masked), whose rows are all the same key mask (row 0 is
+    read), or a flex-attention ``BlockMask`` (its mask function at query 0). Returns ``None``
+    when nothing is masked.
     """
     if attention_mask is None:
         return None
-    if attention_mask.dim() == 2:
+    if _is_block_mask(attention_mask):
+        keep = _key_padding_from_block_mask(attention_mask).expand(batch, -1)
+    elif not isinstance(attention_mask, torch.Tensor):
+        raise ValueError(f"patch_hf_bert: unexpected attention mask of type {type(attention_mask).__name__}; "
+                         f"the supported attn_implementation values are {_supported_list()}")
+    elif attention_mask.dim() == 2:
         keep = attention_mask.bool()
     elif attention_mask.dim() == 4:
         row = attention_mask[:, 0, 0, :]
@@ -164,6 +207,11 @@ def patch_hf_bert(model, backend: str = "auto", *, attention: bool = True, subla
     if getattr(config, "is_decoder", False) or getattr(config, "add_cross_attention", False):
         raise ValueError("patch_hf_bert supports bidirectional encoders only (config.is_decoder and "
                          "config.add_cross_attention must be False)")
+    implementation = getattr(config, "_attn_implementation", None) or "eager"
+    if attention and implementation not in SUPPORTED_ATTN_IMPLEMENTATIONS:
+        raise ValueError(f"patch_hf_bert: attn_implementation {implementation!r} is not supported; load the "
+                         f"model with attn_implementation= one of {_supported_list()} (or patch with "
+                         "attention=False)")
     counts = {"attention": 0, "sublayer_output": 0, "mlm_loss": 0}
     for module in model.modules():
         if attention and isinstance(module, hf.BertSelfAttention):
