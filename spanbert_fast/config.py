@@ -37,6 +37,9 @@ class SpanBertConfig:
     sbo_loss_weight: float = 1.0
     # Optional symmetric local attention: each token sees keys within ±window (None = full).
     attention_window: Optional[int] = None
+    # Pre-training: the last layer's output projection, residual + LayerNorm and feed-forward run
+    # only at the rows the MLM and SBO heads read (same loss and gradients, less work).
+    last_layer_subset: bool = True
 
     def __post_init__(self):
         if self.hidden_size % self.num_attention_heads:

@@ -9,7 +9,12 @@ Reads like the paper (Joshi et al., 2020) and DESIGN §1:
     SBO head    = LN2(GeLU(LN1(GeLU([h_{s-1}; h_{e+1}; p_i] W_1 + b_1)) W_2 + b_2)) E^T + b'
 
 Both heads run **only at the rows they predict** (gather first, then transform,
-then the masked-position loss), never over the whole sequence.
+then the masked-position loss), never over the whole sequence. So does the end of the
+last layer: with ``config.last_layer_subset`` (the default) the last layer computes
+q, k, v and attention for every token, then keeps only the ``head_rows`` the heads read
+(masked tokens and SBO boundaries) for its output projection, residual + LayerNorm and
+feed-forward (flash-attention's ``last_layer_subset``, MosaicBERT's ``subset_idx``).
+The loss and every gradient are those of the full last layer.
 
 Module and parameter names follow HF ``BertForPreTraining`` (``bert.encoder.layer.N.
 attention.self.query`` ...) and the SpanBERT reference code for the SBO head
@@ -34,9 +39,16 @@ key                 shape       meaning
 ``sbo_right``       [K]         flat index of its right boundary token ``e + 1``
 ``sbo_rel_pos``     [K]         the target's 0-based position inside its span, < ``sbo_max_targets``
 ``sbo_labels``      [K]         original token id of the target
+``head_rows``       [R]         optional: sorted union of ``mlm_positions``, ``sbo_left`` and
+                                ``sbo_right`` (the rows the heads read)
 ==================  ==========  =================================================================
 
 All index tensors are int64. Flat indices address ``hidden.flatten(0, 1)``.
+
+``head_rows`` must be sorted ascending and hold every head index (duplicates are allowed, so a
+fixed-capacity buffer padded by repeating its last row keeps shapes static). The collator and
+``pack_batch`` compute it on the CPU; without it the model takes ``torch.unique`` of the union
+itself, which costs one host sync on CUDA.
 """
 from __future__ import annotations
 
@@ -54,7 +66,7 @@ from spanbert_fast.config import SpanBertConfig
 # --------------------------------------------------------------------------- outputs
 @dataclasses.dataclass
 class EncoderOutput:
-    last_hidden_state: torch.Tensor  # [B, L, d]; [T, d] for packed input
+    last_hidden_state: torch.Tensor  # [B, L, d]; [T, d] for packed input; [R, d] with last_layer_rows
     hidden_states: Optional[Tuple[torch.Tensor, ...]] = None  # embeddings + every layer, on request
 
 
@@ -67,7 +79,10 @@ class PreTrainingOutput:
     sbo_correct: torch.Tensor  # int64 count of SBO targets predicted right
     mlm_count: torch.Tensor  # int64 number of masked positions
     sbo_count: torch.Tensor  # int64 number of SBO targets
-    last_hidden_state: torch.Tensor  # [B, L, d]; [T, d] for packed input
+    # config.last_layer_subset: [R, d], the final states at head_rows only (the last layer ran
+    # nowhere else); otherwise the full [B, L, d], or [T, d] for packed input, and head_rows None.
+    last_hidden_state: torch.Tensor
+    head_rows: Optional[torch.Tensor] = None  # [R] flat rows (batch index space) of last_hidden_state
 
     def metrics(self) -> dict:
         """Per-head losses and accuracies as tensors (no host sync; the trainer logs them)."""
@@ -92,6 +107,14 @@ class VarlenLayout:
     def repad(self, packed: torch.Tensor) -> torch.Tensor:
         """``[T, d]`` -> ``[B, L, d]`` with zeros at padding (packed input stays packed)."""
         return packed if self.rows is None else ops.repad(packed, self.rows, self.batch, self.seq_len)
+
+    def token_index(self, flat_rows: torch.Tensor) -> torch.Tensor:
+        """Flat rows of the padded ``[B * L]`` grid (real tokens) -> their index in ``[T]``.
+
+        ``rows`` is sorted (``ops.unpad`` keeps row-major order), so a binary search finds
+        each one without a host sync. Packed input is indexed by token already.
+        """
+        return flat_rows if self.rows is None else torch.searchsorted(self.rows, flat_rows)
 
 
 # --------------------------------------------------------------------------- building blocks
@@ -191,8 +214,14 @@ class Attention(nn.Module):
         self.self = SelfAttention(config)  # HF key names: attention.self.query ...
         self.output = SublayerOutput(config.hidden_size, config)
 
-    def forward(self, x, attention_mask, varlen=None) -> torch.Tensor:
-        return self.output(self.self(x, attention_mask, varlen), residual=x)
+    def forward(self, x, attention_mask, varlen=None, rows: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``rows`` [R]: attend from every token, but continue only at these flat rows of ``x``
+        (output ``[R, d]``): the output projection and everything after it skip the others."""
+        context = self.self(x, attention_mask, varlen)
+        if rows is not None:
+            d = x.shape[-1]
+            context, x = context.reshape(-1, d)[rows], x.reshape(-1, d)[rows]
+        return self.output(context, residual=x)
 
 
 class Intermediate(nn.Module):
@@ -213,8 +242,9 @@ class EncoderLayer(nn.Module):
         self.intermediate = Intermediate(config)
         self.output = SublayerOutput(config.intermediate_size, config)
 
-    def forward(self, x, attention_mask, varlen=None) -> torch.Tensor:
-        x = self.attention(x, attention_mask, varlen)
+    def forward(self, x, attention_mask, varlen=None, rows: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``rows``: see :meth:`Attention.forward`; the feed-forward then runs on those ``[R, d]`` only."""
+        x = self.attention(x, attention_mask, varlen, rows)
         return self.output(self.intermediate(x), residual=x)
 
 
@@ -249,7 +279,7 @@ class MLMHead(BackendMixin, nn.Module):
         self.bias = nn.Parameter(torch.zeros(config.vocab_size))
 
     def loss(self, hidden_flat, positions, labels, decoder_weight, validate: bool = True):
-        """``(mean CE, n_correct)`` at ``positions`` of ``hidden_flat`` [B*L, d]."""
+        """``(mean CE, n_correct)`` at ``positions``, rows of ``hidden_flat`` ([B*L, d], [T, d] or [R, d])."""
         rows = self.transform(hidden_flat[positions])
         return ops.masked_lm_loss(rows, labels, decoder_weight, self.bias, validate=validate, backend=self.backend)
 
@@ -393,11 +423,17 @@ class SpanBertModel(SpanBertPreTrainedModel):
         position_ids: Optional[torch.Tensor] = None,  # packed input: [T] position inside each sequence
         cu_seqlens: Optional[torch.Tensor] = None,  # packed input: [B + 1] int32 sequence offsets
         max_seqlen: Optional[int] = None,  # packed input: longest sequence
+        last_layer_rows: Optional[torch.Tensor] = None,  # [R] sorted flat rows: the last layer ends only there
     ) -> EncoderOutput:
         """Hidden states ``[B, L, d]`` of a padded batch, or ``[T, d]`` of a packed one.
 
         Packed input (``spanbert_fast.data.collate.pack_batch``) has no padding at all and
         needs no host sync; its ``cu_seqlens`` are trusted (not re-validated).
+
+        ``last_layer_rows`` (flat indices into ``[B * L]``, or ``[T]`` for packed input,
+        sorted ascending): the last layer still attends over every token, but computes its
+        output only at these rows; ``last_hidden_state`` is then ``[R, d]`` in that order
+        (so is the last of ``hidden_states``). Pre-training passes the rows its heads read.
         """
         if cu_seqlens is not None:
             if input_ids.dim() != 1 or position_ids is None or max_seqlen is None or attention_mask is not None:
@@ -405,7 +441,7 @@ class SpanBertModel(SpanBertPreTrainedModel):
                                  "max_seqlen, and no attention_mask")
             x = self.embeddings(input_ids, token_type_ids, position_ids)
             return self._encode(x, None, VarlenLayout(cu_seqlens.to(torch.int32), int(max_seqlen)),
-                                output_hidden_states)
+                                output_hidden_states, last_layer_rows)
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be [batch, seq_len], got shape {tuple(input_ids.shape)}")
         if attention_mask is not None and attention_mask.shape != input_ids.shape:
@@ -417,29 +453,41 @@ class SpanBertModel(SpanBertPreTrainedModel):
         varlen = None
         if mask is not None and ops.resolve_attention_backend(self.backend, x, self.config.head_dim) == "triton":
             # Unpad once: every layer then runs on the [T, d] real tokens (varlen attention)
-            # and the states are repadded at the end; one host sync per forward.
+            # and the states are repadded at the end (not the [R, d] last_layer_rows); one host
+            # sync per forward.
             x, rows, cu_seqlens, max_seqlen = ops.unpad(x, mask)
             varlen = VarlenLayout(cu_seqlens, max_seqlen, rows, *input_ids.shape)
-        return self._encode(x, mask, varlen, output_hidden_states)
+        return self._encode(x, mask, varlen, output_hidden_states, last_layer_rows)
 
-    def _encode(self, x, mask, varlen: Optional[VarlenLayout], output_hidden_states: bool) -> EncoderOutput:
-        """Run the layers on embeddings ``x`` (padded with ``mask``, or packed with ``varlen``)."""
+    def _encode(self, x, mask, varlen: Optional[VarlenLayout], output_hidden_states: bool,
+                last_layer_rows: Optional[torch.Tensor] = None) -> EncoderOutput:
+        """Run the layers on embeddings ``x`` (padded with ``mask``, or packed with ``varlen``);
+        the last one only up to its attention outside ``last_layer_rows``."""
+        subset = None
+        if last_layer_rows is not None:  # the layers index x: unpadded tokens when varlen
+            subset = last_layer_rows if varlen is None else varlen.token_index(last_layer_rows)
+        *layers, last_layer = self.encoder.layer
         all_states = [x] if output_hidden_states else None
-        for layer in self.encoder.layer:
+        for layer in layers:
             x = layer(x, mask, varlen)
             if all_states is not None:
                 all_states.append(x)
         if varlen is not None:
-            x = varlen.repad(x)
             all_states = None if all_states is None else [varlen.repad(h) for h in all_states]
+        x = last_layer(x, mask, varlen, subset)
+        if varlen is not None and subset is None:
+            x = varlen.repad(x)
+        if all_states is not None:
+            all_states.append(x)
         return EncoderOutput(x, tuple(all_states) if all_states is not None else None)
 
 
 class SpanBertForPreTraining(SpanBertPreTrainedModel):
     """Encoder + MLM head + SBO head; loss = MLM CE + ``sbo_loss_weight`` × SBO CE."""
 
-    # The Triton loss checks that every label is a vocabulary id (two host syncs per step).
-    # `spanbert-fast pretrain` turns this off: its masker already checked the ids.
+    # The Triton loss checks that every label is a vocabulary id (two host syncs per step), and
+    # a batch's head_rows are checked to hold every head index (three more on CUDA).
+    # `spanbert-fast pretrain` turns this off: its masker checked the ids, its collator the rows.
     validate_targets: bool = True
 
     def __init__(self, config: SpanBertConfig):
@@ -467,11 +515,14 @@ class SpanBertForPreTraining(SpanBertPreTrainedModel):
         position_ids: Optional[torch.Tensor] = None,
         cu_seqlens: Optional[torch.Tensor] = None,
         max_seqlen: Optional[int] = None,
+        head_rows: Optional[torch.Tensor] = None,
         **unused,
     ) -> PreTrainingOutput:
         """One pre-training forward on a collated batch (format in the module docstring),
         padded or packed (``pack_batch``: indices then address the packed tokens).
 
+        With ``config.last_layer_subset`` the last layer ends only at ``head_rows`` (computed
+        here when the batch has none) and the heads index those ``[R, d]`` rows.
         Extra batch keys (e.g. ``unpad_index``) are accepted and ignored.
         """
         required = dict(mlm_positions=mlm_positions, mlm_labels=mlm_labels, sbo_left=sbo_left,
@@ -479,11 +530,22 @@ class SpanBertForPreTraining(SpanBertPreTrainedModel):
         missing = [name for name, value in required.items() if value is None]
         if missing:
             raise ValueError(f"SpanBertForPreTraining.forward needs the batch keys {missing} (see spanbert_fast.model)")
-        hidden = self.bert(input_ids, attention_mask, token_type_ids, position_ids=position_ids,
-                           cu_seqlens=cu_seqlens, max_seqlen=max_seqlen).last_hidden_state
-        hidden_flat = hidden.reshape(-1, hidden.shape[-1])  # [B * L, d] or packed [T, d]
-        heads = self.cls
         validate = self.validate_targets
+        check_head_rows = validate and head_rows is not None  # the batch's; ours below are right by construction
+        if not self.config.last_layer_subset:
+            head_rows = None
+        elif head_rows is None:
+            head_rows = torch.unique(torch.cat([mlm_positions, sbo_left, sbo_right]))  # sorted; a host sync on CUDA
+        hidden = self.bert(input_ids, attention_mask, token_type_ids, position_ids=position_ids,
+                           cu_seqlens=cu_seqlens, max_seqlen=max_seqlen, last_layer_rows=head_rows).last_hidden_state
+        hidden_flat = hidden.reshape(-1, hidden.shape[-1])  # [B * L, d], packed [T, d], or [R, d] at head_rows
+        if head_rows is not None:  # batch rows -> rows of the subset
+            mlm_positions, sbo_left, sbo_right = (
+                self._subset_index(head_rows, index, labels, name, check_head_rows)
+                for name, index, labels in (("mlm_positions", mlm_positions, mlm_labels),
+                                            ("sbo_left", sbo_left, sbo_labels), ("sbo_right", sbo_right, sbo_labels))
+            )
+        heads = self.cls
         mlm_loss, mlm_correct = heads.predictions.loss(
             hidden_flat, mlm_positions, mlm_labels, self.decoder_weight, validate
         )
@@ -499,7 +561,29 @@ class SpanBertForPreTraining(SpanBertPreTrainedModel):
             mlm_count=(mlm_labels != -100).sum(),
             sbo_count=(sbo_labels != -100).sum(),
             last_hidden_state=hidden,
+            head_rows=head_rows,
         )
+
+    @staticmethod
+    def _subset_index(head_rows: torch.Tensor, index: torch.Tensor, labels: torch.Tensor, name: str,
+                      check: bool) -> torch.Tensor:
+        """Where each flat row of ``index`` sits in the sorted ``head_rows`` (binary search, no sync).
+
+        ``check`` makes sure it is really there (one host sync on CUDA): a ``head_rows`` that
+        misses a head index or is not sorted would otherwise silently train on the wrong rows.
+        Rows of ignored targets (label -100, e.g. fixed-capacity padding) may point anywhere;
+        past the last head row they are clamped onto it.
+        """
+        subset_index = torch.searchsorted(head_rows, index).clamp_(max=max(head_rows.numel() - 1, 0))
+        if check:
+            valid = labels != -100
+            if head_rows.numel():
+                ok = torch.equal(torch.where(valid, head_rows[subset_index], index), index)
+            else:
+                ok = not valid.any()
+            if not ok:
+                raise ValueError(f"head_rows must be sorted and contain every index of {name}")
+        return subset_index
 
     def mlm_logits(self, hidden: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Full-vocabulary MLM logits ``[M, V]`` at flat ``positions`` of ``hidden`` [B, L, d]."""

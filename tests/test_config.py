@@ -6,7 +6,7 @@ from spanbert_fast import SpanBertConfig
 
 
 def test_round_trip_through_config_json(tmp_path):
-    config = SpanBertConfig.preset("tiny", attention_window=64, sbo_loss_weight=0.5)
+    config = SpanBertConfig.preset("tiny", attention_window=64, sbo_loss_weight=0.5, last_layer_subset=False)
     config.save(tmp_path)
     assert SpanBertConfig.load(tmp_path) == config
     values = json.loads((tmp_path / "config.json").read_text())
@@ -19,7 +19,7 @@ def test_reads_hf_bert_config_with_extra_fields(tmp_path):
           "vocab_size": 28996, "torch_dtype": "float16", "transformers_version": "4.0", "directionality": "bidi"}
     (tmp_path / "config.json").write_text(json.dumps(hf))
     config = SpanBertConfig.load(tmp_path)
-    assert config.hidden_size == 64 and config.sbo_max_targets == 15
+    assert config.hidden_size == 64 and config.sbo_max_targets == 15 and config.last_layer_subset
 
 
 @pytest.mark.parametrize("bad, match", [
