@@ -1,0 +1,35 @@
+"""The step profiler (benchmarks/profile_step.py) runs and writes its files (CPU smoke), and
+sorts GPU kernel names into the right categories."""
+import csv
+
+import pytest
+
+from benchmarks import profile_step
+
+
+@pytest.mark.parametrize("name,expected", [
+    ("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64", "gemm"),
+    ("nvjet_tst_128x192_64x4_2x1_v_bz_coopA_NNT", "gemm"),
+    ("_attention_bwd_dkdv_kernel", "attention"),
+    ("_bias_dropout_add_layernorm_fwd_kernel", "norm"),
+    ("_bias_gelu_layernorm_bwd_kernel", "norm"),
+    ("_masked_lm_loss_fwd_kernel", "loss"),
+    ("autograd::engine::evaluate_function: LogSoftmaxBackward0", "loss"),
+    ("void at::native::(anonymous namespace)::multi_tensor_apply_kernel<FusedAdamMathFunctor>", "optimizer"),
+    ("void at::native::index_put_with_sort_kernel<float>", "copy/index"),
+    ("void at::native::vectorized_elementwise_kernel<4, at::native::FillFunctor<float>>", "copy/index"),
+    ("something_new", "other"),
+])
+def test_categories(name, expected):
+    assert profile_step.category(name) == expected
+
+
+def test_smoke_profile_writes_csv_summary_and_trace(tmp_path):
+    rows = profile_step.profile(steps=1, warmup=1, out_dir=str(tmp_path), smoke=True)
+    assert rows and abs(sum(r["share_pct"] for r in rows) - 100.0) < 1e-6
+    with open(tmp_path / "kernels.csv") as f:
+        header = next(csv.reader(f))
+    assert header == ["kernel", "category", "calls_per_step", "us_per_step", "us_per_call", "share_pct"]
+    summary = (tmp_path / "summary.md").read_text()
+    assert "| category | ms / step | share |" in summary and "torch" in summary
+    assert (tmp_path / "trace.json").stat().st_size > 0
