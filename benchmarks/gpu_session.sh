@@ -42,6 +42,6 @@ case "${1:-}" in
     $python -m benchmarks.profile_step --preset base --variant dense --cuda-graph --out "$out/profile-ours-graph"
     $python -m benchmarks.profile_step --preset base --variant dense --impl hf --out "$out/profile-hf" ;;
   *)
-    sed -n '2,17p' "$0"
+    sed -n '2,14p' "$0"
     exit 2 ;;
 esac

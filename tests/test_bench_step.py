@@ -105,10 +105,10 @@ def test_compiled_step_updates_the_model():
 def test_a_failing_implementation_is_reported_and_the_others_kept(monkeypatch):
     measure = bench_step._measure_impl
 
-    def ours_fails(model, loss_fn, inputs, compile_backend, smoke, cuda, check_syncs):
+    def ours_fails(model, loss_fn, inputs, compile_backend, smoke, cuda, check_syncs, cuda_graph=False):
         if loss_fn is bench_step._ours_loss:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
-        return measure(model, loss_fn, inputs, compile_backend, smoke, cuda, check_syncs)
+        return measure(model, loss_fn, inputs, compile_backend, smoke, cuda, check_syncs, cuda_graph)
 
     monkeypatch.setattr(bench_step, "_measure_impl", ours_fails)
     rows = bench_step.run(smoke=False, presets=["tiny"], variants=["pad"], with_compile=False)
