@@ -16,6 +16,9 @@ op                           math                                        used by
 ``"triton"`` runs the kernel from :mod:`spanbert_fast.kernels` (on CUDA tensors, or
 on CPU tensors under the Triton interpreter, ``TRITON_INTERPRET=1``); ``"auto"``
 picks Triton for CUDA tensors when it is installed and the reference otherwise.
+Each op imports its kernel module with a plain ``import`` statement when it first runs on
+Triton, so Triton stays optional, and ``torch.compile`` traces the model as one graph (an
+``importlib`` call would be a graph break; ``tests/test_model_compile.py`` checks).
 
 The references are the ground truth of every parity test: written for clarity,
 they compute in fp32 whatever the input dtype and return the input dtype.
@@ -31,7 +34,6 @@ to the reference through ``dropout_mask``.
 """
 from __future__ import annotations
 
-import importlib
 import math
 import os
 from typing import Optional, Tuple, Union
@@ -47,13 +49,20 @@ SUPPORTED_HEAD_DIMS = (32, 64, 128)
 
 
 # --------------------------------------------------------------------------- backend switch
+_triton_importable: Optional[bool] = None  # found out once
+
+
 def triton_available() -> bool:
     """True when Triton can be imported (it is not needed for the torch backend)."""
-    try:
-        importlib.import_module("triton")
-    except Exception:  # ImportError, or a broken install raising at import
-        return False
-    return True
+    global _triton_importable
+    if _triton_importable is None:
+        try:
+            import triton  # noqa: F401
+        except Exception:  # ImportError, or a broken install raising at import
+            _triton_importable = False
+        else:
+            _triton_importable = True
+    return _triton_importable
 
 
 def triton_interpreter_on() -> bool:
@@ -84,11 +93,6 @@ def resolve_attention_backend(backend: str, tensor: torch.Tensor, head_dim: int)
     if backend == "auto" and head_dim not in SUPPORTED_HEAD_DIMS:
         return "torch"
     return resolved
-
-
-def _kernel(module: str):
-    """Import ``spanbert_fast.kernels.<module>`` on first use (keeps triton optional)."""
-    return importlib.import_module(f"spanbert_fast.kernels.{module}")
 
 
 def _reference_keep_mask(shape, p: float, seed: Seed, device) -> torch.Tensor:
@@ -243,7 +247,7 @@ def attention(
     if resolve_attention_backend(backend, q, q.shape[-1]) == "torch":
         return attention_torch(q, k, v, key_padding_mask, window, dropout_p, seed, softmax_scale)
     _check_attention_inputs(q, k, v, packed=False)
-    kernel = _kernel("attention")
+    from spanbert_fast.kernels import attention as kernel
     if key_padding_mask is None:
         return kernel.attention(q, k, v, window=window, dropout_p=dropout_p, seed=seed, softmax_scale=softmax_scale)
     batch, _, seq_len, _ = q.shape
@@ -278,7 +282,9 @@ def attention_varlen(
     """
     if resolve_attention_backend(backend, q, q.shape[-1]) == "torch":
         return attention_varlen_torch(q, k, v, cu_seqlens, max_seqlen, window, dropout_p, seed, softmax_scale)
-    return _kernel("attention").attention_varlen(
+    from spanbert_fast.kernels import attention as kernel
+
+    return kernel.attention_varlen(
         q, k, v, cu_seqlens, max_seqlen, window=window, dropout_p=dropout_p, seed=seed,
         softmax_scale=softmax_scale, validate=validate,
     )
@@ -311,7 +317,9 @@ def bias_gelu_layernorm(
     """``LayerNorm(GeLU(x + bias))`` over the last dim (the MLM transform and SBO MLP)."""
     if resolve_backend(backend, x) == "torch":
         return bias_gelu_layernorm_torch(x, bias, weight, ln_bias, eps)
-    return _kernel("gelu_layernorm").bias_gelu_layernorm(x, bias, weight, ln_bias, eps)
+    from spanbert_fast.kernels import gelu_layernorm
+
+    return gelu_layernorm.bias_gelu_layernorm(x, bias, weight, ln_bias, eps)
 
 
 def bias_dropout_add_layernorm_torch(
@@ -351,7 +359,9 @@ def bias_dropout_add_layernorm(
     """``LayerNorm(dropout(x + bias) + residual)``: the end of every post-LN sublayer."""
     if resolve_backend(backend, x) == "torch":
         return bias_dropout_add_layernorm_torch(x, bias, residual, weight, ln_bias, p, seed, eps)
-    return _kernel("dropout_add_layernorm").bias_dropout_add_layernorm(
+    from spanbert_fast.kernels import dropout_add_layernorm
+
+    return dropout_add_layernorm.bias_dropout_add_layernorm(
         x, bias, residual, weight, ln_bias, p, seed, eps
     )
 
@@ -415,6 +425,8 @@ def masked_lm_loss(
     """
     if resolve_backend(backend, hidden) == "torch":
         return masked_lm_loss_torch(hidden, targets, weight, bias, positions, ignore_index)
-    return _kernel("masked_lm_loss").masked_lm_loss(
+    from spanbert_fast.kernels import masked_lm_loss as kernel
+
+    return kernel.masked_lm_loss(
         hidden, targets, weight, bias, positions, ignore_index, validate=validate
     )
