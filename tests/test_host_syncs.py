@@ -94,3 +94,15 @@ def test_packed_training_step_has_no_cuda_sync(tmp_path):
         torch.cuda.set_sync_debug_mode("default")
     torch.cuda.synchronize()
     assert trainer.step == 2
+
+
+@pytest.mark.gpu
+def test_batches_reach_the_gpu_through_pinned_memory(monkeypatch):
+    """A host-to-device copy from pageable memory waits for the GPU's queue: move_batch pins."""
+    pinned = []
+    pin_memory = torch.Tensor.pin_memory
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda t, *a, **k: pinned.append(t) or pin_memory(t, *a, **k))
+    moved = move_batch({"input_ids": torch.arange(5), "max_seqlen": 7}, torch.device("cuda"))
+    torch.cuda.synchronize()
+    assert moved["input_ids"].is_cuda and moved["input_ids"].tolist() == [0, 1, 2, 3, 4]
+    assert moved["max_seqlen"] == 7 and len(pinned) == 1
