@@ -7,6 +7,7 @@ saving (model + ``task.json`` + tokenizer into ``--out``) and evaluation go thro
 from __future__ import annotations
 
 import json
+import os
 
 from spanbert_fast.commands.training_options import add_loop_arguments
 
@@ -15,7 +16,8 @@ def add_common_arguments(parser, default_max_length: int) -> None:
     """Flags every fine-tuning command takes."""
     data = parser.add_argument_group("data and checkpoints")
     data.add_argument("--train", required=True, help="training file")
-    data.add_argument("--eval", help="evaluation file (metrics and predictions written to --out)")
+    data.add_argument("--eval", help="evaluation file (metrics and predictions written to --out; with "
+                                     "--save-every, each checkpoint is evaluated too: eval_log.csv)")
     data.add_argument("--init", required=True, help="checkpoint folder to start from (encoder, pre-training "
                                                     "or fine-tuned; a missing head is initialised fresh)")
     data.add_argument("--out", required=True, help="output folder: model, task.json, tokenizer, logs, results")
@@ -30,7 +32,7 @@ def add_common_arguments(parser, default_max_length: int) -> None:
 
 def run_finetune(task, args) -> int:
     """Build the training settings from the common flags and run :func:`finetune`."""
-    from spanbert_fast.tasks.finetune import finetune
+    from spanbert_fast.tasks.finetune import EVAL_LOG, describe_evaluation, finetune
 
     try:
         result = finetune(
@@ -44,6 +46,10 @@ def run_finetune(task, args) -> int:
     except (OSError, ValueError) as error:  # bad input: one line naming the file and line, no traceback
         raise SystemExit(f"{args.command}: error: {error}") from error
     print(f"saved the fine-tuned model to {result.out_dir}")
+    if len(result.evaluations) > 1:  # checkpoints were evaluated too
+        print(f"evaluations at each checkpoint ({os.path.join(result.out_dir, EVAL_LOG)}):")
+        for row in result.evaluations:
+            print(f"  {describe_evaluation(row)}")
     if result.metrics is not None:
         print(json.dumps(result.metrics, indent=2, ensure_ascii=False))
     return 0

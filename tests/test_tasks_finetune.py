@@ -1,0 +1,108 @@
+"""The fine-tuning driver: evaluation at every checkpoint (eval_log.csv, eval_results.json per checkpoint)."""
+import csv
+import json
+import os
+
+import pytest
+import torch
+
+from task_fixtures import data_path, fixture_tokenizer, tiny_checkpoint
+from spanbert_fast.cli import main
+from spanbert_fast.hub import find_weights_file, read_state_dict
+from spanbert_fast.tasks import SpanBertForTokenClassification
+from spanbert_fast.tasks.finetune import EVAL_LOG, EVAL_RESULTS, finetune
+from spanbert_fast.tasks.ner import NerTask
+
+CONLL = data_path("conll.txt")
+QUICK = dict(batch_size=2, lr=3e-3, warmup_ratio=0.0, log_every=1, progress=False, backend="torch")
+
+
+def read_eval_log(out_dir):
+    with open(os.path.join(out_dir, EVAL_LOG), newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def checkpoint(out_dir, step):
+    return os.path.join(out_dir, "checkpoints", f"step-{step:08d}")
+
+
+def test_each_checkpoint_is_evaluated_and_logged_with_its_step(tmp_path):
+    init = tiny_checkpoint(tmp_path / "init")
+    out = str(tmp_path / "ner")
+    result = finetune(NerTask(), train_path=CONLL, eval_path=CONLL, init=init, out_dir=out, max_steps=5,
+                      save_every=2, keep_checkpoints=0, **QUICK)
+    rows = read_eval_log(out)
+    assert [int(r["step"]) for r in rows] == [2, 4, 5]  # the saved checkpoints, then the final model
+    assert set(rows[0]) == {"step", "precision", "recall", "f1", "correct", "predicted", "gold"}
+    assert [r["step"] for r in result.evaluations] == [2, 4, 5]
+    assert result.evaluations[-1] == {"step": 5, **{k: v for k, v in result.metrics.items() if k != "per_type"}}
+    for step, row in zip([2, 4, 5], result.evaluations):
+        with open(os.path.join(checkpoint(out, step), EVAL_RESULTS)) as f:
+            saved = json.load(f)
+        assert saved["f1"] == row["f1"] and "per_type" in saved  # the full metrics beside the weights
+        # the metrics are those of that checkpoint's weights
+        model = SpanBertForTokenClassification.from_pretrained(checkpoint(out, step), backend="torch")
+        assert NerTask().evaluate(model, fixture_tokenizer(), CONLL, None) == saved
+    assert not os.path.exists(os.path.join(checkpoint(out, 2), "predictions.conll"))  # predictions: final only
+    assert os.path.isfile(os.path.join(out, "predictions.conll"))
+
+
+def test_checkpoint_evaluations_leave_training_unchanged(tmp_path):
+    """Same losses and weights as without an eval file: train mode and the RNG are restored (dropout on)."""
+    init = tiny_checkpoint(tmp_path / "init", hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
+    runs = {}
+    for name, eval_path in (("plain", None), ("evaluated", CONLL)):
+        out = str(tmp_path / name)
+        torch.manual_seed(0)  # the fresh head is initialised from the global RNG, before the Trainer seeds it
+        runs[name] = finetune(NerTask(), train_path=CONLL, eval_path=eval_path, init=init, out_dir=out,
+                              max_steps=6, save_every=2, **QUICK)
+    plain, evaluated = runs["plain"], runs["evaluated"]
+    assert [r["step"] for r in evaluated.evaluations] == [2, 4, 6] and plain.evaluations == []
+    assert [r["loss"] for r in evaluated.train.history] == [r["loss"] for r in plain.train.history]
+    weights = [read_state_dict(find_weights_file(str(tmp_path / name))) for name in ("plain", "evaluated")]
+    assert weights[0].keys() == weights[1].keys()
+    for key in weights[0]:
+        assert torch.equal(weights[0][key], weights[1][key]), key
+
+
+def test_resumed_run_replaces_the_evaluations_after_its_checkpoint(tmp_path):
+    init = tiny_checkpoint(tmp_path / "init")
+    out = str(tmp_path / "ner")
+    settings = dict(train_path=CONLL, eval_path=CONLL, init=init, out_dir=out, save_every=2, keep_checkpoints=0,
+                    **QUICK)
+    finetune(NerTask(), max_steps=6, **settings)
+    first = read_eval_log(out)
+    for step in (4, 6):  # as if the run had died after step 2's checkpoint but its log went on
+        for name in os.listdir(checkpoint(out, step)):
+            os.remove(os.path.join(checkpoint(out, step), name))
+        os.rmdir(checkpoint(out, step))
+    resumed = finetune(NerTask(), max_steps=6, resume=True, **settings)
+    rows = read_eval_log(out)
+    assert [int(r["step"]) for r in rows] == [2, 4, 6]  # no duplicates
+    assert rows == first  # CPU resume is bit-exact, so the redone evaluations match
+    assert [r["step"] for r in resumed.evaluations] == [4, 6]  # what this run evaluated
+    finetune(NerTask(), max_steps=3, **settings)  # a fresh run in the same folder starts a fresh log
+    assert [int(r["step"]) for r in read_eval_log(out)] == [2, 3]
+
+
+def test_without_save_every_only_the_final_model_is_evaluated(tmp_path, capsys):
+    init = tiny_checkpoint(tmp_path / "init")
+    out = str(tmp_path / "ner")
+    assert main(["finetune-ner", "--train", CONLL, "--eval", CONLL, "--init", init, "--out", out,
+                 "--max-steps", "3", "--batch-size", "2", "--no-progress", "--backend", "torch"]) == 0
+    assert [int(r["step"]) for r in read_eval_log(out)] == [3]
+    assert "evaluations at each checkpoint" not in capsys.readouterr().out
+    assert main(["finetune-ner", "--train", CONLL, "--eval", CONLL, "--init", init, "--out", out,
+                 "--max-steps", "3", "--save-every", "1", "--batch-size", "2", "--no-progress",
+                 "--backend", "torch"]) == 0
+    printed = capsys.readouterr().out
+    assert f"evaluations at each checkpoint ({os.path.join(out, EVAL_LOG)}):" in printed
+    assert "  step 1: precision " in printed and "  step 3: precision " in printed
+
+
+def test_bad_eval_batch_size_fails_before_training(tmp_path):
+    out = tmp_path / "ner"
+    with pytest.raises(ValueError, match=r"eval_batch_size \(--eval-batch-size\) must be at least 1, got 0"):
+        finetune(NerTask(), train_path=CONLL, eval_path=CONLL, init=str(tmp_path), out_dir=str(out),
+                 eval_batch_size=0, max_steps=1, **QUICK)
+    assert not out.exists()
