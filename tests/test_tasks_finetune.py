@@ -53,7 +53,6 @@ def test_checkpoint_evaluations_leave_training_unchanged(tmp_path):
     runs = {}
     for name, eval_path in (("plain", None), ("evaluated", CONLL)):
         out = str(tmp_path / name)
-        torch.manual_seed(0)  # the fresh head is initialised from the global RNG, before the Trainer seeds it
         runs[name] = finetune(NerTask(), train_path=CONLL, eval_path=eval_path, init=init, out_dir=out,
                               max_steps=6, save_every=2, **QUICK)
     plain, evaluated = runs["plain"], runs["evaluated"]
@@ -106,3 +105,17 @@ def test_bad_eval_batch_size_fails_before_training(tmp_path):
         finetune(NerTask(), train_path=CONLL, eval_path=CONLL, init=str(tmp_path), out_dir=str(out),
                  eval_batch_size=0, max_steps=1, **QUICK)
     assert not out.exists()
+
+
+def test_new_head_initialisation_follows_the_seed(tmp_path):
+    """Two fine-tunes with one --seed in one process start from the same head (the global RNG
+    in between does not leak in); another seed gives another head."""
+    init = tiny_checkpoint(tmp_path / "init")
+    heads = []
+    for name, seed in (("a", 3), ("b", 3), ("c", 4)):
+        torch.manual_seed(100 + len(heads))  # whatever the process did before
+        result = finetune(NerTask(), train_path=CONLL, init=init, out_dir=str(tmp_path / name), max_steps=1,
+                          seed=seed, **{**QUICK, "lr": 0.0})
+        heads.append(result.model.classifier.weight.detach().clone())
+    assert torch.equal(heads[0], heads[1])
+    assert not torch.equal(heads[0], heads[2])

@@ -45,7 +45,7 @@ from spanbert_fast.tasks.common import (
     resolve_tokenizer,
     write_json_atomic,
 )
-from spanbert_fast.training import Trainer, TrainingArgs
+from spanbert_fast.training import Trainer, TrainingArgs, seed_everything
 
 logger = logging.getLogger(__name__)
 
@@ -152,6 +152,8 @@ def finetune(task, *, train_path: str, init: str, out_dir: str, eval_path: Optio
     tokenizer = resolve_tokenizer(init, tokenizer_path)
     pad_id = special_ids(tokenizer).pad
     examples = task.read(train_path)
+    seed = training_args.get("seed", 0)
+    seed_everything(seed)  # the new head's initial weights follow --seed, not the process's history
     model = task.build_model(init, examples, backend)
     positions = model.config.max_position_embeddings
     if task.max_length > positions:
@@ -161,7 +163,6 @@ def finetune(task, *, train_path: str, init: str, out_dir: str, eval_path: Optio
     # The evaluation file is read and checked now, not after the whole training run.
     eval_examples = task.read_eval(eval_path, model) if eval_path is not None else None
     features = task.features(examples, tokenizer, model, train_path)
-    seed = training_args.get("seed", 0)
     batches = EpochBatches(features, batch_size, functools.partial(collate_features, pad_id=pad_id), seed=seed)
     grad_accum = training_args.get("grad_accum", 1)
     if max_steps is None:
