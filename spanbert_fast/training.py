@@ -310,6 +310,9 @@ class Trainer:
         load_state_dict_into(self.model, read_state_dict(find_weights_file(path)), source=path, strict=True)
         state = torch.load(os.path.join(path, TRAINER_STATE), map_location="cpu", weights_only=False)
         self.optimizer.load_state_dict(state["optimizer"])
+        if self.args.cuda_graphs:  # the captured AdamW reads its learning rate on the device
+            for group in self.optimizer.param_groups:
+                group["lr"] = torch.as_tensor(group["lr"], dtype=torch.float32, device=self.device)
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         if state["batches"] is not None:
