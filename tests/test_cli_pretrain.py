@@ -89,3 +89,14 @@ def test_init_from_with_another_vocabulary_is_refused(corpus_dir, tmp_path):
     args.remove("--preset"), args.remove("tiny")
     with pytest.raises(SystemExit, match="vocab_size 1234 differs from the corpus tokenizer's 600"):
         main(args)
+
+
+def test_info_describes_a_corpus_and_its_padding(corpus_dir, capsys):
+    assert main(["info", "--data", corpus_dir, "--batch-size", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "of at most 62 tokens" in out and "padding, batch 4" in out and "fixed shapes (--cuda-graphs)" in out
+
+
+def test_cuda_graphs_need_packed_batches(corpus_dir, tmp_path):
+    with pytest.raises((SystemExit, ValueError), match="--cuda-graphs needs --batch-layout packed"):
+        main(pretrain_args(corpus_dir, tmp_path / "out", "--cuda-graphs", "--batch-layout", "padded"))

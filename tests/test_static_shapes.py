@@ -153,3 +153,16 @@ def test_captured_training_resumes_from_a_checkpoint(tmp_path):
     run(5, resume=False)
     result = run(10, resume=True)
     assert result.step == 10 and all(np.isfinite(float(row["loss"])) for row in result.history)
+
+
+def test_padding_fractions_by_layout():
+    from spanbert_fast.data.static_shapes import padding_fractions
+
+    full = padding_fractions(np.full(50, 60), block_size=60, batch_size=4)
+    assert full == {"padded": 0.0, "packed": 0.0, "fixed": 0.0}
+    # half the blocks full, half of 28 tokens (30 with [CLS]/[SEP]): fixed shapes pad 1/4 on average
+    mixed = padding_fractions(np.array([60, 28] * 50), block_size=60, batch_size=4, samples=4000)
+    assert abs(mixed["fixed"] - 0.25) < 0.02
+    assert 0.0 < mixed["padded"] <= mixed["fixed"] + 1e-9  # padding to the longest row never pads more
+    with pytest.raises(ValueError, match="fewer than one batch"):
+        padding_fractions(np.full(3, 10), block_size=60, batch_size=4)

@@ -1,8 +1,11 @@
-"""``spanbert-fast info``: versions, device and which backends can run here."""
+"""``spanbert-fast info``: versions, device and which backends can run here; with ``--data``, what
+a prepared corpus looks like to the training step (block lengths, padding per batch layout)."""
 from __future__ import annotations
 
 import importlib
 import platform
+
+import numpy as np
 
 
 def _version(module: str) -> str:
@@ -47,14 +50,42 @@ def collect_info() -> dict:
     }
 
 
-def run(args) -> int:
-    info = collect_info()
+def corpus_info(data_dir: str, batch_size: int) -> dict:
+    """Block statistics of a prepared corpus and the padding share of each batch layout."""
+    from spanbert_fast.data.prepare import BlockDataset
+    from spanbert_fast.data.static_shapes import padding_fractions
+
+    dataset = BlockDataset(data_dir)
+    lengths = dataset.block_lengths()
+    pads = padding_fractions(lengths, dataset.block_size, min(batch_size, len(lengths)))
+    return {
+        "corpus": data_dir,
+        "blocks": f"{len(lengths):,} of at most {dataset.block_size} tokens (+[CLS]/[SEP])",
+        "tokens": f"{int(lengths.sum()):,}",
+        "block length": f"mean {lengths.mean():.1f}, median {np.median(lengths):.0f}, "
+                        f"{100 * (lengths == dataset.block_size).mean():.1f} % full",
+        f"padding, batch {batch_size}": f"padded {100 * pads['padded']:.1f} % | packed (CUDA default) 0 % | "
+                                        f"fixed shapes (--cuda-graphs) {100 * pads['fixed']:.1f} %",
+    }
+
+
+def _print(info: dict) -> None:
     width = max(len(k) for k in info)
     for key, value in info.items():
         print(f"{key:<{width}}  {value}")
+
+
+def run(args) -> int:
+    _print(collect_info())
+    if args.data:
+        print()
+        _print(corpus_info(args.data, args.batch_size))
     return 0
 
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("info", help="print versions, device and backend availability")
+    parser.add_argument("--data", help="also describe this prepared corpus: block lengths and the share of "
+                                       "padding each batch layout computes")
+    parser.add_argument("--batch-size", type=int, default=32, help="with --data: sequences per batch (default 32)")
     parser.set_defaults(func=run)

@@ -20,13 +20,15 @@ masking budget), in a way that changes nothing in the loss or the gradients:
 * ``num_tokens``: a 0-dim tensor with the real token count, for throughput logging.
 
 The cost: the padding tokens are computed like real ones. SpanBERT packs documents into
-full blocks, so a batch is mostly full (measure with ``spanbert-fast info`` on your corpus).
+full blocks, so a batch is mostly full; :func:`padding_fractions` (``spanbert-fast info
+--data DIR``) measures it on a corpus.
 """
 from __future__ import annotations
 
 import dataclasses
 from typing import Dict
 
+import numpy as np
 import torch
 
 from .masking import mask_budget
@@ -116,3 +118,23 @@ def pad_packed_batch(packed: Dict[str, object], capacity: StaticCapacity, pad_id
     if "unpad_index" in packed:
         static["unpad_index"] = _pad(packed["unpad_index"], capacity.tokens, 0, "unpad_index")
     return static
+
+
+def padding_fractions(block_lengths: np.ndarray, block_size: int, batch_size: int, samples: int = 2000,
+                      seed: int = 0) -> Dict[str, float]:
+    """Share of computed tokens that are padding, per batch layout, for random batches of a corpus.
+
+    ``block_lengths``: tokens per block (without [CLS]/[SEP]). ``padded``: each batch padded to
+    its longest row (the padded collator); ``packed``: none (varlen); ``fixed``: padded to
+    ``batch_size * (block_size + 2)`` tokens (:func:`pad_packed_batch`, for CUDA graphs).
+    Estimated over ``samples`` batches drawn without replacement within a batch.
+    """
+    lengths = np.asarray(block_lengths, dtype=np.int64) + 2
+    if lengths.size < batch_size:
+        raise ValueError(f"padding_fractions: {lengths.size} blocks, fewer than one batch of {batch_size}")
+    rng = np.random.default_rng(seed)
+    batches = np.stack([rng.choice(lengths, size=batch_size, replace=False) for _ in range(samples)])
+    real = batches.sum(axis=1).astype(np.float64)
+    padded = batches.max(axis=1) * batch_size
+    fixed = batch_size * (block_size + 2)
+    return {"padded": float(1.0 - (real / padded).mean()), "packed": 0.0, "fixed": float(1.0 - real.mean() / fixed)}
