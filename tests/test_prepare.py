@@ -12,6 +12,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 
 from spanbert_fast.cli import main
 from spanbert_fast.data.corpus import Document, demo_corpus_texts, iter_documents, split_sentences
+from spanbert_fast.data import prepare as prepare_module
 from spanbert_fast.data.prepare import (
     META_FILE,
     BlockDataset,
@@ -203,7 +204,7 @@ def test_output_is_atomic_and_refuses_to_overwrite(tokenizer, tmp_path):
 
     with pytest.raises(RuntimeError, match="disk on fire"):
         prepare_documents(failing_documents(), tokenizer, out, progress=False, chunk_chars=1000)
-    assert not (out / META_FILE).exists() and not list(out.glob("*.tmp"))
+    assert not (out / META_FILE).exists() and not list(out.iterdir())
     with pytest.raises(FileNotFoundError, match=META_FILE):
         BlockDataset(out)
     prepare_documents(demo_documents(5), tokenizer, out, progress=False)
@@ -215,6 +216,45 @@ def test_output_is_atomic_and_refuses_to_overwrite(tokenizer, tmp_path):
         prepare_documents(demo_documents(5), tokenizer, out, progress=False)
     prepare_documents(demo_documents(2), tokenizer, out, progress=False, overwrite=True)
     assert BlockDataset(out).meta["n_documents"] == 2
+
+
+def test_overwrite_keeps_the_old_corpus_until_the_new_one_is_complete(tokenizer, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    prepare_documents(demo_documents(5), tokenizer, out, progress=False)
+    before = [BlockDataset(out)[i].token_ids.copy() for i in range(3)]
+
+    def failing_documents():
+        yield from demo_documents(3)
+        raise RuntimeError("disk on fire")
+
+    # a failed overwrite (after some new shards were committed) leaves the old corpus whole
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        prepare_documents(failing_documents(), tokenizer, out, progress=False, overwrite=True, chunk_chars=500,
+                          shard_tokens=600)
+    dataset = BlockDataset(out)
+    assert dataset.meta["n_documents"] == 5
+    assert all(np.array_equal(dataset[i].token_ids, tokens) for i, tokens in enumerate(before))
+    old_files = {p.name for p in out.iterdir()}
+    assert not any(name.startswith("g1-") for name in old_files)
+    # a failure at the very end (every new file committed, meta.json not yet switched): the same
+    with monkeypatch.context() as patch:
+        patch.setattr(prepare_module.json, "dump", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
+        with pytest.raises(OSError, match="disk full"):
+            prepare_documents(demo_documents(2), tokenizer, out, progress=False, overwrite=True)
+    assert {p.name for p in out.iterdir()} == old_files
+    assert BlockDataset(out).meta["n_documents"] == 5
+
+    def listed(meta):
+        names = {shard["tokens"] for shard in meta["shards"]} | {s["word_starts"] for s in meta["shards"]}
+        return names | set(meta["files"].values()) | {META_FILE, "tokenizer.json"}
+
+    for generation, count in ((1, 2), (2, 4)):  # then a real overwrite, twice: the old files go
+        prepare_documents(demo_documents(count), tokenizer, out, progress=False, overwrite=True)
+        meta = BlockDataset(out).meta
+        assert meta["n_documents"] == count and meta["generation"] == generation
+        assert meta["shards"][0]["tokens"].startswith(f"g{generation}-")
+        assert {p.name for p in out.iterdir()} == listed(meta)
+        assert (out / "tokenizer.json").read_text() == (out / meta["files"]["tokenizer"]).read_text()
 
 
 def test_empty_corpus_is_an_error_naming_the_files(tokenizer, tmp_path):

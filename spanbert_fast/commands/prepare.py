@@ -55,6 +55,6 @@ def register(subparsers) -> None:
     parser.add_argument("--lowercase", action="store_true", default=None,
                         help="with a vocab.txt: lowercase (default: detected from tokenizer_config.json or the vocabulary)")
     parser.add_argument("--overwrite", action="store_true",
-                        help="replace a corpus already prepared in --out (it is removed before the new one is written)")
+                        help="replace a corpus already prepared in --out (the old one stays until the new one is complete)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)

@@ -28,6 +28,12 @@ Offsets are global over the concatenation of the token shards; a new shard start
 boundary, so every block lies in one shard. Every file is written under a temporary name and moved
 into place with ``os.replace``; ``meta.json`` is replaced last, so readers never see a half-written
 directory (an interrupted run leaves only ``*.tmp`` files, removed by the next run).
+
+``overwrite`` never destroys the old corpus before the new one is complete: the new files carry a
+generation prefix (``g1-tokens-00000.bin``, ``g2-...``; ``meta.json`` lists the names), so they sit
+beside the old ones until the new ``meta.json`` replaces the old one; only then are the old files
+removed. A failed run leaves the old corpus as it was. ``tokenizer.json`` is refreshed after that
+switch too, for tools that look for it by name.
 """
 from __future__ import annotations
 
@@ -44,7 +50,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from .corpus import Document, iter_documents, split_sentences
-from .tokenizer import SpecialIds, special_ids, word_start_table
+from .tokenizer import TOKENIZER_FILE, SpecialIds, special_ids, word_start_table
 
 PathLike = Union[str, os.PathLike]
 
@@ -240,22 +246,31 @@ class _AppendFile:
             self.tmp_path.unlink()
 
 
-def _clear_previous(out: Path, overwrite: bool) -> None:
-    """Remove leftovers of an interrupted run, and (with ``overwrite``) a previous complete one."""
-    meta_path = out / META_FILE
-    if meta_path.exists():
-        if not overwrite:
-            raise FileExistsError(f"{out}: already holds a prepared corpus ({META_FILE}); pass overwrite")
-        old = json.loads(meta_path.read_text())
-        meta_path.unlink()  # first, so the directory stops counting as complete
-        names = list(old.get("files", {}).values())
-        for shard in old.get("shards", []):
-            names += [shard["tokens"], shard["word_starts"]]
-        for name in names:
-            if (out / name).exists():
-                (out / name).unlink()
+def _previous_corpus(out: Path, overwrite: bool) -> Optional[Dict]:
+    """The ``meta.json`` of a complete corpus already in ``out`` (None when there is none); removes
+    the ``*.tmp`` leftovers of an interrupted run."""
     for leftover in out.glob("*.tmp"):
         leftover.unlink()
+    meta_path = out / META_FILE
+    if not meta_path.exists():
+        return None
+    if not overwrite:
+        raise FileExistsError(f"{out}: already holds a prepared corpus ({META_FILE}); pass overwrite")
+    return json.loads(meta_path.read_text())
+
+
+def _corpus_files(meta: Dict) -> List[str]:
+    """Every data file a ``meta.json`` names."""
+    names = list(meta.get("files", {}).values())
+    for shard in meta.get("shards", []):
+        names += [shard["tokens"], shard["word_starts"]]
+    return names
+
+
+def _remove_files(out: Path, names: Iterable[str], keep: Iterable[str]) -> None:
+    for name in set(names) - set(keep):
+        if (out / name).exists():
+            (out / name).unlink()
 
 
 @dataclass
@@ -298,12 +313,15 @@ def prepare_documents(
     started = time.time()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    _clear_previous(out, overwrite)
+    previous = _previous_corpus(out, overwrite)
+    generation = previous.get("generation", 0) + 1 if previous else 0
+    prefix = f"g{generation}-" if generation else ""  # new names never collide with the old corpus's
+    index_files = {key: prefix + name for key, name in INDEX_FILES.items()}
 
     specials = special_ids(tokenizer)
     vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
     token_dtype = token_dtype_for(vocab_size)
-    index = {key: _AppendFile(out, name, np.int64) for key, name in INDEX_FILES.items() if key != "unigram_counts"}
+    index = {key: _AppendFile(out, name, np.int64) for key, name in index_files.items() if key != "unigram_counts"}
     for offsets in index.values():
         offsets.append(np.zeros(1, np.int64))
     shards: List[Dict] = []
@@ -315,8 +333,8 @@ def prepare_documents(
     def open_shard() -> None:
         number = len(shards)
         shard_files.extend(
-            [_AppendFile(out, _TOKENS_NAME.format(number), token_dtype),
-             _AppendFile(out, _WORD_STARTS_NAME.format(number), np.uint8)]
+            [_AppendFile(out, prefix + _TOKENS_NAME.format(number), token_dtype),
+             _AppendFile(out, prefix + _WORD_STARTS_NAME.format(number), np.uint8)]
         )
         shards.append({"tokens": shard_files[-2].name, "word_starts": shard_files[-1].name,
                        "start": n_tokens, "length": 0})
@@ -362,11 +380,12 @@ def prepare_documents(
             file.commit()
         for offsets in index.values():
             offsets.commit()
-        counts = _AppendFile(out, INDEX_FILES["unigram_counts"], np.int64)
+        counts = _AppendFile(out, index_files["unigram_counts"], np.int64)
         counts.append(unigram_counts)
         counts.commit()
-        tokenizer.save(str(out / "tokenizer.json.tmp"))
-        os.replace(out / "tokenizer.json.tmp", out / "tokenizer.json")
+        tokenizer_file = prefix + TOKENIZER_FILE
+        tokenizer.save(str(out / (tokenizer_file + ".tmp")))
+        os.replace(out / (tokenizer_file + ".tmp"), out / tokenizer_file)
         meta = {
             "format_version": FORMAT_VERSION,
             "block_size": block_size,
@@ -378,7 +397,8 @@ def prepare_documents(
             "n_blocks": totals["blocks"],
             "n_tokens": n_tokens,
             "shards": shards,
-            "files": dict(INDEX_FILES, tokenizer="tokenizer.json"),
+            "files": dict(index_files, tokenizer=tokenizer_file),
+            "generation": generation,
             "created_unix": time.time(),
         }
         meta.update(extra_meta or {})
@@ -387,12 +407,22 @@ def prepare_documents(
             json.dump(meta, handle, indent=2)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp_meta, out / META_FILE)
+        os.replace(tmp_meta, out / META_FILE)  # the switch: from here on the new corpus is the one
     except BaseException:
         bar.close()
         for file in shard_files + list(index.values()):
             file.discard()
+        for leftover in out.glob("*.tmp"):  # a tokenizer or meta.json being written
+            leftover.unlink()
+        # files of this run that were already committed (never the previous corpus's)
+        _remove_files(out, [f.name for f in shard_files] + list(index_files.values()) + [prefix + TOKENIZER_FILE],
+                      keep=_corpus_files(previous) if previous else [])
         raise
+    if previous is not None:
+        _remove_files(out, _corpus_files(previous), keep=_corpus_files(meta))
+    if prefix:
+        tokenizer.save(str(out / (TOKENIZER_FILE + ".tmp")))
+        os.replace(out / (TOKENIZER_FILE + ".tmp"), out / TOKENIZER_FILE)
     return PrepareStats(out, totals["documents"], totals["sentences"], totals["blocks"], n_tokens,
                         len(shards), token_dtype.name, time.time() - started)
 
