@@ -62,7 +62,10 @@ class CapturedTrainingStep:
             side = torch.cuda.Stream(device=trainer.device)
             side.wait_stream(torch.cuda.current_stream(trainer.device))
             with torch.cuda.stream(side):
-                grad_norm = trainer.training_step([batch], window)
+                if self.warmup_left == 0:  # compiled and tuned by now: the step must not sync
+                    grad_norm = self._sync_checked_step(batch, window)
+                else:
+                    grad_norm = trainer.training_step([batch], window)
             torch.cuda.current_stream(trainer.device).wait_stream(side)
             return grad_norm
         if self.graph is None:
@@ -73,15 +76,34 @@ class CapturedTrainingStep:
         trainer.finish_step([self.static_output], [self.static_batch], window)
         return self.static_grad_norm
 
+    def _sync_checked_step(self, batch: Dict[str, object], window) -> torch.Tensor:
+        """An eager step under ``set_sync_debug_mode("error")``: a host sync cannot be captured,
+        and the capture's own error would not say where it is."""
+        torch.cuda.synchronize(self.trainer.device)
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            return self.trainer.training_step([batch], window)
+        except RuntimeError as error:
+            if "synchroniz" not in str(error):
+                raise
+            raise RuntimeError(
+                "cuda_graphs: the training step reads a GPU value on the host, which a CUDA graph cannot "
+                "capture (see the traceback for where). Use the Triton backend on packed batches with "
+                "model.validate_targets = False, as `spanbert-fast pretrain --cuda-graphs` does."
+            ) from error
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+
     def _capture(self, batch: Dict[str, object]) -> None:
         trainer = self.trainer
         self.static_batch = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
         trainer.optimizer.zero_grad(set_to_none=True)  # the capture allocates the grads it overwrites
         torch.cuda.synchronize(trainer.device)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
             outputs, self.static_grad_norm = trainer.forward_backward_update([self.static_batch])
         self.static_output = outputs[0]
+        self.graph = graph  # only a complete capture is ever replayed
 
     def _load(self, batch: Dict[str, object]) -> None:
         """Copy a new batch into the captured input tensors (same keys, shapes and Python values)."""

@@ -212,15 +212,13 @@ class Trainer:
         # Fused AdamW (one multi-tensor kernel; its step counters stay on the device, so the
         # step never reads them on the host). CPU has a fused implementation too.
         fused = self.device.type in ("cuda", "cpu")
-        graph_options = {}
         if args.cuda_graphs:
             check_graphable(self.device, self.ctx.world_size, args.compile, args.grad_accum, self.precision)
-            # A captured step reads the learning rate from memory: the scheduler fills this tensor.
-            graph_options = dict(capturable=True, lr=torch.tensor(args.lr, dtype=torch.float32, device=self.device))
         self.optimizer = torch.optim.AdamW(
-            parameter_groups(model, args.weight_decay), **{"lr": args.lr, **graph_options},
-            betas=tuple(args.adam_betas), eps=args.adam_eps, **({"fused": True} if fused else {}),
+            parameter_groups(model, args.weight_decay), lr=args.lr, betas=tuple(args.adam_betas),
+            eps=args.adam_eps, **({"fused": True} if fused else {}),
         )
+        self._set_graph_settings()
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, warmup_linear_decay(args.warmup_steps, args.max_steps)
         )
@@ -245,6 +243,22 @@ class Trainer:
         if precision == "fp16" and self.device.type != "cuda":
             raise ValueError("precision='fp16' needs a CUDA device; use fp32 (or bf16) on CPU")
         return precision
+
+    def _set_graph_settings(self) -> None:
+        """AdamW as this run needs it, also after loading a checkpoint of a run with the other setting
+        (``load_state_dict`` restores the saved groups' ``capturable`` and ``lr`` as they were).
+
+        A captured step (``cuda_graphs``) needs ``capturable=True`` and reads the learning rate
+        from memory: each group gets its own device tensor, which the scheduler fills in place.
+        """
+        for group in self.optimizer.param_groups:
+            lr = float(group["lr"])
+            if self.args.cuda_graphs:
+                group["capturable"] = True
+                group["lr"] = torch.tensor(lr, dtype=torch.float32, device=self.device)
+            else:
+                group["capturable"] = False
+                group["lr"] = lr
 
     def _autocast(self):
         if self.precision == "fp32":
@@ -310,10 +324,9 @@ class Trainer:
         load_state_dict_into(self.model, read_state_dict(find_weights_file(path)), source=path, strict=True)
         state = torch.load(os.path.join(path, TRAINER_STATE), map_location="cpu", weights_only=False)
         self.optimizer.load_state_dict(state["optimizer"])
-        if self.args.cuda_graphs:  # the captured AdamW reads its learning rate on the device
-            for group in self.optimizer.param_groups:
-                group["lr"] = torch.as_tensor(group["lr"], dtype=torch.float32, device=self.device)
+        self._set_graph_settings()
         self.scheduler.load_state_dict(state["scheduler"])
+        self.scheduler.base_lrs = [float(lr) for lr in self.scheduler.base_lrs]  # tensors if saved under cuda_graphs
         self.scaler.load_state_dict(state["scaler"])
         if state["batches"] is not None:
             if not hasattr(self.batches, "load_state_dict"):
@@ -526,7 +539,7 @@ class _MetricWindow:
             stacked[:-1] /= ctx.world_size
         values = stacked.tolist()  # the one host sync per log line
         elapsed = time.perf_counter() - self.start
-        row = {"step": step, "lr": lr, "grad_norm": float(grad_norm)}
+        row = {"step": step, "lr": float(lr), "grad_norm": float(grad_norm)}  # lr is a tensor under cuda_graphs
         row.update({k: v / self.micro_batches for k, v in zip(names, values[:-1])})
         row["tokens_per_s"] = values[-1] / max(elapsed, 1e-9)
         row["elapsed_s"] = elapsed

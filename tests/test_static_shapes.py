@@ -136,23 +136,26 @@ def test_captured_step_trains_like_the_eager_step(tmp_path, dropout):
 
 @pytest.mark.gpu
 def test_captured_training_resumes_from_a_checkpoint(tmp_path):
-    """--resume with --cuda-graphs: the optimizer's tensor learning rate comes back on the GPU
-    (a CPU one would be read on the host, which a graph cannot capture) and training goes on."""
+    """--resume across --cuda-graphs on and off: the optimizer takes this run's settings (a
+    checkpoint keeps capturable and lr as saved; a CPU or float lr, or capturable off, cannot be
+    captured) and training goes on, with numbers in the log."""
     source = batches(batch_size=4, count=40)
     config = tiny_config(vocab_size=VOCAB, hidden_size=64, num_attention_heads=2, intermediate_size=128,
                          max_position_embeddings=64)
 
-    def run(max_steps, resume):
+    def run(max_steps, graphs, resume):
         torch.manual_seed(0)
         model = SpanBertForPreTraining(config).set_backend("triton")
         model.validate_targets = False
         args = TrainingArgs(out_dir=str(tmp_path), max_steps=max_steps, lr=1e-3, precision="bf16", progress=False,
-                            plot=False, log_every=1, save_every=5, cuda_graphs=True, resume=resume, device="cuda")
+                            plot=False, log_every=1, save_every=5, cuda_graphs=graphs, resume=resume, device="cuda")
         return Trainer(model, source, args).train()
 
-    run(5, resume=False)
-    result = run(10, resume=True)
-    assert result.step == 10 and all(np.isfinite(float(row["loss"])) for row in result.history)
+    run(5, graphs=False, resume=False)
+    run(10, graphs=True, resume=True)
+    result = run(15, graphs=False, resume=True)
+    assert result.step == 15
+    assert all(isinstance(row["lr"], float) and np.isfinite(float(row["loss"])) for row in result.history[-5:])
 
 
 def test_padding_fractions_by_layout():

@@ -110,3 +110,23 @@ def test_resume_with_changed_settings_warns(tmp_path):
     make_trainer(tmp_path, NumberedBatches(), max_steps=2).train()
     with pytest.warns(UserWarning, match=r"lr: 0.001 -> 0.002"):
         make_trainer(tmp_path, NumberedBatches(), max_steps=3, lr=2e-3, resume=True).train()
+
+
+def test_resume_restores_this_runs_optimizer_settings_not_the_checkpoints(tmp_path):
+    """A checkpoint saved by a CUDA-graph run (capturable AdamW, tensor learning rates) resumed
+    without graphs gets plain settings back (float lr, capturable off), and trains on; the
+    other direction is the GPU test in test_static_shapes.py."""
+    graphed = make_trainer(tmp_path, NumberedBatches(), max_steps=6, save_every=2)
+    for group in graphed.optimizer.param_groups:  # what _set_graph_settings gives a cuda_graphs run
+        group["capturable"], group["lr"] = True, torch.tensor(float(group["lr"]))
+    graphed.scheduler.base_lrs = [torch.tensor(lr) for lr in graphed.scheduler.base_lrs]
+    graphed.step = 2
+    graphed.save_checkpoint()
+    resumed = make_trainer(tmp_path, NumberedBatches(), max_steps=6, save_every=2, resume=True)
+    resumed._resume()
+    assert resumed.step == 2
+    for group in resumed.optimizer.param_groups:
+        assert group["capturable"] is False and type(group["lr"]) is float
+    assert all(type(lr) is float for lr in resumed.scheduler.base_lrs)
+    result = resumed.train()
+    assert result.step == 6 and all(type(row["lr"]) is float for row in result.history)
