@@ -210,10 +210,20 @@ def make_step(model: torch.nn.Module, loss_fn: Callable, batch: Dict[str, torch.
             step()
     torch.cuda.current_stream().wait_stream(side)
     optimizer.zero_grad(set_to_none=True)  # the capture allocates the grads each replay overwrites
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         update()
-    return graph.replay
+    torch.cuda.synchronize()
+
+    def replay():
+        graph.replay()
+
+    # A replay allocates nothing: the step's memory (activations in the graph's pool) is the
+    # capture's peak, which step_peak_mb reads from here.
+    replay.capture_peak_mb = torch.cuda.max_memory_allocated() / 1e6
+    return replay
 
 
 # --------------------------------------------------------------------------- measuring
@@ -229,14 +239,15 @@ def time_step(step: Callable[[], None], smoke: bool) -> float:
 
 
 def step_peak_mb(step: Callable[[], None]) -> Optional[float]:
-    """Peak allocated CUDA memory during one (warm) step, MB; None without CUDA."""
+    """Peak allocated CUDA memory during one (warm) step, MB; None without CUDA. A CUDA-graph
+    step reports its capture's peak (``capture_peak_mb``): replays allocate nothing new."""
     if not torch.cuda.is_available():
         return None
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     step()
     torch.cuda.synchronize()
-    return torch.cuda.max_memory_allocated() / 1e6
+    return max(torch.cuda.max_memory_allocated() / 1e6, getattr(step, "capture_peak_mb", 0.0))
 
 
 def host_syncs(step: Callable[[], None]) -> Tuple[int, str]:

@@ -8,7 +8,7 @@
 #   benchmarks/gpu_session.sh ops          # attention, norms, masked-loss suites vs SDPA / eager / compile
 #   benchmarks/gpu_session.sh step-base    # base B32xS512 dense: HF+SDPA vs ours, ours+cudagraph (no compile)
 #   benchmarks/gpu_session.sh step-base-pad
-#   benchmarks/gpu_session.sh profile      # where ours' step time goes (kernels ranked), eager and graphed
+#   benchmarks/gpu_session.sh profile      # where ours' step time goes (kernels ranked); profile-graph, profile-hf
 #   benchmarks/gpu_session.sh step-large
 #   benchmarks/gpu_session.sh compile      # the torch.compile rows of base dense (slow: compiles two models)
 #   benchmarks/gpu_session.sh tests        # the whole suite on the GPU machine
@@ -37,9 +37,11 @@ case "${1:-}" in
     spanbert-fast bench --suite step --step-preset large --step-variant dense --no-compile --out "$out/step-large" $results ;;
   compile)
     spanbert-fast bench --suite step --step-preset base --step-variant dense --out "$out/step-base-compile" $results ;;
-  profile)
-    $python -m benchmarks.profile_step --preset base --variant dense --out "$out/profile-ours"
-    $python -m benchmarks.profile_step --preset base --variant dense --cuda-graph --out "$out/profile-ours-graph"
+  profile)  # one run per part: the device tool brings back at most 8 files
+    $python -m benchmarks.profile_step --preset base --variant dense --out "$out/profile-ours" ;;
+  profile-graph)
+    $python -m benchmarks.profile_step --preset base --variant dense --cuda-graph --out "$out/profile-ours-graph" ;;
+  profile-hf)
     $python -m benchmarks.profile_step --preset base --variant dense --impl hf --out "$out/profile-hf" ;;
   *)
     sed -n '2,14p' "$0"

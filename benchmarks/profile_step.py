@@ -9,7 +9,7 @@ to ``--out``:
   step's GPU time, and a category (gemm, attention, norm, loss, optimizer, copy/index,
   elementwise, other) for reading the budget of ``../shared/PERF.md`` off a real run;
 * ``summary.md``: time per category and the top kernels, with the device and versions;
-* ``trace.json``: the Chrome trace (open in ``chrome://tracing`` or Perfetto).
+* ``trace.json.gz``: the Chrome trace (open in Perfetto or ``chrome://tracing``).
 
 ``--smoke`` (CPU, tiny config, what CI runs): no CUDA kernels exist, so the rows are the CPU
 ops instead; it checks that the script runs and writes its files, not where time goes.
@@ -30,12 +30,13 @@ from benchmarks.common import environment
 
 # First match wins; names are lower-cased kernel (or, on CPU, op) names.
 CATEGORIES = (
-    ("loss", r"masked_lm_loss|cross_entropy|log_?softmax|nll_?loss"),
+    # our loss kernels: _forward_stats_kernel, _dlogits_kernel
+    ("loss", r"masked_lm_loss|forward_stats|dlogits|cross_entropy|log_?softmax|nll_?loss"),
     ("attention", r"_attention_|flash|fmha|attention|sdpa|softmax"),
-    ("norm", r"layernorm|layer_norm|gelu_layernorm|dropout_add"),
+    ("norm", r"layernorm|layer_norm|gelu_layernorm|dropout_add|sum_partials"),
     ("optimizer", r"adam|multi_tensor|foreach|clip|norm_kernel"),
     ("gemm", r"gemm|cutlass|xmma|cublas|nvjet|matmul|sm90_|sm80_|addmm|\bmm\b|linear"),
-    ("copy/index", r"index|gather|scatter|copy|cat|embedding|fill|unique|sort"),
+    ("copy/index", r"index|gather|scatter|copy|memcpy|memset|cat|embedding|fill|unique|sort"),
     ("elementwise", r"elementwise|vectorized|reduce|gelu|dropout|add|mul"),
 )
 
@@ -53,8 +54,8 @@ def kernel_rows(profiler, steps: int, cuda: bool) -> List[Dict[str, object]]:
     totals: Dict[str, List[float]] = collections.defaultdict(lambda: [0, 0.0])
     for event in profiler.events():
         on_device = getattr(event, "device_type", None) == torch.autograd.DeviceType.CUDA
-        if cuda != on_device:
-            continue
+        if cuda != on_device or getattr(event, "is_user_annotation", False):
+            continue  # user annotations (e.g. "Optimizer.step#AdamW.step") span kernels: not one
         if not cuda and event.cpu_parent is not None:  # CPU: top-level ops only, not their children
             continue
         totals[event.name][0] += 1
@@ -122,7 +123,7 @@ def profile(preset: str = "base", variant: str = "dense", impl: str = "ours", cu
         if cuda:
             torch.cuda.synchronize()
     os.makedirs(out_dir, exist_ok=True)
-    profiler.export_chrome_trace(os.path.join(out_dir, "trace.json"))
+    profiler.export_chrome_trace(os.path.join(out_dir, "trace.json.gz"))  # gzipped: a GPU trace is large
     rows = kernel_rows(profiler, steps, cuda)
     label = f"{impl}{'+cudagraph' if cuda_graph and cuda else ''}"
     title = f"Step profile: {label}, {'tiny smoke' if smoke else preset}, {variant}, B{shape['batch']} S{shape['seq_len']}"

@@ -13,7 +13,10 @@ from benchmarks import profile_step
     ("_attention_bwd_dkdv_kernel", "attention"),
     ("_bias_dropout_add_layernorm_fwd_kernel", "norm"),
     ("_bias_gelu_layernorm_bwd_kernel", "norm"),
-    ("_masked_lm_loss_fwd_kernel", "loss"),
+    ("_forward_stats_kernel", "loss"),
+    ("_dlogits_kernel", "loss"),
+    ("_sum_partials_kernel", "norm"),
+    ("Memcpy DtoD (Device -> Device)", "copy/index"),
     ("autograd::engine::evaluate_function: LogSoftmaxBackward0", "loss"),
     ("void at::native::(anonymous namespace)::multi_tensor_apply_kernel<FusedAdamMathFunctor>", "optimizer"),
     ("void at::native::index_put_with_sort_kernel<float>", "copy/index"),
@@ -32,4 +35,4 @@ def test_smoke_profile_writes_csv_summary_and_trace(tmp_path):
     assert header == ["kernel", "category", "calls_per_step", "us_per_step", "us_per_call", "share_pct"]
     summary = (tmp_path / "summary.md").read_text()
     assert "| category | ms / step | share |" in summary and "torch" in summary
-    assert (tmp_path / "trace.json").stat().st_size > 0
+    assert (tmp_path / "trace.json.gz").stat().st_size > 0
