@@ -67,6 +67,7 @@ import triton
 import triton.language as tl
 
 from ._dropout_seed import SeedLike, as_seed_tensor, check_seed, is_int, seed_tensor
+from ._host_sync import may_sync
 
 SUPPORTED_HEAD_DIMS = (32, 64, 128)
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -846,15 +847,6 @@ attention_forward_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 # --------------------------------------------------------------------------- functional API
-def _may_sync(t: torch.Tensor) -> bool:
-    """Value checks need a host sync: skip them while compiling or capturing a CUDA graph."""
-    if torch.compiler.is_compiling():
-        return False
-    if t.is_cuda and torch.cuda.is_current_stream_capturing():
-        return False
-    return True
-
-
 def _check_options(fn: str, window, dropout_p, seed, softmax_scale) -> None:
     if window is not None and (not is_int(window) or window < 0):
         raise ValueError(f"{fn}: window must be None or an int >= 0 (keys with |i - j| <= window), got {window!r}")
@@ -899,7 +891,7 @@ def attention(
             raise ValueError(f"{fn}: seq_lens must hold integers, got {seq_lens.dtype}; use .to(torch.int32)")
         if seq_lens.device != q.device:
             raise ValueError(f"{fn}: seq_lens must be on {q.device} like q, got {seq_lens.device}")
-        if _may_sync(seq_lens) and seq_lens.numel() and bool(((seq_lens < 0) | (seq_lens > seq_len)).any()):
+        if may_sync(seq_lens) and seq_lens.numel() and bool(((seq_lens < 0) | (seq_lens > seq_len)).any()):
             raise ValueError(f"{fn}: seq_lens must lie in [0, S={seq_len}], got {seq_lens.tolist()}")
         seq_info = seq_lens.to(torch.int32).contiguous()
     scale = float(softmax_scale) if softmax_scale is not None else 1.0 / math.sqrt(head_dim)
@@ -943,7 +935,7 @@ def attention_varlen(
     if isinstance(max_seqlen, bool) or not isinstance(max_seqlen, int) or max_seqlen < 0:
         raise ValueError(f"{fn}: max_seqlen must be a Python int >= 0, got {max_seqlen!r}")
     total = q.shape[0]
-    if validate and _may_sync(cu_seqlens):  # one host sync for all value checks
+    if validate and may_sync(cu_seqlens):  # one host sync for all value checks
         lengths = cu_seqlens[1:] - cu_seqlens[:-1]
         if lengths.numel() == 0:
             lengths = cu_seqlens.new_zeros(1)

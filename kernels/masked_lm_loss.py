@@ -62,7 +62,7 @@ for gather + F.cross_entropy (ANCHORS.md).
 Validation. Shapes, dtypes, devices and strides are checked for free. Value ranges
 (positions in ``[0, N)``, targets in ``[0, V)`` or ``== ignore_index``) need one
 device-to-host sync on GPU: on by default (``validate=True``); pass
-``validate=False`` in a CUDA-graph-captured or sync-free training step.
+``validate=False`` in a sync-free training step (they are skipped while a CUDA graph is captured).
 """
 from __future__ import annotations
 
@@ -73,6 +73,8 @@ from typing import Optional, Tuple
 import torch
 import triton
 import triton.language as tl
+
+from ._host_sync import may_sync
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 _FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -390,7 +392,7 @@ def masked_lm_loss_forward(
     N, D = hidden.shape
     V = weight.shape[0]
     M = targets.shape[0]
-    if validate:
+    if validate and may_sync(targets):
         _check_values(targets, positions, N, V, ignore_index)
     device = hidden.device
     if M == 0:

@@ -531,7 +531,8 @@ class SpanBertForPreTraining(SpanBertPreTrainedModel):
         if missing:
             raise ValueError(f"SpanBertForPreTraining.forward needs the batch keys {missing} (see spanbert_fast.model)")
         validate = self.validate_targets
-        check_head_rows = validate and head_rows is not None  # the batch's; ours below are right by construction
+        # the batch's head_rows (ours below are right by construction), unless tracing or capturing
+        check_head_rows = validate and head_rows is not None and ops.host_sync_allowed(head_rows)
         if not self.config.last_layer_subset:
             head_rows = None
         elif head_rows is None:

@@ -41,6 +41,8 @@ from typing import Optional, Tuple, Union
 import torch
 import torch.nn.functional as F
 
+from spanbert_fast.kernels._host_sync import may_sync  # torch only: keeps triton optional
+
 BACKENDS = ("auto", "torch", "triton")
 # A dropout seed: None (fresh, from torch's generator on the tensors' device), an int, or
 # a one-element int64 tensor (what the Triton kernels read; no host sync, CUDA-graph safe).
@@ -85,6 +87,12 @@ def resolve_backend(backend: str, tensor: torch.Tensor) -> str:
                 "imported to run the kernels on CPU (slow; for tests); use backend='torch' on CPU"
             )
     return backend
+
+
+def host_sync_allowed(tensor: torch.Tensor) -> bool:
+    """False while ``torch.compile`` traces or a CUDA graph captures: optional value checks
+    (one host sync each) are skipped there."""
+    return may_sync(tensor)
 
 
 def resolve_attention_backend(backend: str, tensor: torch.Tensor, head_dim: int) -> str:
