@@ -66,6 +66,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ._autotune import fp32_tunes_one_config
 from ._dropout_seed import SeedLike, as_seed_tensor, check_seed, is_int, seed_tensor
 from ._host_sync import may_sync
 
@@ -110,6 +111,10 @@ BWD_DQ_CONFIGS = _configs([
     (128, 32, 4, 3), (128, 64, 8, 2), (128, 64, 8, 3), (64, 64, 4, 3), (64, 32, 4, 3), (64, 128, 8, 2),
 ])
 AUTOTUNE_KEY = ["HEAD_DIM", "SEQ_BUCKET", "MODE", "HAS_WINDOW", "HAS_DROPOUT", "DOT_PRECISION"]
+# fp32 inputs (parity tests) are not tuned: one small config each (see _autotune).
+FP32_FWD = fp32_tunes_one_config(triton.Config({"BLOCK_M": 64, "BLOCK_N": 32}, num_warps=4, num_stages=2), "Q")
+FP32_BWD_DKDV = fp32_tunes_one_config(triton.Config({"BLOCK_M": 32, "BLOCK_N": 64}, num_warps=4, num_stages=2), "Q")
+FP32_BWD_DQ = fp32_tunes_one_config(triton.Config({"BLOCK_M": 64, "BLOCK_N": 32}, num_warps=4, num_stages=2), "Q")
 PREPROCESS_BLOCK_M = 64
 KEEP_MASK_BLOCK = 64
 
@@ -240,7 +245,7 @@ def _fwd_loop(
     return acc, l_i, m_i
 
 
-@triton.autotune(configs=FWD_CONFIGS, key=AUTOTUNE_KEY)
+@triton.autotune(configs=FWD_CONFIGS, key=AUTOTUNE_KEY, prune_configs_by=FP32_FWD)
 @triton.jit
 def _attention_fwd_kernel(
     Q,  # [B, H, S, D] or [T, H, D], fp16/bf16/fp32, unit last stride
@@ -394,7 +399,7 @@ def _dkdv_loop(
     return dk, dv
 
 
-@triton.autotune(configs=BWD_DKDV_CONFIGS, key=AUTOTUNE_KEY)
+@triton.autotune(configs=BWD_DKDV_CONFIGS, key=AUTOTUNE_KEY, prune_configs_by=FP32_BWD_DKDV)
 @triton.jit
 def _attention_bwd_dkdv_kernel(
     Q,  # [B, H, S, D] or [T, H, D]
@@ -505,7 +510,7 @@ def _dq_loop(
     return dq
 
 
-@triton.autotune(configs=BWD_DQ_CONFIGS, key=AUTOTUNE_KEY)
+@triton.autotune(configs=BWD_DQ_CONFIGS, key=AUTOTUNE_KEY, prune_configs_by=FP32_BWD_DQ)
 @triton.jit
 def _attention_bwd_dq_kernel(
     Q,  # [B, H, S, D] or [T, H, D]

@@ -74,6 +74,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ._autotune import fp32_tunes_one_config
 from ._host_sync import may_sync
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
@@ -269,8 +270,10 @@ if _INTERPRET:
     _forward_stats = _forward_stats_kernel
     _dlogits = _dlogits_kernel
 else:  # key: autotuning per (D, V) and dtype (the autotuner adds dtypes), never per M
-    _forward_stats = triton.autotune(_triton_configs(_FORWARD_STATS_CONFIGS), key=["D", "V"])(_forward_stats_kernel)
-    _dlogits = triton.autotune(_triton_configs(_DLOGITS_CONFIGS), key=["D", "V"])(_dlogits_kernel)
+    _fp32 = fp32_tunes_one_config(_triton_configs([(64, 128, 32, 4, 2)])[0], "W")  # parity tests: not tuned
+    _forward_stats = triton.autotune(_triton_configs(_FORWARD_STATS_CONFIGS), key=["D", "V"],
+                                     prune_configs_by=_fp32)(_forward_stats_kernel)
+    _dlogits = triton.autotune(_triton_configs(_DLOGITS_CONFIGS), key=["D", "V"], prune_configs_by=_fp32)(_dlogits_kernel)
 
 
 def _interpreter_blocks(M: int, V: int, D: int) -> dict:
