@@ -112,9 +112,12 @@ class VarlenLayout:
         """Flat rows of the padded ``[B * L]`` grid (real tokens) -> their index in ``[T]``.
 
         ``rows`` is sorted (``ops.unpad`` keeps row-major order), so a binary search finds
-        each one without a host sync. Packed input is indexed by token already.
+        each one without a host sync. Packed input is indexed by token already. A padding row
+        (only ignored targets may point there) lands on a neighbouring token, never past the end.
         """
-        return flat_rows if self.rows is None else torch.searchsorted(self.rows, flat_rows)
+        if self.rows is None:
+            return flat_rows
+        return torch.searchsorted(self.rows, flat_rows).clamp_(max=max(self.rows.numel() - 1, 0))
 
 
 # --------------------------------------------------------------------------- building blocks

@@ -36,7 +36,7 @@ import shutil
 import tempfile
 import time
 import warnings
-from typing import Dict, Iterable, List, Optional
+from typing import Dict, Iterable, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -200,10 +200,13 @@ class Trainer:
     """Runs ``args.max_steps`` optimizer steps of ``model`` on ``batches``."""
 
     def __init__(self, model: torch.nn.Module, batches: Iterable, args: TrainingArgs,
-                 dist_ctx: Optional[DistributedContext] = None, checkpoint_files: Iterable[str] = ()):
-        """``checkpoint_files`` (e.g. ``tokenizer.json``) are copied into every checkpoint folder."""
+                 dist_ctx: Optional[DistributedContext] = None,
+                 checkpoint_files: Iterable[Union[str, Tuple[str, str]]] = ()):
+        """``checkpoint_files`` (e.g. ``tokenizer.json``) are copied into every checkpoint folder,
+        each a path (kept under its own name) or a ``(path, name in the checkpoint)`` pair."""
         self.args = args
-        self.checkpoint_files = list(checkpoint_files)
+        self.checkpoint_files = [(f, os.path.basename(f)) if isinstance(f, str) else tuple(f)
+                                 for f in checkpoint_files]
         self.ctx = dist_ctx or init_distributed(args.device)
         self.device = self.ctx.device
         self.model = model.to(self.device)
@@ -290,8 +293,8 @@ class Trainer:
         tmp = tempfile.mkdtemp(dir=root, prefix=f"step-{self.step:08d}.", suffix=".tmp")
         try:
             self.model.save_pretrained(tmp)
-            for path in self.checkpoint_files:
-                shutil.copy2(path, os.path.join(tmp, os.path.basename(path)))
+            for path, name in self.checkpoint_files:
+                shutil.copy2(path, os.path.join(tmp, name))
             state = {
                 "step": self.step,
                 "optimizer": self.optimizer.state_dict(),

@@ -100,3 +100,21 @@ def test_info_describes_a_corpus_and_its_padding(corpus_dir, capsys):
 def test_cuda_graphs_need_packed_batches(corpus_dir, tmp_path):
     with pytest.raises((SystemExit, ValueError), match="--cuda-graphs needs --batch-layout packed"):
         main(pretrain_args(corpus_dir, tmp_path / "out", "--cuda-graphs", "--batch-layout", "padded"))
+
+
+def test_checkpoints_hold_tokenizer_json_after_the_corpus_was_overwritten(tmp_path):
+    """After `prepare --overwrite` the corpus names its tokenizer g1-tokenizer.json; checkpoints
+    still hold a tokenizer.json, which fine-tuning, fill-mask and embed look for."""
+    from spanbert_fast.data.tokenizer import load_tokenizer
+
+    texts = demo_corpus_texts()[:6]
+    tokenizer = train_tokenizer(texts, vocab_size=400)
+    data = tmp_path / "data"
+    for overwrite in (False, True):
+        documents = (Document(text=t, source=str(i)) for i, t in enumerate(texts))
+        prepare_documents(documents, tokenizer, data, block_size=30, overwrite=overwrite, progress=False)
+    main(["pretrain", "--data", str(data), "--out", str(tmp_path / "run"), "--preset", "tiny", "--batch-size", "2",
+          "--max-steps", "2", "--no-progress"])
+    checkpoint = tmp_path / "run" / "checkpoints" / "step-00000002"
+    assert "tokenizer.json" in os.listdir(checkpoint)
+    assert load_tokenizer(str(checkpoint)).get_vocab_size() == tokenizer.get_vocab_size()

@@ -218,3 +218,17 @@ def test_train_mode_with_dropout_trains_every_parameter(backend):
     assert out.last_hidden_state.shape == (batch["head_rows"].numel(), model.config.hidden_size)
     for name, grad in grads.items():
         assert grad.abs().sum() > 0, f"{name} has an all-zero gradient"
+
+
+def test_ignored_targets_at_padding_rows_on_the_triton_path():
+    """Ignored targets (label -100) may point anywhere, padding included: on the Triton path the
+    padded row maps onto a neighbouring real token instead of past the packed tokens."""
+    model = randomise(SpanBertForPreTraining(kernel_ready_config()).set_backend("triton").eval())
+    batch = without_head_rows(collated_batch())  # the model takes head_rows from every index
+    row = batch["input_ids"].numel() - 1  # a padding position of the last row
+    assert batch["attention_mask"].flatten()[row] == 0
+    pad = lambda t, v: torch.cat([t, t.new_full((3,), v)])  # noqa: E731
+    batch = dict(batch, mlm_positions=pad(batch["mlm_positions"], row), mlm_labels=pad(batch["mlm_labels"], -100))
+    full, _ = run(model, batch, False)
+    subset, _ = run(model, batch, True)
+    torch.testing.assert_close(subset.loss, full.loss, atol=1e-5, rtol=1e-5)

@@ -97,9 +97,12 @@ def run_pretraining(args: argparse.Namespace, data_dir: str, out_dir: str):
         n = model.num_parameters(exclude_embeddings=True)
         print(f"model: {model.config.num_hidden_layers} layers, d={model.config.hidden_size}, "
               f"{n / 1e6:.1f}M non-embedding parameters; data: {len(dataset)} blocks from {data_dir}")
+    from spanbert_fast.data.tokenizer import TOKENIZER_FILE
+
+    # The corpus may name its copy g2-tokenizer.json (prepare --overwrite); checkpoints hold tokenizer.json.
     tokenizer_file = os.path.join(data_dir, dataset.meta["files"]["tokenizer"])
     trainer = Trainer(model, batches, training_args_from(args, out_dir), dist_ctx=ctx,
-                      checkpoint_files=[tokenizer_file])
+                      checkpoint_files=[(tokenizer_file, TOKENIZER_FILE)])
     return trainer.train()
 
 
