@@ -248,12 +248,18 @@ def test_overwrite_keeps_the_old_corpus_until_the_new_one_is_complete(tokenizer,
         names = {shard["tokens"] for shard in meta["shards"]} | {s["word_starts"] for s in meta["shards"]}
         return names | set(meta["files"].values()) | {META_FILE, "tokenizer.json"}
 
+    # leftovers of killed runs (a shard of an unfinished generation, a stale index) go at the next
+    # run; files that are not the corpus's stay
+    (out / "g7-tokens-00003.bin").write_bytes(b"x")
+    (out / "g7-blocks.bin").write_bytes(b"x")
+    (out / "notes.txt").write_text("mine")
+    old_files |= {"notes.txt"}
     for generation, count in ((1, 2), (2, 4)):  # then a real overwrite, twice: the old files go
         prepare_documents(demo_documents(count), tokenizer, out, progress=False, overwrite=True)
         meta = BlockDataset(out).meta
         assert meta["n_documents"] == count and meta["generation"] == generation
         assert meta["shards"][0]["tokens"].startswith(f"g{generation}-")
-        assert {p.name for p in out.iterdir()} == listed(meta)
+        assert {p.name for p in out.iterdir()} == listed(meta) | {"notes.txt"}
         assert (out / "tokenizer.json").read_text() == (out / meta["files"]["tokenizer"]).read_text()
 
 

@@ -76,6 +76,8 @@ def _print(info: dict) -> None:
 
 
 def run(args) -> int:
+    if args.batch_size < 1:
+        raise SystemExit(f"info: --batch-size must be at least 1, got {args.batch_size}")
     _print(collect_info())
     if args.data:
         print()

@@ -66,7 +66,7 @@ class PretrainingBatches:
             needs no host sync to unpad.
         static_shapes: with ``packed``, pad every batch to fixed sizes
             (:mod:`~spanbert_fast.data.static_shapes`; ``True`` picks the capacity from the
-            batch size, the longest block and the masker's ratio), for a CUDA-graph step.
+            batch size, ``dataset.block_size`` and the masker's ratio), for a CUDA-graph step.
     """
 
     def __init__(

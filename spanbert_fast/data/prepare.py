@@ -33,13 +33,16 @@ directory (an interrupted run leaves only ``*.tmp`` files, removed by the next r
 generation prefix (``g1-tokens-00000.bin``, ``g2-...``; ``meta.json`` lists the names), so they sit
 beside the old ones until the new ``meta.json`` replaces the old one; only then are the old files
 removed. A failed run leaves the old corpus as it was. ``tokenizer.json`` is refreshed after that
-switch too, for tools that look for it by name.
+switch too, for tools that look for it by name. A reader that opened the old corpus before the
+switch keeps its memory maps; one that read the old ``meta.json`` but opens files later (e.g. a
+training run's data workers at the next epoch) fails: do not overwrite a corpus in use.
 """
 from __future__ import annotations
 
 import json
 import multiprocessing
 import os
+import re
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -246,17 +249,27 @@ class _AppendFile:
             self.tmp_path.unlink()
 
 
+# Names of the files a run writes (any generation); used to find the leftovers of killed runs.
+_CORPUS_FILE = re.compile(r"^(g\d+-)?((tokens|word_starts)-\d{5}|documents|sentences|blocks|unigram_counts)\.bin$"
+                          r"|^g\d+-tokenizer\.json$")
+
+
 def _previous_corpus(out: Path, overwrite: bool) -> Optional[Dict]:
-    """The ``meta.json`` of a complete corpus already in ``out`` (None when there is none); removes
-    the ``*.tmp`` leftovers of an interrupted run."""
+    """The ``meta.json`` of a complete corpus already in ``out`` (None when there is none).
+
+    Also removes what killed runs left: ``*.tmp`` files, and corpus files (by their names) that
+    the current ``meta.json`` does not list -- a run killed before its switch, or between the
+    switch and the removal of the previous generation. Other files in ``out`` are never touched.
+    """
     for leftover in out.glob("*.tmp"):
         leftover.unlink()
     meta_path = out / META_FILE
-    if not meta_path.exists():
-        return None
-    if not overwrite:
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else None
+    if meta is not None and not overwrite:
         raise FileExistsError(f"{out}: already holds a prepared corpus ({META_FILE}); pass overwrite")
-    return json.loads(meta_path.read_text())
+    listed = set(_corpus_files(meta)) if meta is not None else set()
+    _remove_files(out, [p.name for p in out.iterdir() if _CORPUS_FILE.match(p.name)], keep=listed)
+    return meta
 
 
 def _corpus_files(meta: Dict) -> List[str]:
