@@ -73,7 +73,9 @@ class CapturedTrainingStep:
         else:
             self._load(batch)
         self.graph.replay()
-        trainer.finish_step([self.static_output], [self.static_batch], window)
+        if window is not None:
+            window.add(self.static_output, self.static_batch)
+        trainer.finish_step()
         return self.static_grad_norm
 
     def _sync_checked_step(self, batch: Dict[str, object], window) -> torch.Tensor:

@@ -448,14 +448,16 @@ class Trainer:
         the host (tests/test_host_syncs.py checks it), so the CPU can run ahead of the GPU;
         the loop syncs once per log line. With fp16 the GradScaler's inf check is one sync.
         """
-        outputs, grad_norm = self.forward_backward_update(micro_batches)
+        _, grad_norm = self.forward_backward_update(micro_batches, window)
         self.optimizer.zero_grad(set_to_none=True)
-        self.finish_step(outputs, micro_batches, window)
+        self.finish_step()
         return grad_norm
 
-    def forward_backward_update(self, micro_batches: List[Dict[str, object]]):
+    def forward_backward_update(self, micro_batches: List[Dict[str, object]],
+                                window: Optional["_MetricWindow"] = None):
         """The device work of a step (what a CUDA graph captures): forward and backward of each
-        micro-batch, clipping, the optimizer update. Returns (model outputs, grad norm)."""
+        micro-batch, clipping, the optimizer update. Returns (model outputs, grad norm); with a
+        ``window`` each output goes into it at once instead (no micro-batch's states are kept)."""
         outputs = []
         for micro, batch in enumerate(micro_batches):
             sync = micro == len(micro_batches) - 1 or self.ctx.world_size == 1
@@ -464,18 +466,18 @@ class Trainer:
                 with self._autocast():
                     output = self.train_model(**batch)
                 self.scaler.scale(output.loss / len(micro_batches)).backward()
-            outputs.append(output)
+            if window is not None:
+                window.add(output, batch)
+            else:
+                outputs.append(output)
         self.scaler.unscale_(self.optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.args.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         return outputs, grad_norm
 
-    def finish_step(self, outputs, micro_batches, window: Optional["_MetricWindow"] = None) -> None:
-        """Host-side bookkeeping after the update: metrics, LR schedule, step counter."""
-        if window is not None:
-            for output, batch in zip(outputs, micro_batches):
-                window.add(output, batch)
+    def finish_step(self) -> None:
+        """Host-side bookkeeping after the update: LR schedule, step counter."""
         self.scheduler.step()
         self.step += 1
 
