@@ -215,6 +215,7 @@ class Trainer:
         # Fused AdamW (one multi-tensor kernel; its step counters stay on the device, so the
         # step never reads them on the host). CPU has a fused implementation too.
         fused = self.device.type in ("cuda", "cpu")
+        self._fused_adamw = fused
         if args.cuda_graphs:
             check_graphable(self.device, self.ctx.world_size, args.compile, args.grad_accum, self.precision)
         self.optimizer = torch.optim.AdamW(
@@ -248,13 +249,15 @@ class Trainer:
         return precision
 
     def _set_graph_settings(self) -> None:
-        """AdamW as this run needs it, also after loading a checkpoint of a run with the other setting
-        (``load_state_dict`` restores the saved groups' ``capturable`` and ``lr`` as they were).
+        """AdamW as this run needs it, also after loading a checkpoint of a run with other settings
+        (``load_state_dict`` restores the saved groups' ``fused``, ``capturable`` and ``lr`` as they were).
 
         A captured step (``cuda_graphs``) needs ``capturable=True`` and reads the learning rate
         from memory: each group gets its own device tensor, which the scheduler fills in place.
         """
         for group in self.optimizer.param_groups:
+            if self._fused_adamw:
+                group["fused"], group["foreach"] = True, None
             lr = float(group["lr"])
             if self.args.cuda_graphs:
                 group["capturable"] = True

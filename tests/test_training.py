@@ -119,6 +119,7 @@ def test_resume_restores_this_runs_optimizer_settings_not_the_checkpoints(tmp_pa
     graphed = make_trainer(tmp_path, NumberedBatches(), max_steps=6, save_every=2)
     for group in graphed.optimizer.param_groups:  # what _set_graph_settings gives a cuda_graphs run
         group["capturable"], group["lr"] = True, torch.tensor(float(group["lr"]))
+        group["fused"] = None  # as a checkpoint of an older, unfused run
     graphed.scheduler.base_lrs = [torch.tensor(lr) for lr in graphed.scheduler.base_lrs]
     graphed.step = 2
     graphed.save_checkpoint()
@@ -126,7 +127,7 @@ def test_resume_restores_this_runs_optimizer_settings_not_the_checkpoints(tmp_pa
     resumed._resume()
     assert resumed.step == 2
     for group in resumed.optimizer.param_groups:
-        assert group["capturable"] is False and type(group["lr"]) is float
+        assert group["capturable"] is False and type(group["lr"]) is float and group["fused"] is True
     assert all(type(lr) is float for lr in resumed.scheduler.base_lrs)
     result = resumed.train()
     assert result.step == 6 and all(type(row["lr"]) is float for row in result.history)
