@@ -21,6 +21,8 @@ import operator
 from typing import Optional, Union
 
 import torch
+import triton
+import triton.language as tl
 
 SeedLike = Union[int, torch.Tensor, None]
 _SEED_HIGH = 2**62  # fresh seeds are drawn from [0, 2**62)
@@ -35,6 +37,15 @@ def is_int(value) -> bool:
     except TypeError:
         return False
     return True
+
+
+@triton.jit
+def load_seed(SEED, HAS_DROPOUT: tl.constexpr):
+    """In a kernel: the Philox key from ``SEED`` ([1] int64), read only when it drops anything."""
+    seed = 0
+    if HAS_DROPOUT:
+        seed = tl.load(SEED)
+    return seed
 
 
 def check_seed(seed: SeedLike, fn: str) -> None:

@@ -67,7 +67,7 @@ import triton
 import triton.language as tl
 
 from ._autotune import fp32_tunes_one_config
-from ._dropout_seed import SeedLike, as_seed_tensor, check_seed, is_int, seed_tensor
+from ._dropout_seed import SeedLike, as_seed_tensor, check_seed, is_int, load_seed, seed_tensor
 from ._host_sync import may_sync
 
 SUPPORTED_HEAD_DIMS = (32, 64, 128)
@@ -278,9 +278,7 @@ def _attention_fwd_kernel(
     b = pid_bh // num_heads
     h = pid_bh % num_heads
     start, length = _sequence_bounds(SEQ_INFO, b, seq_len, MODE)
-    seed = 0
-    if HAS_DROPOUT:
-        seed = tl.load(SEED)
+    seed = load_seed(SEED, HAS_DROPOUT)
     b64 = b.to(tl.int64)
     h64 = h.to(tl.int64)
     q_base = Q + b64 * stride_qb + h64 * stride_qh + start * stride_qs
@@ -436,9 +434,7 @@ def _attention_bwd_dkdv_kernel(
     b = pid_bh // num_heads
     h = pid_bh % num_heads
     start, length = _sequence_bounds(SEQ_INFO, b, seq_len, MODE)
-    seed = 0
-    if HAS_DROPOUT:
-        seed = tl.load(SEED)
+    seed = load_seed(SEED, HAS_DROPOUT)
     b64 = b.to(tl.int64)
     h64 = h.to(tl.int64)
     q_base = Q + b64 * stride_qb + h64 * stride_qh + start * stride_qs
@@ -546,9 +542,7 @@ def _attention_bwd_dq_kernel(
     b = pid_bh // num_heads
     h = pid_bh % num_heads
     start, length = _sequence_bounds(SEQ_INFO, b, seq_len, MODE)
-    seed = 0
-    if HAS_DROPOUT:
-        seed = tl.load(SEED)
+    seed = load_seed(SEED, HAS_DROPOUT)
     b64 = b.to(tl.int64)
     h64 = h.to(tl.int64)
     q_base = Q + b64 * stride_qb + h64 * stride_qh + start * stride_qs

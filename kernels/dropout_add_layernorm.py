@@ -34,7 +34,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._dropout_seed import SeedLike, as_seed_tensor, check_seed, seed_tensor
+from ._dropout_seed import SeedLike, as_seed_tensor, check_seed, load_seed, seed_tensor
 from ._layernorm_common import (
     INTERPRETING,
     block_d,
@@ -59,15 +59,6 @@ _MASK_BLOCK = 65536 if INTERPRETING else 1024  # elements per program of the kee
 
 
 # --------------------------------------------------------------------------- Triton kernels
-@triton.jit
-def _load_seed(SEED, HAS_DROPOUT: tl.constexpr):
-    """The Philox key, loaded only when the kernel drops anything."""
-    seed = 0
-    if HAS_DROPOUT:
-        seed = tl.load(SEED)
-    return seed
-
-
 @triton.jit
 def _keep(seed, offsets, p):
     """Dropout keep-mask of the elements at flat ``offsets`` (int64): uniform >= p."""
@@ -110,7 +101,7 @@ def _bias_dropout_add_layernorm_fwd_kernel(
     BLOCK_ROWS: tl.constexpr,
 ):
     rows, row_ok, offsets, mask = row_tile(tl.program_id(0), N, D, BLOCK_ROWS, BLOCK_D)
-    seed = _load_seed(SEED, HAS_DROPOUT)
+    seed = load_seed(SEED, HAS_DROPOUT)
     s, _ = _residual_sum(X, BIAS, RES, offsets, mask, D, seed, p, scale, HAS_BIAS, HAS_DROPOUT, BLOCK_D)
     layernorm_forward(s, mask, rows, row_ok, offsets, W, B, Y, MEAN, RSTD, D, eps, BLOCK_D)
 
@@ -140,7 +131,7 @@ def _bias_dropout_add_layernorm_bwd_kernel(
     BLOCK_ROWS: tl.constexpr,
 ):
     gamma = load_vector(W, D, BLOCK_D)
-    seed = _load_seed(SEED, HAS_DROPOUT)
+    seed = load_seed(SEED, HAS_DROPOUT)
     dgamma = tl.zeros((BLOCK_D,), dtype=tl.float32)
     dbeta = tl.zeros((BLOCK_D,), dtype=tl.float32)
     dbias = tl.zeros((BLOCK_D,), dtype=tl.float32)
