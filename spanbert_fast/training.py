@@ -266,7 +266,8 @@ class Trainer:
                 group["capturable"] = False
                 group["lr"] = lr
 
-    def _autocast(self):
+    def autocast(self):
+        """The autocast context of this run's precision (a no-op in fp32)."""
         if self.precision == "fp32":
             return contextlib.nullcontext()
         dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
@@ -466,7 +467,7 @@ class Trainer:
             sync = micro == len(micro_batches) - 1 or self.ctx.world_size == 1
             no_sync = getattr(self.train_model, "no_sync", None)
             with (contextlib.nullcontext() if sync or no_sync is None else no_sync()):
-                with self._autocast():
+                with self.autocast():
                     output = self.train_model(**batch)
                 self.scaler.scale(output.loss / len(micro_batches)).backward()
             if window is not None:
@@ -498,6 +499,28 @@ class Trainer:
         if not self.history:
             return None
         return plot_history(self.history, os.path.join(self.args.out_dir, PLOT_PNG))
+
+
+@torch.no_grad()
+def evaluate_batches(model: torch.nn.Module, batches: Iterable[Dict[str, object]], device,
+                     autocast=contextlib.nullcontext) -> Dict[str, float]:
+    """Mean ``loss`` and ``metrics()`` of ``model`` over ``batches`` (eval mode, no dropout); the
+    caller puts the model back in training mode. One host sync at the end."""
+    model.eval()
+    sums: Dict[str, torch.Tensor] = {}
+    count = 0
+    for batch in batches:
+        batch = move_batch(batch, device)
+        with autocast():
+            output = model(**batch)
+        values = {"loss": output.loss.float(), **{k: v.float() for k, v in getattr(output, "metrics", dict)().items()}}
+        for key, value in values.items():
+            sums[key] = sums.get(key, 0) + value
+        count += 1
+    if count == 0:
+        raise ValueError("evaluate_batches: no batch to evaluate")
+    names = sorted(sums)
+    return {name: value / count for name, value in zip(names, torch.stack([sums[n] for n in names]).tolist())}
 
 
 # Settings whose change on --resume makes the run differ from an uninterrupted one.

@@ -118,3 +118,38 @@ def test_checkpoints_hold_tokenizer_json_after_the_corpus_was_overwritten(tmp_pa
     checkpoint = tmp_path / "run" / "checkpoints" / "step-00000002"
     assert "tokenizer.json" in os.listdir(checkpoint)
     assert load_tokenizer(str(checkpoint)).get_vocab_size() == tokenizer.get_vocab_size()
+
+
+def test_held_out_blocks_are_evaluated_at_each_checkpoint_and_the_end(corpus_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    main(pretrain_args(corpus_dir, out, "--eval-blocks", "8"))  # 12 steps, a checkpoint every 4
+    with open(out / "eval_log.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows] == [4, 8, 12]
+    assert set(rows[0]) == {"step", "loss", "mlm_loss", "sbo_loss", "mlm_acc", "sbo_acc"}
+    assert all(0.0 <= float(r["mlm_acc"]) <= 1.0 for r in rows)
+    assert float(rows[-1]["loss"]) < float(rows[0]["loss"])  # the model learns something it was not shown
+    import json
+
+    for step, row in ((8, rows[1]), (12, rows[2])):  # the two checkpoints kept (keep_checkpoints=2)
+        with open(out / "checkpoints" / f"step-{step:08d}" / "eval_results.json") as f:
+            assert json.load(f)["loss"] == pytest.approx(float(row["loss"]))
+    assert "held-out (8 blocks): step 12: loss" in capsys.readouterr().out
+
+
+def test_held_out_split_is_disjoint_deterministic_and_checked():
+    from spanbert_fast.data.loader import split_held_out
+
+    class Corpus:
+        special_ids, vocab_size, block_size = None, 10, 5
+
+        def __len__(self):
+            return 50
+
+    train, held = split_held_out(Corpus(), 7, seed=1)
+    assert len(held) == 7 and len(train) == 43
+    assert sorted(set(train.indices) | set(held.indices)) == list(range(50))
+    assert list(split_held_out(Corpus(), 7, seed=1)[1].indices) == list(held.indices)
+    assert list(split_held_out(Corpus(), 7, seed=2)[1].indices) != list(held.indices)
+    with pytest.raises(ValueError, match="between 1 and 49"):
+        split_held_out(Corpus(), 50)

@@ -16,8 +16,9 @@ from spanbert_fast.commands.training_options import add_loop_arguments, fill_def
 
 DEMO_OUT = os.path.join("runs", "demo")
 # Defaults of a real run (DESIGN §3 scaled to one node) and of the CPU demo.
-PRETRAIN_DEFAULTS = dict(preset="base", batch_size=32, max_steps=10000, lr=1e-4, save_every=1000)
-DEMO_DEFAULTS = dict(preset="tiny", batch_size=16, max_steps=600, lr=2e-3, warmup_steps=30, save_every=0)
+PRETRAIN_DEFAULTS = dict(preset="base", batch_size=32, max_steps=10000, lr=1e-4, save_every=1000, eval_blocks=0)
+DEMO_DEFAULTS = dict(preset="tiny", batch_size=16, max_steps=600, lr=2e-3, warmup_steps=30, save_every=0,
+                     eval_blocks=64)
 
 
 def add_training_arguments(parser: argparse.ArgumentParser) -> None:
@@ -78,14 +79,19 @@ def packed_batches(args: argparse.Namespace, device) -> bool:
 
 def run_pretraining(args: argparse.Namespace, data_dir: str, out_dir: str):
     """Build data, model and trainer from ``args`` and train; returns the TrainResult."""
-    from spanbert_fast.data.loader import PretrainingBatches
+    from spanbert_fast.data.loader import PretrainingBatches, split_held_out
     from spanbert_fast.data.prepare import BlockDataset
-    from spanbert_fast.training import Trainer, init_distributed, seed_everything
+    from spanbert_fast.tasks.common import write_json_atomic
+    from spanbert_fast.tasks.finetune import EVAL_RESULTS, CheckpointEvaluatingTrainer, describe_evaluation
+    from spanbert_fast.training import Trainer, evaluate_batches, init_distributed, seed_everything
 
     ctx = init_distributed(args.device)
     dataset = BlockDataset(data_dir)
+    training_blocks, held_out = dataset, None
+    if args.eval_blocks:
+        training_blocks, held_out = split_held_out(dataset, args.eval_blocks, args.seed)
     batches = PretrainingBatches(
-        dataset, batch_size=args.batch_size, seed=args.seed, masking=args.masking,
+        training_blocks, batch_size=args.batch_size, seed=args.seed, masking=args.masking,
         rank=ctx.rank, world_size=ctx.world_size, num_workers=args.num_workers,
         unigram_replacement=args.unigram_replacement, packed=packed_batches(args, ctx.device),
         static_shapes=args.cuda_graphs,
@@ -101,9 +107,29 @@ def run_pretraining(args: argparse.Namespace, data_dir: str, out_dir: str):
 
     # The corpus may name its copy g2-tokenizer.json (prepare --overwrite); checkpoints hold tokenizer.json.
     tokenizer_file = os.path.join(data_dir, dataset.meta["files"]["tokenizer"])
-    trainer = Trainer(model, batches, training_args_from(args, out_dir), dist_ctx=ctx,
-                      checkpoint_files=[(tokenizer_file, TOKENIZER_FILE)])
-    return trainer.train()
+    options = dict(dist_ctx=ctx, checkpoint_files=[(tokenizer_file, TOKENIZER_FILE)])
+    if held_out is None:
+        return Trainer(model, batches, training_args_from(args, out_dir), **options).train()
+
+    # Held-out blocks, masked once (the same masks at every evaluation), padded like training's.
+    source = PretrainingBatches(held_out, batch_size=min(args.batch_size, len(held_out)), seed=args.seed,
+                                masking=args.masking, unigram_replacement=args.unigram_replacement,
+                                packed=packed_batches(args, ctx.device))
+    eval_batches = [source.make_batch(0, step) for step in range(source.steps_per_epoch)]
+
+    def evaluate(trained_model) -> dict:
+        return evaluate_batches(trained_model, eval_batches, trainer.device, trainer.autocast)
+
+    trainer = CheckpointEvaluatingTrainer(model, batches, training_args_from(args, out_dir), evaluate=evaluate,
+                                          **options)
+    result = trainer.train()
+    if ctx.is_main:  # the final model (checkpoints before it were evaluated as they were saved)
+        metrics = evaluate(model)
+        if result.checkpoint is not None:
+            write_json_atomic(os.path.join(result.checkpoint, EVAL_RESULTS), metrics)
+        trainer.record_evaluation(metrics)
+        print(f"held-out ({len(eval_batches) * source.batch_size} blocks): {describe_evaluation(trainer.evaluations[-1])}")
+    return result
 
 
 def prepare_demo(out_dir: str) -> str:
@@ -173,6 +199,9 @@ def register(subparsers) -> None:
     parser.add_argument("--batch-layout", choices=["auto", "padded", "packed"], default="auto",
                         help="packed: real tokens only, for the varlen kernels (auto: packed on CUDA "
                              "unless --backend torch; padded on CPU, where the reference attention is padded)")
+    parser.add_argument("--eval-blocks", type=int, default=None,
+                        help="hold out this many blocks (drawn with --seed) and report their loss and MLM/SBO "
+                             "accuracy at each checkpoint and at the end, in eval_log.csv (default: none; demo: 64)")
     parser.add_argument("--cuda-graphs", action="store_true",
                         help="capture the whole training step as one CUDA graph (single GPU; packed batches "
                              "padded to fixed sizes; not with --compile or --grad-accum > 1)")

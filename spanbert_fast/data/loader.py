@@ -17,7 +17,7 @@ step 0; the training loop decides when to stop. ``G`` = ``batch_size · world_si
 """
 from __future__ import annotations
 
-from typing import Dict, Iterator, Optional
+from typing import Dict, Iterator, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -30,6 +30,42 @@ from .static_shapes import pad_packed_batch, static_capacity
 # it apart from every mask generator PCG64([seed, epoch, index]). (Appending ORDER_STREAM to the
 # entropy instead would collide with the masks of block ORDER_STREAM.)
 ORDER_STREAM = 0x5EED
+HELD_OUT_STREAM = 0x0E7A1  # the generator of the held-out blocks: [seed, HELD_OUT_STREAM]
+
+
+class BlockSubset:
+    """The blocks ``indices`` of a prepared corpus, seen as a corpus of their own (for a held-out
+    evaluation set and the training blocks around it). Block ``i`` of the view is ``indices[i]``."""
+
+    def __init__(self, dataset, indices: Sequence[int]):
+        self.dataset = dataset
+        self.indices = np.asarray(indices, dtype=np.int64)
+        self.special_ids = dataset.special_ids
+        self.vocab_size = dataset.vocab_size
+        self.block_size = dataset.block_size
+
+    def __len__(self) -> int:
+        return int(self.indices.size)
+
+    def __getitem__(self, index: int):
+        return self.dataset[int(self.indices[index])]
+
+    def unigram_counts(self) -> np.ndarray:
+        return self.dataset.unigram_counts()  # of the whole corpus: a replacement-token distribution
+
+
+def split_held_out(dataset, count: int, seed: int = 0) -> Tuple[BlockSubset, BlockSubset]:
+    """``(training blocks, held-out blocks)``: ``count`` blocks drawn with ``seed``, the rest to train on.
+
+    The draw depends only on (number of blocks, count, seed), so a resumed run holds out the same ones.
+    """
+    if not 0 < count < len(dataset):
+        raise ValueError(f"held-out blocks must be between 1 and {len(dataset) - 1} (the corpus has "
+                         f"{len(dataset)}), got {count}")
+    rng = np.random.default_rng([seed, HELD_OUT_STREAM])
+    held_out = np.sort(rng.choice(len(dataset), size=count, replace=False))
+    training = np.setdiff1d(np.arange(len(dataset)), held_out, assume_unique=True)
+    return BlockSubset(dataset, training), BlockSubset(dataset, held_out)
 
 
 class _EpochBatches(torch.utils.data.Dataset):

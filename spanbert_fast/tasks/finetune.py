@@ -107,6 +107,9 @@ class CheckpointEvaluatingTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.evaluate_model = evaluate
         self.evaluations: List[dict] = []  # eval_log.csv rows written by this run
+        stale_log = os.path.join(self.args.out_dir, EVAL_LOG)
+        if self.ctx.is_main and not self.args.resume and os.path.isfile(stale_log):
+            os.remove(stale_log)  # a fresh run's evaluations start a fresh log
 
     def save_checkpoint(self) -> Optional[str]:
         """The Trainer's checkpoint (``Trainer.train`` saves every ``save_every`` steps and at the
@@ -180,9 +183,6 @@ def finetune(task, *, train_path: str, init: str, out_dir: str, eval_path: Optio
         trainer = Trainer(model, batches, args)
     else:
         trainer = CheckpointEvaluatingTrainer(model, batches, args, evaluate=evaluate)
-    stale_log = os.path.join(out_dir, EVAL_LOG)
-    if trainer.ctx.is_main and not args.resume and os.path.isfile(stale_log):
-        os.remove(stale_log)  # a fresh run's evaluations start a fresh log
     train_result = trainer.train()
     model.eval()
     if not trainer.ctx.is_main:
