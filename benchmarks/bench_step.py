@@ -203,19 +203,14 @@ def make_step(model: torch.nn.Module, loss_fn: Callable, batch: Dict[str, torch.
 
     if not cuda_graph:
         return step
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):  # Triton compiles and autotunes, AdamW creates its state
-            step()
-    torch.cuda.current_stream().wait_stream(side)
+    from spanbert_fast.cuda_graphs import GRAPH_WARMUP_STEPS, capture, on_side_stream
+
+    for _ in range(GRAPH_WARMUP_STEPS):  # Triton compiles and autotunes, AdamW creates its state
+        on_side_stream(step)
     optimizer.zero_grad(set_to_none=True)  # the capture allocates the grads each replay overwrites
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        update()
-    torch.cuda.synchronize()
+    graph, _ = capture(update)
 
     def replay():
         graph.replay()

@@ -20,11 +20,35 @@ refused (use ``--compile``'s own ``mode="reduce-overhead"`` for the compiled rou
 """
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import Callable, Dict, Optional, Tuple, TypeVar
 
 import torch
 
 GRAPH_WARMUP_STEPS = 3
+T = TypeVar("T")
+
+
+def on_side_stream(step: Callable[[], T], device=None) -> T:
+    """Run ``step`` eagerly on a side stream, ordered after and before the current stream's
+    work: PyTorch's rule for the warm-up iterations before a capture."""
+    current = torch.cuda.current_stream(device)
+    side = torch.cuda.Stream(device=device)
+    side.wait_stream(current)
+    with torch.cuda.stream(side):
+        result = step()
+    current.wait_stream(side)
+    return result
+
+
+def capture(update: Callable[[], T], device=None) -> Tuple[torch.cuda.CUDAGraph, T]:
+    """``update`` captured as a CUDA graph (not run: replay it), and the tensors it returned,
+    which each replay rewrites in place."""
+    torch.cuda.synchronize(device)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        outputs = update()
+    torch.cuda.synchronize(device)
+    return graph, outputs
 
 
 def check_graphable(device: torch.device, world_size: int, compile: bool, grad_accum: int, precision: str) -> None:
@@ -59,15 +83,9 @@ class CapturedTrainingStep:
         trainer = self.trainer
         if self.graph is None and self.warmup_left > 0:
             self.warmup_left -= 1
-            side = torch.cuda.Stream(device=trainer.device)
-            side.wait_stream(torch.cuda.current_stream(trainer.device))
-            with torch.cuda.stream(side):
-                if self.warmup_left == 0:  # compiled and tuned by now: the step must not sync
-                    grad_norm = self._sync_checked_step(batch, window)
-                else:
-                    grad_norm = trainer.training_step([batch], window)
-            torch.cuda.current_stream(trainer.device).wait_stream(side)
-            return grad_norm
+            if self.warmup_left == 0:  # compiled and tuned by now: the step must not sync
+                return on_side_stream(lambda: self._sync_checked_step(batch, window), trainer.device)
+            return on_side_stream(lambda: trainer.training_step([batch], window), trainer.device)
         if self.graph is None:
             self._capture(batch)
         else:
@@ -100,10 +118,9 @@ class CapturedTrainingStep:
         trainer = self.trainer
         self.static_batch = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
         trainer.optimizer.zero_grad(set_to_none=True)  # the capture allocates the grads it overwrites
-        torch.cuda.synchronize(trainer.device)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            outputs, self.static_grad_norm = trainer.forward_backward_update([self.static_batch])
+        graph, (outputs, self.static_grad_norm) = capture(
+            lambda: trainer.forward_backward_update([self.static_batch]), trainer.device
+        )
         self.static_output = outputs[0]
         self.graph = graph  # only a complete capture is ever replayed
 
