@@ -501,6 +501,14 @@ class Trainer:
         return plot_history(self.history, os.path.join(self.args.out_dir, PLOT_PNG))
 
 
+def output_values(output) -> Dict[str, torch.Tensor]:
+    """``loss`` and the ``metrics()`` of a model output, detached fp32 device tensors (no sync)."""
+    values = {"loss": output.loss.detach().float()}
+    if hasattr(output, "metrics"):
+        values.update({k: v.detach().float() for k, v in output.metrics().items()})
+    return values
+
+
 @torch.no_grad()
 def evaluate_batches(model: torch.nn.Module, batches: Iterable[Dict[str, object]], device,
                      autocast=contextlib.nullcontext) -> Dict[str, float]:
@@ -513,8 +521,7 @@ def evaluate_batches(model: torch.nn.Module, batches: Iterable[Dict[str, object]
         batch = move_batch(batch, device)
         with autocast():
             output = model(**batch)
-        values = {"loss": output.loss.float(), **{k: v.float() for k, v in getattr(output, "metrics", dict)().items()}}
-        for key, value in values.items():
+        for key, value in output_values(output).items():
             sums[key] = sums.get(key, 0) + value
         count += 1
     if count == 0:
@@ -548,10 +555,7 @@ class _MetricWindow:
         self.start = time.perf_counter()
 
     def add(self, output, batch):
-        values = {"loss": output.loss.detach().float()}
-        if hasattr(output, "metrics"):
-            values.update({k: v.detach().float() for k, v in output.metrics().items()})
-        for key, value in values.items():
+        for key, value in output_values(output).items():
             self.sums[key] = self.sums.get(key, 0) + value
         self.micro_batches += 1
         mask = batch.get("attention_mask")
