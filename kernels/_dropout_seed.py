@@ -80,5 +80,7 @@ def as_seed_tensor(seed: SeedLike, device: torch.device, fn: str) -> torch.Tenso
 
 def seed_tensor(seed: SeedLike, dropout_p: float, device: torch.device, fn: str) -> Optional[torch.Tensor]:
     """:func:`as_seed_tensor`, or None when ``dropout_p == 0`` (the kernels then never read it)."""
-    check_seed(seed, fn)
-    return None if dropout_p == 0.0 else as_seed_tensor(seed, device, fn)
+    if dropout_p == 0.0:
+        check_seed(seed, fn)  # still a bad argument, even when unused
+        return None
+    return as_seed_tensor(seed, device, fn)

@@ -34,7 +34,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._dropout_seed import SeedLike, as_seed_tensor, check_seed, load_seed, seed_tensor
+from ._dropout_seed import SeedLike, as_seed_tensor, load_seed, seed_tensor
 from ._layernorm_common import (
     INTERPRETING,
     block_d,
@@ -314,7 +314,6 @@ def bias_dropout_add_layernorm(
     one-element int64 tensor fixes the mask (the same seed gives the same mask).
     """
     _check_p(p)
-    check_seed(seed, _OP)
     x2d, vectors, rows = validate_rows(
         _OP, x, {"bias": bias, "weight": weight, "ln_bias": ln_bias}, {"residual": residual}, eps
     )
