@@ -1,6 +1,14 @@
 """WordPiece tokenizer: training (cased, special ids), save/load round trip, loading a BERT
-vocab.txt with BERT-cased special ids, word starts, and the ``spanbert-fast tokenizer`` CLI."""
+vocab.txt with BERT-cased special ids, word starts, and the ``spanbert-fast tokenizer`` CLI.
+
+Loading a BERT ``vocab.txt`` is checked against HF ``BertTokenizerFast`` (skipped without
+transformers) on tests/data/bert_uncased_vocab.txt and bert_cased_vocab.txt, vocabularies laid out
+like the published ones (tests/data/make_bert_vocabs.py), with and without a tokenizer_config.json.
+"""
+import inspect
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,6 +17,7 @@ from spanbert_fast.cli import main
 from spanbert_fast.data.corpus import demo_corpus_texts
 from spanbert_fast.data.tokenizer import (
     SpecialIds,
+    casing_decision,
     is_word_start,
     load_tokenizer,
     save_tokenizer,
@@ -17,6 +26,9 @@ from spanbert_fast.data.tokenizer import (
     word_start_table,
 )
 
+DATA = Path(__file__).parent / "data"
+UNCASED_VOCAB = DATA / "bert_uncased_vocab.txt"
+CASED_VOCAB = DATA / "bert_cased_vocab.txt"
 SENTENCE = "When a name is not bound, an attempt to evaluate it raises a NameError exception."
 
 
@@ -146,3 +158,110 @@ def test_vocab_txt_tokenizes_like_transformers_bert_tokenizer(demo_tokenizer, tm
     texts = demo_corpus_texts()[:10] + ["Café naïve — 東京 über\tTabs\u00a0nbsp", "x" * 150, "don't (stop)!"]
     for text in texts:
         assert ours.encode(text).ids == reference.encode(text), text[:40]
+
+
+# --------------------------------------------------------------------------- BERT vocab.txt like HF
+def stdlib_docstrings(limit=300):
+    """Real English text with mixed case, punctuation and code: docstrings of stdlib functions."""
+    import collections
+    import functools
+    import itertools
+    import os
+    import pathlib
+    import re
+    import string
+    import textwrap
+
+    texts = []
+    for module in (json, os, re, string, collections, functools, itertools, pathlib, textwrap, inspect):
+        for _, member in sorted(vars(module).items()):
+            doc = inspect.getdoc(member) if callable(member) else None
+            if doc and doc not in texts:
+                texts.append(doc[:1500])
+    assert len(texts) >= limit
+    return texts[:limit]
+
+
+def model_folder(tmp_path, vocab, config=None):
+    """A folder holding ``vocab`` as vocab.txt and, when given, ``config`` as tokenizer_config.json."""
+    folder = tmp_path / ("with_config" if config is not None else "bare")
+    folder.mkdir()
+    shutil.copy(vocab, folder / "vocab.txt")
+    if config is not None:
+        (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    return folder
+
+
+def test_uncased_vocab_fixture_has_unicode_upper_case_symbols():
+    """The fixture holds what tripped the old single-character rule: ``ℝ`` / ``##ℝ``, which
+    ``str.isupper`` calls upper case, and bracketed markers with ASCII capitals."""
+    tokens = UNCASED_VOCAB.read_text(encoding="utf-8").splitlines()
+    assert {"ℝ", "##ℝ", "[unused0]", "[unused993]"} <= set(tokens) and "ℝ".isupper()
+    assert tokens[:2] == ["[PAD]", "[unused0]"] and tokens[100:104] == ["[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+@pytest.mark.parametrize("config", [None, {"do_lower_case": True}], ids=["bare-vocab", "tokenizer-config"])
+def test_uncased_bert_vocab_lower_cases(tmp_path, config):
+    folder = model_folder(tmp_path, UNCASED_VOCAB, config)
+    tokenizer = load_tokenizer(folder)
+    assert tokenizer.encode("Hello World", add_special_tokens=False).tokens == ["hello", "world"]
+    assert tokenizer.encode("Café Über", add_special_tokens=False).tokens == ["cafe", "uber"]
+    decision = casing_decision(folder)
+    assert decision.startswith("uncased: lower-cases and strips accents"), decision
+    expected_reason = "no ASCII upper-case letter" if config is None else "do_lower_case=true in tokenizer_config.json"
+    assert expected_reason in decision
+
+
+@pytest.mark.parametrize("config", [None, {"do_lower_case": False}], ids=["bare-vocab", "tokenizer-config"])
+def test_cased_bert_vocab_keeps_case(tmp_path, config):
+    folder = model_folder(tmp_path, CASED_VOCAB, config)
+    assert load_tokenizer(folder).encode("Hello Café", add_special_tokens=False).tokens == ["Hello", "Café"]
+    decision = casing_decision(folder)
+    assert decision.startswith("cased: keeps case and accents"), decision
+    assert ("e.g. '" in decision) if config is None else ("do_lower_case=false" in decision)
+
+
+def test_tokenizer_config_decides_before_the_vocabulary(tmp_path):
+    """HF reads do_lower_case (and strip_accents) from tokenizer_config.json; so do we."""
+    lowered = load_tokenizer(model_folder(tmp_path, CASED_VOCAB, {"do_lower_case": True, "strip_accents": False}))
+    assert lowered.encode("Hello Café", add_special_tokens=False).tokens == ["hello", "c", "##a", "##f", "##é"]
+    (tmp_path / "bare").mkdir()
+    shutil.copy(UNCASED_VOCAB, tmp_path / "bare" / "vocab.txt")
+    (tmp_path / "bare" / "tokenizer_config.json").write_text('{"model_max_length": 512}')  # no do_lower_case
+    assert "no ASCII upper-case letter" in casing_decision(tmp_path / "bare")
+    (tmp_path / "bare" / "tokenizer_config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="tokenizer_config.json: not valid JSON"):
+        load_tokenizer(tmp_path / "bare")
+
+
+@pytest.mark.parametrize("vocab,config", [
+    (UNCASED_VOCAB, None), (UNCASED_VOCAB, {"do_lower_case": True}),
+    (CASED_VOCAB, None), (CASED_VOCAB, {"do_lower_case": False}),
+    (CASED_VOCAB, {"do_lower_case": True, "strip_accents": False}),
+], ids=["uncased-bare", "uncased-config", "cased-bare", "cased-config", "lowercase-keep-accents"])
+def test_bert_vocab_txt_tokenizes_like_hf_bert_tokenizer_fast(tmp_path, vocab, config):
+    """Same ids as HF BertTokenizerFast built with the casing the model's files declare
+    (for a bare vocab.txt: uncased BERT lower-cases, cased BERT does not)."""
+    transformers = pytest.importorskip("transformers")
+    folder = model_folder(tmp_path, vocab, config)
+    settings = config if config is not None else {"do_lower_case": vocab == UNCASED_VOCAB}
+    reference = transformers.BertTokenizerFast(str(folder / "vocab.txt"), **settings)
+    ours = load_tokenizer(folder)
+    texts = stdlib_docstrings() + ["Hello World", "Café naïve — 東京 ÜBER\tTabs\u00a0nbsp ℝ ℝx", "x" * 150]
+    differing = [text[:40] for text in texts if ours.encode(text).ids != reference(text)["input_ids"]]
+    assert not differing, f"{len(differing)} of {len(texts)} texts differ, e.g. {differing[:3]}"
+
+
+def test_info_and_prepare_print_the_casing_decision(tmp_path, capsys):
+    folder = model_folder(tmp_path, UNCASED_VOCAB)
+    assert main(["info", "--tokenizer", str(folder)]) == 0
+    assert "uncased: lower-cases and strips accents (no ASCII upper-case letter" in capsys.readouterr().out
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("Hello World.\n\nThe cat sat on the mat.\n", encoding="utf-8")
+    assert main(["prepare", "--input", str(corpus), "--tokenizer", str(folder / "vocab.txt"),
+                 "--out", str(tmp_path / "prepared"), "--quiet"]) == 0
+    assert "tokenizer casing: uncased: lower-cases" in capsys.readouterr().out
+    assert main(["info", "--data", str(tmp_path / "prepared")]) == 0
+    assert "uncased: lower-cases and strips accents (the normalizer of tokenizer.json)" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="--tokenizer: .*nowhere"):
+        main(["info", "--tokenizer", str(tmp_path / "nowhere")])

@@ -54,6 +54,7 @@ def corpus_info(data_dir: str, batch_size: int) -> dict:
     """Block statistics of a prepared corpus and the padding share of each batch layout."""
     from spanbert_fast.data.prepare import BlockDataset
     from spanbert_fast.data.static_shapes import padding_fractions
+    from spanbert_fast.data.tokenizer import casing_decision
 
     dataset = BlockDataset(data_dir)
     lengths = dataset.block_lengths()
@@ -62,6 +63,7 @@ def corpus_info(data_dir: str, batch_size: int) -> dict:
         "corpus": data_dir,
         "blocks": f"{len(lengths):,} of at most {dataset.block_size} tokens (+[CLS]/[SEP])",
         "tokens": f"{int(lengths.sum()):,}",
+        "tokenizer casing": casing_decision(dataset.path / dataset.meta["files"]["tokenizer"]),
         "block length": f"mean {lengths.mean():.1f}, median {np.median(lengths):.0f}, "
                         f"{100 * (lengths == dataset.block_size).mean():.1f} % full",
         f"padding, batch {batch_size}": f"padded {100 * pads['padded']:.1f} % | packed (CUDA default) 0 % | "
@@ -79,6 +81,12 @@ def run(args) -> int:
     if args.batch_size < 1:
         raise SystemExit(f"info: --batch-size must be at least 1, got {args.batch_size}")
     _print(collect_info())
+    if args.tokenizer:
+        from spanbert_fast.data.tokenizer import casing_decision
+        try:
+            _print({"tokenizer": args.tokenizer, "tokenizer casing": casing_decision(args.tokenizer)})
+        except (OSError, ValueError) as error:
+            raise SystemExit(f"info: --tokenizer: {error}") from error
     if args.data:
         print()
         _print(corpus_info(args.data, args.batch_size))
@@ -89,5 +97,7 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser("info", help="print versions, device and backend availability")
     parser.add_argument("--data", help="also describe this prepared corpus: block lengths and the share of "
                                        "padding each batch layout computes")
+    parser.add_argument("--tokenizer", help="also say whether this tokenizer (folder, tokenizer.json or vocab.txt) "
+                                            "lower-cases, and why")
     parser.add_argument("--batch-size", type=int, default=32, help="with --data: sequences per batch (default 32)")
     parser.set_defaults(func=run)

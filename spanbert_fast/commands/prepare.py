@@ -13,7 +13,7 @@ import argparse
 
 def run(args: argparse.Namespace) -> int:
     from spanbert_fast.data.prepare import DEFAULT_SHARD_TOKENS, prepare_corpus
-    from spanbert_fast.data.tokenizer import load_tokenizer
+    from spanbert_fast.data.tokenizer import casing_decision, load_tokenizer
 
     try:
         tokenizer = load_tokenizer(args.tokenizer, lowercase=args.lowercase)
@@ -30,6 +30,7 @@ def run(args: argparse.Namespace) -> int:
         f"into {stats.n_blocks} blocks of <= {args.block_size} tokens ({stats.n_shards} {stats.token_dtype} "
         f"shard(s)) in {stats.seconds:.1f} s: {stats.out_dir}"
     )
+    print(f"tokenizer casing: {casing_decision(args.tokenizer, args.lowercase)}")
     return 0
 
 

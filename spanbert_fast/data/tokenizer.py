@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from dataclasses import astuple, dataclass
 from pathlib import Path
@@ -59,10 +60,12 @@ def is_word_start(token: str) -> bool:
     return not token.startswith(CONTINUATION_PREFIX)
 
 
-def _configure(tokenizer: Tokenizer, lowercase: bool = False) -> Tokenizer:
-    """Attach the BERT normaliser, pre-tokenizer, decoder and (if possible) post-processor."""
+def _configure(tokenizer: Tokenizer, lowercase: bool = False, strip_accents: Optional[bool] = None) -> Tokenizer:
+    """Attach the BERT normaliser, pre-tokenizer, decoder and (if possible) post-processor.
+    ``strip_accents`` None follows ``lowercase``, as in BERT."""
     tokenizer.normalizer = normalizers.BertNormalizer(
-        clean_text=True, handle_chinese_chars=True, strip_accents=lowercase, lowercase=lowercase
+        clean_text=True, handle_chinese_chars=True, lowercase=lowercase,
+        strip_accents=lowercase if strip_accents is None else strip_accents,
     )
     tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tokenizer.decoder = decoders.WordPiece(prefix=CONTINUATION_PREFIX)
@@ -138,21 +141,59 @@ def save_tokenizer(tokenizer: Tokenizer, out_dir: PathLike) -> Path:
     return out
 
 
-def vocab_is_uncased(path: Path, vocab: Dict[str, int]) -> bool:
-    """Whether a ``vocab.txt`` belongs to an uncased model: ``do_lower_case`` from a
-    ``tokenizer_config.json`` beside it, else "no token outside [...] has an upper-case letter"."""
-    config = path.parent / "tokenizer_config.json"
-    if config.is_file():
+_MARKER = re.compile(r"^\[[^\[\]\s]+\]$")  # [PAD], [unused12]: markers, not text
+_ASCII_UPPER = re.compile(r"[A-Z]")
+
+
+@dataclass(frozen=True)
+class Casing:
+    """How a BERT ``vocab.txt`` is normalised, and why."""
+
+    lowercase: bool
+    strip_accents: bool
+    reason: str
+
+    def describe(self) -> str:
+        """One line for ``info`` and ``prepare``: the decision, then the reason."""
+        if self.lowercase:
+            kind = "uncased: lower-cases" + (" and strips accents" if self.strip_accents else ", keeps accents")
+        else:
+            kind = "cased: keeps case" + (", strips accents" if self.strip_accents else " and accents")
+        return f"{kind} ({self.reason})"
+
+
+def vocab_casing(path: Path, vocab: Iterable[str], lowercase: Optional[bool] = None) -> Casing:
+    """Whether the ``vocab.txt`` at ``path`` (entries ``vocab``) lower-cases, as HF decides.
+
+    In order: ``lowercase`` when given; else ``do_lower_case`` of a ``tokenizer_config.json``
+    beside it (and its ``strip_accents``: missing or null follows lower-casing, as in HF); else
+    the vocabulary: uncased when no entry other than the bracketed markers (``[CLS]``,
+    ``[unused0]``) holds an ASCII upper-case letter. Only ASCII counts: an uncased vocabulary
+    keeps symbols such as ``ℝ`` that Unicode calls upper case but that have no lower case.
+    """
+    if lowercase is not None:
+        return Casing(bool(lowercase), bool(lowercase), f"lowercase={bool(lowercase)} was asked for")
+    config_path = path.parent / "tokenizer_config.json"
+    if config_path.is_file():
         try:
-            value = json.loads(config.read_text(encoding="utf-8")).get("do_lower_case")
+            config = json.loads(config_path.read_text(encoding="utf-8"))
         except ValueError as error:
-            raise ValueError(f"{config}: not valid JSON ({error})") from error
-        if value is not None:
-            return bool(value)
-    return not any(ch.isupper() for token in vocab if not token.startswith("[") for ch in token)
+            raise ValueError(f"{config_path}: not valid JSON ({error})") from error
+        if not isinstance(config, dict):
+            raise ValueError(f"{config_path}: expected a JSON object, got {type(config).__name__}")
+        if config.get("do_lower_case") is not None:
+            lower = bool(config["do_lower_case"])
+            strip = config.get("strip_accents")
+            strip = lower if strip is None else bool(strip)
+            return Casing(lower, strip, f"do_lower_case={str(lower).lower()} in {config_path.name}")
+    cased_entry = next((token for token in vocab if not _MARKER.match(token) and _ASCII_UPPER.search(token)), None)
+    source = f"{path.name}, no do_lower_case in a tokenizer_config.json beside it"
+    if cased_entry is None:
+        return Casing(True, True, f"no ASCII upper-case letter in any entry of {source}")
+    return Casing(False, False, f"entries of {source} hold ASCII upper-case letters, e.g. {cased_entry!r}")
 
 
-def _from_vocab_txt(path: Path, lowercase: Optional[bool]) -> Tokenizer:
+def _read_vocab_txt(path: Path) -> Dict[str, int]:
     vocab: Dict[str, int] = {}
     with open(path, encoding="utf-8") as handle:
         for index, line in enumerate(handle):
@@ -162,12 +203,60 @@ def _from_vocab_txt(path: Path, lowercase: Optional[bool]) -> Tokenizer:
             vocab[token] = index
     if "[UNK]" not in vocab:
         raise ValueError(f"{path}: vocabulary has no [UNK] token")
-    if lowercase is None:
-        lowercase = vocab_is_uncased(path, vocab)
+    return vocab
+
+
+def _from_vocab_txt(path: Path, lowercase: Optional[bool]) -> Tokenizer:
+    vocab = _read_vocab_txt(path)
+    casing = vocab_casing(path, vocab, lowercase)
     tokenizer = Tokenizer(
         models.WordPiece(vocab=vocab, unk_token="[UNK]", continuing_subword_prefix=CONTINUATION_PREFIX)
     )
-    return _configure(tokenizer, lowercase=lowercase)
+    return _configure(tokenizer, lowercase=casing.lowercase, strip_accents=casing.strip_accents)
+
+
+def _tokenizer_file(path: Path) -> Path:
+    """The file a tokenizer path names: itself, or a directory's ``tokenizer.json``, else its ``vocab.txt``."""
+    if path.is_dir():
+        for name in (TOKENIZER_FILE, VOCAB_FILE):
+            if (path / name).is_file():
+                return path / name
+        raise FileNotFoundError(f"{path}: no {TOKENIZER_FILE} or {VOCAB_FILE} in this directory")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: tokenizer file not found")
+    return path
+
+
+def _normalizer_lowercases(normalizer: Optional[dict]) -> Tuple[bool, bool]:
+    """(lower-cases, strips accents) of a ``tokenizer.json`` normaliser (nested sequences included)."""
+    if not normalizer:
+        return False, False
+    kind = normalizer.get("type")
+    if kind == "Sequence":
+        found = [_normalizer_lowercases(n) for n in normalizer.get("normalizers", [])]
+        return any(f[0] for f in found), any(f[1] for f in found)
+    if kind == "BertNormalizer":
+        lower = bool(normalizer.get("lowercase"))
+        strip = normalizer.get("strip_accents")
+        return lower, lower if strip is None else bool(strip)
+    return kind == "Lowercase", kind == "StripAccents"
+
+
+def casing_decision(path: PathLike, lowercase: Optional[bool] = None) -> str:
+    """One line saying whether the tokenizer at ``path`` lower-cases and why (``info``, ``prepare``).
+
+    A ``vocab.txt`` gives :func:`vocab_casing`'s decision and reason; a ``tokenizer.json`` says
+    what its own normaliser does.
+    """
+    file = _tokenizer_file(Path(path))
+    if file.suffix != ".json":
+        return vocab_casing(file, _read_vocab_txt(file), lowercase).describe()
+    try:
+        normalizer = json.loads(file.read_text(encoding="utf-8")).get("normalizer")
+    except (ValueError, AttributeError) as error:
+        raise ValueError(f"{file}: not a valid tokenizer.json ({error})") from error
+    lower, strip = _normalizer_lowercases(normalizer)
+    return Casing(lower, strip, f"the normalizer of {file.name}").describe()
 
 
 def load_tokenizer(path: PathLike, *, lowercase: Optional[bool] = None) -> Tokenizer:
@@ -175,19 +264,12 @@ def load_tokenizer(path: PathLike, *, lowercase: Optional[bool] = None) -> Token
 
     A directory is searched for ``tokenizer.json`` first, then ``vocab.txt``. A ``vocab.txt`` is
     used as is (line number = id) with the BERT pipeline, lower-casing when ``lowercase`` says
-    so; ``None`` decides from ``tokenizer_config.json``'s ``do_lower_case`` beside it, else
-    from the vocabulary (no upper-case token: uncased). A ``tokenizer.json`` keeps its own pipeline, but any padding or
+    so; ``None`` decides as HF does (:func:`vocab_casing`: ``tokenizer_config.json``'s
+    ``do_lower_case`` beside it, else the vocabulary). A ``tokenizer.json`` keeps its own pipeline, but any padding or
     truncation saved in it is switched off: blocks and windows are cut by this package, and a
     saved ``padding`` would put [PAD] ids into the corpus.
     """
-    path = Path(path)
-    if path.is_dir():
-        for name in (TOKENIZER_FILE, VOCAB_FILE):
-            if (path / name).is_file():
-                return load_tokenizer(path / name, lowercase=lowercase)
-        raise FileNotFoundError(f"{path}: no {TOKENIZER_FILE} or {VOCAB_FILE} in this directory")
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: tokenizer file not found")
+    path = _tokenizer_file(Path(path))
     if path.suffix == ".json":
         try:
             tokenizer = Tokenizer.from_file(str(path))
