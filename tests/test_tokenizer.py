@@ -247,7 +247,8 @@ def test_bert_vocab_txt_tokenizes_like_hf_bert_tokenizer_fast(tmp_path, vocab, c
     settings = config if config is not None else {"do_lower_case": vocab == UNCASED_VOCAB}
     reference = transformers.BertTokenizerFast(str(folder / "vocab.txt"), **settings)
     ours = load_tokenizer(folder)
-    texts = stdlib_docstrings() + ["Hello World", "Café naïve — 東京 ÜBER\tTabs\u00a0nbsp ℝ ℝx", "x" * 150]
+    texts = stdlib_docstrings() + ["Hello World", "Café naïve — 東京 ÜBER\tTabs\u00a0nbsp ℝ ℝx", "x" * 150,
+                                   "a [MASK] b", "[CLS] x [SEP] y[SEP]", "the[MASK]cat [mask] [ MASK ] [PAD]"]
     differing = [text[:40] for text in texts if ours.encode(text).ids != reference(text)["input_ids"]]
     assert not differing, f"{len(differing)} of {len(texts)} texts differ, e.g. {differing[:3]}"
 
@@ -265,3 +266,18 @@ def test_info_and_prepare_print_the_casing_decision(tmp_path, capsys):
     assert "uncased: lower-cases and strips accents (the normalizer of tokenizer.json)" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="--tokenizer: .*nowhere"):
         main(["info", "--tokenizer", str(tmp_path / "nowhere")])
+
+
+@pytest.mark.parametrize("vocab", [UNCASED_VOCAB, CASED_VOCAB], ids=["uncased", "cased"])
+def test_special_tokens_written_in_text_stay_whole(tmp_path, vocab):
+    """A vocab.txt tokenizer keeps "[MASK]" / "[CLS]" / "[SEP]" of a text whole, as HF does
+    (fill-mask with a vocab.txt tokenizer depends on it); lower-cased "[mask]" is not special."""
+    tokenizer = load_tokenizer(model_folder(tmp_path, vocab, {"do_lower_case": vocab == UNCASED_VOCAB}))
+    assert tokenizer.encode("a [MASK] b", add_special_tokens=False).tokens == ["a", "[MASK]", "b"]
+    assert tokenizer.encode("the[MASK]cat", add_special_tokens=False).tokens == ["the", "[MASK]", "cat"]
+    assert tokenizer.encode("[CLS] a [SEP]", add_special_tokens=False).ids == [101, tokenizer.token_to_id("a"), 102]
+    lowered = tokenizer.encode("[mask]", add_special_tokens=False).tokens
+    assert lowered[0] == "[" and lowered[-1] == "]" and "[MASK]" not in lowered
+    assert tokenizer.get_vocab_size(with_added_tokens=True) == len(vocab.read_text(encoding="utf-8").splitlines())
+    tokens = tokenizer.get_vocab(with_added_tokens=True)
+    assert tokens["[MASK]"] == 103 and tokens["[PAD]"] == 0  # the vocabulary's ids, not new ones

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Dict, Iterable, Optional, Tuple, Union
 
 import numpy as np
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 CONTINUATION_PREFIX = "##"
@@ -212,6 +212,10 @@ def _from_vocab_txt(path: Path, lowercase: Optional[bool]) -> Tokenizer:
     tokenizer = Tokenizer(
         models.WordPiece(vocab=vocab, unk_token="[UNK]", continuing_subword_prefix=CONTINUATION_PREFIX)
     )
+    # As HF's BERT tokenizers do: the special tokens written in a text stay whole ("a [MASK] b"
+    # is a, [MASK], b), matched on the raw text before normalising (so "[mask]" is not one).
+    tokenizer.add_special_tokens([AddedToken(token, special=True, normalized=False)
+                                  for token in SPECIAL_TOKENS if token in vocab])
     return _configure(tokenizer, lowercase=casing.lowercase, strip_accents=casing.strip_accents)
 
 
@@ -263,7 +267,8 @@ def load_tokenizer(path: PathLike, *, lowercase: Optional[bool] = None) -> Token
     """Load a tokenizer from a directory, a ``tokenizer.json`` or a BERT ``vocab.txt``.
 
     A directory is searched for ``tokenizer.json`` first, then ``vocab.txt``. A ``vocab.txt`` is
-    used as is (line number = id) with the BERT pipeline, lower-casing when ``lowercase`` says
+    used as is (line number = id) with the BERT pipeline, its special tokens kept whole when they
+    are written in a text (as in HF), lower-casing when ``lowercase`` says
     so; ``None`` decides as HF does (:func:`vocab_casing`: ``tokenizer_config.json``'s
     ``do_lower_case`` beside it, else the vocabulary). A ``tokenizer.json`` keeps its own pipeline, but any padding or
     truncation saved in it is switched off: blocks and windows are cut by this package, and a
