@@ -18,6 +18,7 @@ from spanbert_fast.data.corpus import demo_corpus_texts
 from spanbert_fast.data.tokenizer import (
     SpecialIds,
     casing_decision,
+    encode_pair,
     is_word_start,
     load_tokenizer,
     save_tokenizer,
@@ -281,3 +282,25 @@ def test_special_tokens_written_in_text_stay_whole(tmp_path, vocab):
     assert tokenizer.get_vocab_size(with_added_tokens=True) == len(vocab.read_text(encoding="utf-8").splitlines())
     tokens = tokenizer.get_vocab(with_added_tokens=True)
     assert tokens["[MASK]"] == 103 and tokens["[PAD]"] == 0  # the vocabulary's ids, not new ones
+
+
+def test_empty_second_text_encodes_a_single_text(tmp_path):
+    """encode("x", "") is [CLS] x [SEP] as in HF (tokenizers alone adds a second [SEP]); the
+    classification reader passes a JSONL row's "text_pair": "" through this."""
+    from spanbert_fast.tasks.classification import encode_example, read_classification_file
+
+    tokenizer = load_tokenizer(model_folder(tmp_path, UNCASED_VOCAB))
+    assert tokenizer.encode("x", "").tokens == ["[CLS]", "x", "[SEP]", "[SEP]"]  # why encode_pair exists
+    assert encode_pair(tokenizer, "x", "").tokens == ["[CLS]", "x", "[SEP]"]
+    assert encode_pair(tokenizer, "x", None).tokens == ["[CLS]", "x", "[SEP]"]
+    pair = encode_pair(tokenizer, "x", "the cat")
+    assert pair.tokens == ["[CLS]", "x", "[SEP]", "the", "cat", "[SEP]"] and pair.type_ids == [0, 0, 0, 1, 1, 1]
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(json.dumps({"text": "x", "text_pair": "", "label": "a"}) + "\n", encoding="utf-8")
+    (example,) = read_classification_file(str(rows))
+    feature = encode_example(example, tokenizer, 16, {"a": 0}, str(rows))
+    assert feature["input_ids"] == [101, tokenizer.token_to_id("x"), 102]
+    transformers = pytest.importorskip("transformers")
+    reference = transformers.BertTokenizerFast(str(UNCASED_VOCAB), do_lower_case=True)
+    for text, text_pair in [("x", ""), ("x", None), ("Hello", "World"), ("", "x")]:
+        assert encode_pair(tokenizer, text, text_pair).ids == reference(text, text_pair)["input_ids"], (text, text_pair)

@@ -286,6 +286,16 @@ def load_tokenizer(path: PathLike, *, lowercase: Optional[bool] = None) -> Token
     return _from_vocab_txt(path, lowercase)
 
 
+def encode_pair(tokenizer: Tokenizer, text: str, text_pair: Optional[str] = None, *,
+                add_special_tokens: bool = True):
+    """``tokenizer.encode(text, text_pair)`` with HF's rule for the second text: an empty (or
+    missing) one encodes ``text`` alone, ``[CLS] x [SEP]``; ``tokenizers`` alone would give
+    ``[CLS] x [SEP] [SEP]``."""
+    if text_pair:
+        return tokenizer.encode(text, text_pair, add_special_tokens=add_special_tokens)
+    return tokenizer.encode(text, add_special_tokens=add_special_tokens)
+
+
 def special_ids(tokenizer: Tokenizer) -> SpecialIds:
     """Ids of [PAD] [UNK] [CLS] [SEP] [MASK] in ``tokenizer``'s vocabulary; ValueError if one is missing."""
     ids = {}

@@ -23,6 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from spanbert_fast.config import SpanBertConfig
+from spanbert_fast.data.tokenizer import encode_pair
 from spanbert_fast.model import SpanBertModel
 from spanbert_fast.tasks.common import (
     InputFileError,
@@ -148,7 +149,7 @@ def encode_example(example: ClassificationExample, tokenizer, max_length: int, l
         raise InputFileError(path, example.line, f"label {example.label!r} is not one of the model's labels "
                                                  f"{sorted(label2id)}")
     with truncation(tokenizer, max_length):
-        encoding = tokenizer.encode(example.text, example.text_pair)
+        encoding = encode_pair(tokenizer, example.text, example.text_pair)  # "" pair: a single text, as HF
     # Always set: single rows are all segment 0, and a batch mixing single and pair rows
     # must not lose (or trip over) the pair rows' segment ids.
     feature = {"input_ids": encoding.ids, "token_type_ids": encoding.type_ids}
