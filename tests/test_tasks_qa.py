@@ -2,6 +2,9 @@
 import collections
 import json
 import os
+import random
+import re
+import string
 
 import pytest
 
@@ -25,6 +28,7 @@ from spanbert_fast.tasks.qa import (
     max_context_flags,
     normalize_answer,
     read_squad,
+    squad_version_of,
     tokenize_context,
     window_starts,
 )
@@ -61,6 +65,162 @@ def test_squad_metrics_takes_the_best_gold_and_splits_v2():
     assert metrics["NoAns_total"] == 2 and metrics["NoAns_f1"] == pytest.approx(50.0)
     assert squad_metrics(examples[:1], {})["exact"] == 0.0  # missing prediction scores 0
     assert "HasAns_exact" not in squad_metrics(examples[:2], {"a": "x", "b": "y"})
+
+
+# --------------------------------------------------------------------------- the official SQuAD scripts
+# Re-written here from the published definitions of evaluate-v1.1.py and evaluate-v2.0.py (the
+# scripts distributed with SQuAD), as an independent oracle for squad_metrics.
+def official_normalize(s):
+    s = s.lower()
+    s = "".join(ch for ch in s if ch not in set(string.punctuation))
+    s = re.sub(r"\b(a|an|the)\b", " ", s)
+    return " ".join(s.split())
+
+
+def official_v1_f1(prediction, ground_truth):
+    prediction_tokens = official_normalize(prediction).split()
+    ground_truth_tokens = official_normalize(ground_truth).split()
+    common = collections.Counter(prediction_tokens) & collections.Counter(ground_truth_tokens)
+    num_same = sum(common.values())
+    if num_same == 0:
+        return 0
+    precision = 1.0 * num_same / len(prediction_tokens)
+    recall = 1.0 * num_same / len(ground_truth_tokens)
+    return (2 * precision * recall) / (precision + recall)
+
+
+def official_v1_evaluate(dataset, predictions):
+    f1 = exact_match = total = 0
+    for article in dataset:
+        for paragraph in article["paragraphs"]:
+            for qa_item in paragraph["qas"]:
+                total += 1
+                if qa_item["id"] not in predictions:
+                    continue
+                ground_truths = [x["text"] for x in qa_item["answers"]]
+                prediction = predictions[qa_item["id"]]
+                exact_match += max(official_normalize(prediction) == official_normalize(g) for g in ground_truths)
+                f1 += max(official_v1_f1(prediction, g) for g in ground_truths)
+    return {"exact_match": 100.0 * exact_match / total, "f1": 100.0 * f1 / total}
+
+
+def official_v2_f1(a_gold, a_pred):
+    gold_toks, pred_toks = official_normalize(a_gold).split(), official_normalize(a_pred).split()
+    common = collections.Counter(gold_toks) & collections.Counter(pred_toks)
+    num_same = sum(common.values())
+    if len(gold_toks) == 0 or len(pred_toks) == 0:
+        return int(gold_toks == pred_toks)
+    if num_same == 0:
+        return 0
+    precision, recall = 1.0 * num_same / len(pred_toks), 1.0 * num_same / len(gold_toks)
+    return (2 * precision * recall) / (precision + recall)
+
+
+def official_v2_evaluate(dataset, preds):
+    exact_scores, f1_scores, has_ans = {}, {}, {}
+    for article in dataset:
+        for p in article["paragraphs"]:
+            for qa_item in p["qas"]:
+                qid = qa_item["id"]
+                has_ans[qid] = bool(qa_item["answers"])
+                gold_answers = [a["text"] for a in qa_item["answers"] if official_normalize(a["text"])] or [""]
+                a_pred = preds[qid]
+                exact_scores[qid] = max(int(official_normalize(a) == official_normalize(a_pred)) for a in gold_answers)
+                f1_scores[qid] = max(official_v2_f1(a, a_pred) for a in gold_answers)
+
+    def make_eval_dict(qid_list, prefix=""):
+        total = len(qid_list)
+        return {prefix + "exact": 100.0 * sum(exact_scores[k] for k in qid_list) / total,
+                prefix + "f1": 100.0 * sum(f1_scores[k] for k in qid_list) / total, prefix + "total": total}
+
+    out = make_eval_dict(list(exact_scores))
+    for prefix, qids in (("HasAns_", [k for k, v in has_ans.items() if v]),
+                         ("NoAns_", [k for k, v in has_ans.items() if not v])):
+        if qids:
+            out.update(make_eval_dict(qids, prefix))
+    return out
+
+
+ANSWER_POOL = ["the", "an", "A", "", "cat", "the cat", "The Cat.", "Paris", "paris!", "in Paris", "!!", "a an the",
+               "Eiffel Tower", "the Eiffel  tower", "tower tower", "Gustave Eiffel", "1889", "in 1889"]
+
+
+def scoring_file(tmp_path, questions, version=None, impossible_key=False, name="squad.json"):
+    """A SQuAD file holding ``questions`` [(qid, [gold texts], is_impossible)], one context with every text."""
+    context = " | ".join(text for text in ANSWER_POOL)
+    qas = []
+    for qid, golds, impossible in questions:
+        item = {"id": qid, "question": "q?", "answers": [{"text": g, "answer_start": context.find(g)} for g in golds]}
+        if impossible_key or impossible:
+            item["is_impossible"] = impossible
+        qas.append(item)
+    dataset = {"data": [{"title": "t", "paragraphs": [{"context": context, "qas": qas}]}]}
+    if version is not None:
+        dataset["version"] = version
+    path = tmp_path / name
+    path.write_text(json.dumps(dataset), encoding="utf-8")
+    return str(path), dataset["data"]
+
+
+def test_squad_v1_pinned_examples(tmp_path):
+    """Gold answers that normalise to "" are kept by the official v1.1 script (F1 0 there)."""
+    path, data = scoring_file(tmp_path, [("q1", ["the"], False), ("q2", ["the", "cat"], False)], version="1.1")
+    examples = read_squad(path, require_answers=False, check_offsets=False)
+    one = squad_metrics(examples[:1], {"q1": "an"})
+    assert (one["exact"], one["f1"], one["squad_version"]) == (100.0, 0.0, "1.1")
+    two = squad_metrics(examples[1:], {"q2": ""})
+    assert (two["exact"], two["f1"]) == (100.0, 0.0)
+    official = official_v1_evaluate(data, {"q1": "an", "q2": ""})
+    both = squad_metrics(examples, {"q1": "an", "q2": ""})
+    assert (both["exact"], both["f1"]) == (official["exact_match"], official["f1"]) == (100.0, 0.0)
+    # The same questions under the v2.0 rules: "the" is dropped (q1's gold becomes ""; q2's is "cat").
+    v2 = squad_metrics(examples, {"q1": "an", "q2": ""}, squad_version="2.0")
+    assert (v2["exact"], v2["f1"]) == (50.0, 50.0)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_squad_v1_file_scores_as_the_official_v1_script(tmp_path, seed):
+    rng = random.Random(seed)
+    questions = [(f"q{i}", rng.sample(ANSWER_POOL, rng.randint(1, 3)), False) for i in range(300)]
+    predictions = {qid: rng.choice(ANSWER_POOL) for qid, _, _ in questions if rng.random() > 0.05}
+    for version in (None, "1.1"):
+        path, data = scoring_file(tmp_path, questions, version=version)
+        ours = squad_metrics(read_squad(path, require_answers=False, check_offsets=False), predictions)
+        official = official_v1_evaluate(data, predictions)
+        assert ours["squad_version"] == "1.1" and "HasAns_exact" not in ours
+        assert ours["exact"] == pytest.approx(official["exact_match"], abs=1e-9)
+        assert ours["f1"] == pytest.approx(official["f1"], abs=1e-9)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_squad_v2_file_scores_as_the_official_v2_script(tmp_path, seed):
+    """Includes impossible questions that still list answers (the v2.0 script scores those answers)."""
+    rng = random.Random(seed)
+    questions = []
+    for i in range(300):
+        kind = rng.random()
+        golds = [] if kind < 0.3 else rng.sample(ANSWER_POOL, rng.randint(1, 3))
+        questions.append((f"q{i}", golds, kind < 0.3 or kind > 0.9))
+    predictions = {qid: rng.choice(ANSWER_POOL) for qid, _, _ in questions}
+    path, data = scoring_file(tmp_path, questions, version="v2.0", impossible_key=True)
+    ours = squad_metrics(read_squad(path, require_answers=False, check_offsets=False), predictions)
+    official = official_v2_evaluate(data, predictions)
+    assert ours.pop("squad_version") == "2.0"
+    assert ours.keys() == official.keys()
+    for key, value in official.items():
+        assert ours[key] == pytest.approx(value, abs=1e-9), key
+
+
+def test_squad_version_follows_the_file(tmp_path):
+    assert squad_version_of(None, impossible_keys=False, impossible_true=False) == "1.1"
+    assert squad_version_of("1.1", impossible_keys=True, impossible_true=False) == "1.1"
+    assert squad_version_of(None, impossible_keys=True, impossible_true=False) == "2.0"
+    assert squad_version_of("v2.0", impossible_keys=False, impossible_true=False) == "2.0"
+    assert squad_version_of("1.1", impossible_keys=True, impossible_true=True) == "2.0"
+    assert read_squad(data_path("squad_v1.json"))[0].squad_version == "1.1"
+    assert read_squad(data_path("squad_v2.json"))[0].squad_version == "2.0"
+    with pytest.raises(ValueError, match="squad_version"):
+        squad_metrics(read_squad(data_path("squad_v1.json")), {}, squad_version="3")
 
 
 # --------------------------------------------------------------------------- windows
@@ -359,7 +519,7 @@ def test_reloaded_model_answers_squad_v1(trained_v2, tmp_path):
     assert model.load_report.missing == []
     metrics = QuestionAnsweringTask(**WINDOWS).evaluate(model, fixture_tokenizer(), data_path("squad_v1.json"),
                                                         str(tmp_path))
-    assert metrics == {"exact": 100.0, "f1": 100.0, "total": 7}
+    assert metrics == {"exact": 100.0, "f1": 100.0, "total": 7, "squad_version": "1.1"}
     assert not os.path.exists(tmp_path / "null_odds.json")  # v1.1 data: no null answers
     with open(tmp_path / "nbest_predictions.json") as f:
         nbest = json.load(f)["q2"]

@@ -21,11 +21,13 @@ answers ``""`` when ``null_score - best_span_score > null_threshold``. Predictio
 windows are made, scored and decoded example by example (an example's windows are
 consecutive), so only one example's logits are held, whatever the size of the file.
 
-Evaluation (:func:`squad_metrics`): the official SQuAD rules -- answers are normalised
+Evaluation (:func:`squad_metrics`): the official script of the file's SQuAD version (v1.1
+for a file without ``is_impossible`` or with ``"version": "1.1"``) -- answers are normalised
 (lower case, punctuation removed, articles a/an/the removed, whitespace collapsed); EM and
-token-overlap F1 take the maximum over the gold answers; an impossible question's only gold
-answer is ``""`` (scored 1 only for an empty prediction). Scores are percentages; v2.0
-also reports the ``HasAns_*`` and ``NoAns_*`` subsets.
+token-overlap F1 take the maximum over the gold answers. They differ on golds that normalise
+to ``""``: v1.1 keeps them (F1 0 there), v2.0 drops them and scores an impossible question's
+only gold ``""`` 1 for an empty prediction. Scores are percentages; v2.0 also reports the
+``HasAns_*`` and ``NoAns_*`` subsets.
 """
 from __future__ import annotations
 
@@ -114,6 +116,27 @@ class SquadExample:
     answers: List[Tuple[str, int]]  # (text, answer_start); empty for impossible questions
     is_impossible: bool
     line: Optional[int]  # line of the question's "id" in its file
+    # Every answer text the file lists for the question, impossible or not: what the official
+    # scripts score against (None: the texts of ``answers``).
+    gold_texts: Optional[List[str]] = None
+    squad_version: Optional[str] = None  # "1.1" / "2.0": whose scoring rules apply (squad_version_of)
+
+    def scored_answers(self) -> List[str]:
+        return [text for text, _ in self.answers] if self.gold_texts is None else list(self.gold_texts)
+
+
+def squad_version_of(version_field, impossible_keys: bool, impossible_true: bool) -> str:
+    """Which official script scores a SQuAD file: ``"2.0"`` when a question is marked
+    ``is_impossible: true``; else the file's ``version`` (``"1.1"``, ``"v2.0"``, ...); else
+    ``"2.0"`` when questions carry an ``is_impossible`` key at all, ``"1.1"`` when none does."""
+    if impossible_true:
+        return "2.0"
+    text = str(version_field or "").strip().lower().lstrip("v")
+    if text.startswith("1"):
+        return "1.1"
+    if text.startswith("2"):
+        return "2.0"
+    return "2.0" if impossible_keys else "1.1"
 
 
 _ID_KEY = re.compile(r'"id"\s*:\s*("(?:[^"\\]|\\.)*"|-?\d+)')
@@ -216,7 +239,7 @@ def read_squad(path: str, require_answers: bool = True, check_offsets: bool = Tr
                              f"{where} must be {'an object' if kind is dict else 'a list'}, "
                              f"got {type(value).__name__}")
 
-    examples, misplaced = [], []
+    examples, misplaced, impossible_keys = [], [], False
     for a, article in enumerate(dataset["data"]):
         at = ["data", a]
         article = expect(article, dict, at)
@@ -232,8 +255,11 @@ def read_squad(path: str, require_answers: bool = True, check_offsets: bool = Tr
                 if not isinstance(context, str) or "question" not in qa:
                     raise InputFileError(path, line, f"question {qid}: missing 'context' or 'question'")
                 impossible = bool(qa.get("is_impossible", False))
+                impossible_keys = impossible_keys or "is_impossible" in qa
                 answers = []
                 given = expect(qa.get("answers", []), list, at_q + ["answers"])
+                gold_texts = [answer["text"] for answer in given
+                              if isinstance(answer, dict) and isinstance(answer.get("text"), str)]
                 for m, answer in enumerate([] if impossible else given):
                     answer = expect(answer, dict, at_q + ["answers", m])
                     text, start = answer.get("text"), answer.get("answer_start")
@@ -255,9 +281,12 @@ def read_squad(path: str, require_answers: bool = True, check_offsets: bool = Tr
                 if require_answers and not impossible and not answers:
                     raise InputFileError(path, line, f"question {qid} has no answers; mark it "
                                                      '"is_impossible": true (SQuAD 2.0) or add one')
-                examples.append(SquadExample(qid, qa["question"], context, answers, impossible, line))
+                examples.append(SquadExample(qid, qa["question"], context, answers, impossible, line, gold_texts))
     if not examples:
         raise InputFileError(path, None, "no questions")
+    version = squad_version_of(dataset.get("version"), impossible_keys, any(e.is_impossible for e in examples))
+    for example in examples:
+        example.squad_version = version
     if misplaced:
         shown = "; ".join(misplaced[:5]) + ("; ..." if len(misplaced) > 5 else "")
         logger.warning("%s: %d answers do not match their answer_start (kept: only their text is scored): %s",
@@ -437,7 +466,7 @@ def decode_examples(examples: Sequence[SquadExample], scored_windows: Iterable[S
                                       **decoding))
 
 
-# --------------------------------------------------------------------------- official-style metrics
+# --------------------------------------------------------------------------- official metrics
 def normalize_answer(text: str) -> str:
     """Lower case, drop punctuation, drop the articles a/an/the, collapse whitespace (SQuAD rules)."""
     text = text.lower()
@@ -450,10 +479,11 @@ def exact_match_score(prediction: str, gold: str) -> float:
     return float(normalize_answer(prediction) == normalize_answer(gold))
 
 
-def f1_score(prediction: str, gold: str) -> float:
-    """Token-overlap F1 of the normalised answers; when either is empty, 1 only if both are."""
+def f1_score(prediction: str, gold: str, squad_version: str = "2.0") -> float:
+    """Token-overlap F1 of the normalised answers. v2.0: when either is empty, 1 only if both
+    are; v1.1: no common token is 0, so two empty answers score 0 too."""
     pred_tokens, gold_tokens = normalize_answer(prediction).split(), normalize_answer(gold).split()
-    if not pred_tokens or not gold_tokens:
+    if squad_version == "2.0" and (not pred_tokens or not gold_tokens):
         return float(pred_tokens == gold_tokens)
     common = collections.Counter(pred_tokens) & collections.Counter(gold_tokens)
     overlap = sum(common.values())
@@ -463,21 +493,44 @@ def f1_score(prediction: str, gold: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-def squad_metrics(examples: Sequence[SquadExample], predictions: Dict[str, str]) -> dict:
-    """EM and F1 (percentages) of ``predictions`` {qid: text}; a missing prediction scores 0.
+def _rules_of(examples: Sequence[SquadExample], squad_version: Optional[str]) -> str:
+    if squad_version is not None:
+        if squad_version not in ("1.1", "2.0"):
+            raise ValueError(f'squad_version must be "1.1" or "2.0", got {squad_version!r}')
+        return squad_version
+    versions = {example.squad_version for example in examples} - {None}
+    if versions:
+        return "2.0" if "2.0" in versions else "1.1"
+    return "2.0" if any(example.is_impossible for example in examples) else "1.1"
 
-    Each score is the maximum over the example's gold answers (``[""]`` for impossible ones).
-    With impossible questions present, ``HasAns_*`` / ``NoAns_*`` subsets are added.
+
+def squad_metrics(examples: Sequence[SquadExample], predictions: Dict[str, str],
+                  squad_version: Optional[str] = None) -> dict:
+    """EM and F1 (percentages) of ``predictions`` {qid: text}, as the official SQuAD script of
+    ``squad_version`` computes them; a missing prediction scores 0.
+
+    ``squad_version`` None: the examples' own (:func:`squad_version_of`, set by :func:`read_squad`),
+    else v2.0 when a question is impossible. Both take the maximum over the gold answer texts the
+    file lists (:meth:`SquadExample.scored_answers`, even for an ``is_impossible`` question):
+
+    * v1.1 (``evaluate-v1.1.py``): every gold is kept, also one that normalises to ``""`` (then
+      any prediction normalising to ``""`` is an exact match, and F1 is 0: no common token).
+      A question without gold answers (the official script fails there) scores 0.
+    * v2.0 (``evaluate-v2.0.py``): golds normalising to ``""`` are dropped; without any left the
+      only gold is ``""``; F1 with an empty side is 1 only when both are empty. The
+      ``HasAns_*`` / ``NoAns_*`` subsets split on whether the file lists answers.
     """
+    rules = _rules_of(examples, squad_version)
     rows = []
     for example in examples:
-        golds = [text for text, _ in example.answers if normalize_answer(text)] or [""]
-        if example.qid not in predictions:
-            rows.append((example, 0.0, 0.0))
+        listed = example.scored_answers()
+        golds = listed if rules == "1.1" else [text for text in listed if normalize_answer(text)] or [""]
+        if example.qid not in predictions or not golds:
+            rows.append((example, 0.0, 0.0, bool(listed)))
             continue
         prediction = predictions[example.qid]
         rows.append((example, max(exact_match_score(prediction, g) for g in golds),
-                     max(f1_score(prediction, g) for g in golds)))
+                     max(f1_score(prediction, g, rules) for g in golds), bool(listed)))
 
     def summary(subset, prefix=""):
         n = len(subset)
@@ -486,9 +539,11 @@ def squad_metrics(examples: Sequence[SquadExample], predictions: Dict[str, str])
                 f"{prefix}total": n}
 
     metrics = summary(rows)
-    if any(example.is_impossible for example in examples):
-        metrics.update(summary([r for r in rows if not r[0].is_impossible], "HasAns_"))
-        metrics.update(summary([r for r in rows if r[0].is_impossible], "NoAns_"))
+    if rules == "2.0":
+        for prefix, subset in (("HasAns_", [r for r in rows if r[3]]), ("NoAns_", [r for r in rows if not r[3]])):
+            if subset:  # as the official script: each subset reported when it has questions
+                metrics.update(summary(subset, prefix))
+    metrics["squad_version"] = rules
     return metrics
 
 
