@@ -277,6 +277,74 @@ def test_decode_answers_limits_and_null_threshold():
     assert answer == ""
 
 
+# --------------------------------------------------------------------------- whole-word answers
+WORD_CONTEXT = "Berlin is the capital of Deutschland. Café Müller serves crème in Zürich, Smith's way."
+VOCABS = {"uncased": data_path("bert_uncased_vocab.txt"), "cased": data_path("bert_cased_vocab.txt")}
+
+
+def decode_token_span(context_text, tokenizer, first, last):
+    """The answer decode_answers gives when the model points at context tokens ``first..last``."""
+    from spanbert_fast.data.tokenizer import load_tokenizer
+
+    context = tokenize_context(tokenizer, context_text)
+    n = len(context.ids)
+    feature = {"context_start": 1, "token_start": 0, "max_context": [True] * n}
+    starts, ends = [0.0] * (n + 1), [0.0] * (n + 1)
+    starts[1 + first], ends[1 + last] = 10.0, 10.0
+    example = SquadExample("x", "q", context_text, [], False, None)
+    return decode_answers(example, context, [feature], [starts], [ends], max_answer_length=n)[0], context
+
+
+def piece_index(tokenizer, context_text, word, piece):
+    """Index of the ``piece``-th WordPiece of the first token of ``word`` in the context."""
+    encoding = tokenizer.encode(context_text, add_special_tokens=False)
+    start = context_text.index(word)
+    first = next(i for i, (s, _) in enumerate(encoding.offsets) if s == start)
+    return first + piece
+
+
+@pytest.mark.parametrize("casing", ["uncased", "cased"])
+def test_answers_are_whole_words_of_the_original_context(casing):
+    """A span starting or ending inside a word (at a ## piece) answers whole words, with the
+    context's own casing and accents, as BERT's get_final_text returns them."""
+    from spanbert_fast.data.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(VOCABS[casing])
+    tokens = tokenizer.encode("Deutschland Müller Zürich", add_special_tokens=False).tokens
+    assert sum(not t.startswith("##") for t in tokens) == 3 and len(tokens) > 6 and "[UNK]" not in tokens
+    capital = piece_index(tokenizer, WORD_CONTEXT, "capital", 0)
+    cases = [  # (first token, last token) -> answer
+        ((capital, piece_index(tokenizer, WORD_CONTEXT, "Deutschland", 0)), "capital of Deutschland"),
+        ((capital, piece_index(tokenizer, WORD_CONTEXT, "Deutschland", 2)), "capital of Deutschland"),
+        ((piece_index(tokenizer, WORD_CONTEXT, "Müller", 2), piece_index(tokenizer, WORD_CONTEXT, "Zürich", 1)),
+         "Müller serves crème in Zürich"),
+        ((piece_index(tokenizer, WORD_CONTEXT, "Smith", 1), piece_index(tokenizer, WORD_CONTEXT, "Smith", 1)),
+         "Smith"),  # punctuation is a word of its own: "Smith's" stays "Smith", as get_final_text trims it
+    ]
+    for (first, last), expected in cases:
+        answer, context = decode_token_span(WORD_CONTEXT, tokenizer, first, last)
+        assert answer == expected, (casing, first, last, tokenizer.encode(WORD_CONTEXT).tokens[first + 1: last + 2])
+        plain = WORD_CONTEXT[context.offsets[first][0]:context.offsets[last][1]]
+        assert plain == expected or len(plain) < len(expected)  # the token cut alone is not a word
+
+
+def test_whole_word_answers_count_once_and_need_word_boundaries():
+    """Two spans widening to the same words are one n-best entry; a tokenizer without
+    pre-tokenization (no word boundary known) keeps the token span."""
+    from spanbert_fast.data.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(VOCABS["cased"])
+    context = tokenize_context(tokenizer, "Deutschland")
+    n = len(context.ids)
+    feature = {"context_start": 1, "token_start": 0, "max_context": [True] * n}
+    starts, ends = [0.0] + [5.0] * n, [0.0] + [5.0] * n
+    example = SquadExample("x", "q", "Deutschland", [], False, None)
+    answer, nbest, _ = decode_answers(example, context, [feature], [starts], [ends], n_best=5)
+    assert answer == "Deutschland" and [c["text"] for c in nbest] == ["Deutschland"]
+    no_words = ContextTokens(context.ids, context.offsets)  # word_ids unknown
+    assert no_words.answer_chars(0, 0) == context.offsets[0]
+
+
 # --------------------------------------------------------------------------- streaming prediction
 SMALL_WINDOWS = dict(max_length=48, doc_stride=16, max_query_length=16)  # long contexts: 7 windows
 

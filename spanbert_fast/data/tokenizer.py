@@ -20,7 +20,7 @@ import re
 import tempfile
 from dataclasses import astuple, dataclass
 from pathlib import Path
-from typing import Dict, Iterable, Optional, Tuple, Union
+from typing import Dict, Iterable, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
@@ -305,6 +305,23 @@ def special_ids(tokenizer: Tokenizer) -> SpecialIds:
             raise ValueError(f"tokenizer has no {token} token")
         ids[name] = index
     return SpecialIds(**ids)
+
+
+def word_boundaries_known(tokenizer: Tokenizer) -> bool:
+    """Whether ``Encoding.word_ids`` tells words apart: the tokenizer splits text into words
+    (pre-tokenizes) before its model runs, as BERT, byte-level BPE and Metaspace/Unigram
+    tokenizers do. Without a pre-tokenizer the whole text is one "word"."""
+    return tokenizer.pre_tokenizer is not None
+
+
+def word_starts_of(word_ids: Sequence[Optional[int]]) -> np.ndarray:
+    """bool [n] from an ``Encoding.word_ids``: token ``i`` starts a word when it is the first
+    token or its word differs from the previous token's (a token without a word, ``None``, is a
+    word of its own). Any tokenizer: WordPiece ``##`` pieces, BPE and Unigram pieces alike."""
+    starts = np.ones(len(word_ids), dtype=bool)
+    for i in range(1, len(word_ids)):
+        starts[i] = word_ids[i] is None or word_ids[i] != word_ids[i - 1]
+    return starts
 
 
 def word_start_table(tokenizer: Tokenizer) -> np.ndarray:

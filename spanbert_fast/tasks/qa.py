@@ -15,7 +15,11 @@ the window where it has the most context on both sides (BERT's "max context" rul
 
 Decoding: per example, over all its windows, the ``n_best`` best start and end positions
 are paired into spans inside the context with ``start <= end`` and at most
-``max_answer_length`` tokens, scored ``start_logit + end_logit``. v1.1 answers with the best
+``max_answer_length`` tokens, scored ``start_logit + end_logit``. The answer text is the
+original context (its casing, accents and spacing, as BERT's and SpanBERT's ``get_final_text``
+return it) from the start of the first token's word to the end of the last token's word, words
+as the tokenizer pre-tokenizes them: a span ending at ``G`` of ``G ##erman ##y`` answers
+``Germany``, never ``G``; spans widening to the same text count once. v1.1 answers with the best
 span. v2.0 also scores the null answer, ``min`` over windows of ``start[0] + end[0]``, and
 answers ``""`` when ``null_score - best_span_score > null_threshold``. Prediction streams:
 windows are made, scored and decoded example by example (an example's windows are
@@ -299,11 +303,30 @@ def read_squad(path: str, require_answers: bool = True, check_offsets: bool = Tr
 class ContextTokens:
     ids: List[int]
     offsets: List[Tuple[int, int]]  # character span of each token in the context
+    # The tokenizer's word of each token (``Encoding.word_ids``); None when its words are unknown.
+    word_ids: Optional[List[Optional[int]]] = None
+
+    def answer_chars(self, first: int, last: int) -> Tuple[int, int]:
+        """Characters ``[start, end)`` of tokens ``first..last`` widened to whole words: from the
+        first token of ``first``'s word to the last token of ``last``'s word (a span never stops
+        inside a word, e.g. at ``G`` of ``G ##erman ##y``). Words are the tokenizer's own
+        pre-tokenization (BERT: split at spaces and punctuation, so ``Smith's`` is three words)."""
+        words = self.word_ids
+        if words is not None and words[first] is not None:
+            while first > 0 and words[first - 1] == words[first]:
+                first -= 1
+        if words is not None and words[last] is not None:
+            while last + 1 < len(words) and words[last + 1] == words[last]:
+                last += 1
+        return self.offsets[first][0], self.offsets[last][1]
 
 
 def tokenize_context(tokenizer, context: str) -> ContextTokens:
+    from spanbert_fast.data.tokenizer import word_boundaries_known
+
     encoding = tokenizer.encode(context, add_special_tokens=False)
-    return ContextTokens(list(encoding.ids), [tuple(o) for o in encoding.offsets])
+    words = list(encoding.word_ids) if word_boundaries_known(tokenizer) else None
+    return ContextTokens(list(encoding.ids), [tuple(o) for o in encoding.offsets], words)
 
 
 def answer_token_span(context: ContextTokens, start_char: int, end_char: int) -> Optional[Tuple[int, int]]:
@@ -401,7 +424,7 @@ def decode_answers(example: SquadExample, context: ContextTokens, features: Sequ
                 if e < s or e - s + 1 > max_answer_length:
                     continue
                 token_s, token_e = feature["token_start"] + s - first, feature["token_start"] + e - first
-                char_s, char_e = context.offsets[token_s][0], context.offsets[token_e][1]
+                char_s, char_e = context.answer_chars(token_s, token_e)
                 candidates.append({"text": example.context[char_s:char_e], "score": starts[s] + ends[e],
                                    "start": char_s, "end": char_e})
     candidates.sort(key=lambda c: -c["score"])
