@@ -135,6 +135,52 @@ def test_pretraining_parity_with_nsp_loss(monkeypatch):
     assert_grads_match(patched, reference)
 
 
+@pytest.mark.parametrize("model_class", ["BertForMaskedLM", "BertForPreTraining"])
+def test_keep_logits_returns_the_logits_with_the_fused_loss(model_class):
+    """transformers returns logits with the loss; keep_logits=True does too (default: None)."""
+    torch.manual_seed(6)
+    reference = getattr(transformers, model_class)(tiny_bert_config("sdpa")).eval()
+    patched = patch_hf_bert(copy.deepcopy(reference), backend="torch", keep_logits=True)
+    input_ids, attention_mask, labels = batch(seed=6)
+    extra = {"next_sentence_label": torch.tensor([1, 0])} if model_class == "BertForPreTraining" else {}
+    out = patched(input_ids=input_ids, attention_mask=attention_mask, labels=labels, **extra)
+    ref = reference(input_ids=input_ids, attention_mask=attention_mask, labels=labels, **extra)
+    name = "logits" if model_class == "BertForMaskedLM" else "prediction_logits"
+    real = attention_mask.bool()
+    assert getattr(out, name).shape == getattr(ref, name).shape == (2, 10, 99)
+    torch.testing.assert_close(getattr(out, name)[real], getattr(ref, name)[real], atol=TOL, rtol=TOL)
+    torch.testing.assert_close(out.loss, ref.loss, atol=TOL, rtol=TOL)
+    out.loss.backward()
+    ref.loss.backward()
+    assert_grads_match(patched, reference)
+    default = patch_hf_bert(copy.deepcopy(reference), backend="torch")
+    assert getattr(default(input_ids=input_ids, attention_mask=attention_mask, labels=labels, **extra), name) is None
+
+
+@pytest.mark.parametrize("model_class", ["BertForMaskedLM", "BertForPreTraining"])
+def test_labels_on_padding_are_refused(model_class):
+    """transformers scores a label at a padded position (its loss changes); the patched model
+    cannot reproduce that, so it refuses, naming -100, instead of returning another number."""
+    torch.manual_seed(7)
+    reference = getattr(transformers, model_class)(tiny_bert_config("eager")).eval()
+    patched = patch_hf_bert(copy.deepcopy(reference), backend="torch")
+    input_ids, attention_mask, labels = batch(seed=7)
+    on_padding = labels.clone()
+    on_padding[1, 8] = 42  # row 1 is padding from position 6 on
+    extra = {"next_sentence_label": torch.tensor([1, 0])} if model_class == "BertForPreTraining" else {}
+    with torch.no_grad():
+        counted = reference(input_ids=input_ids, attention_mask=attention_mask, labels=on_padding, **extra).loss
+        plain = reference(input_ids=input_ids, attention_mask=attention_mask, labels=labels, **extra).loss
+    assert not torch.isclose(counted, plain)  # transformers does put the padded label in its loss
+    with pytest.raises(ValueError, match="1 label\\(s\\) sit on padded positions .*-100"):
+        patched(input_ids=input_ids, attention_mask=attention_mask, labels=on_padding, **extra)
+    additive = torch.where(attention_mask.bool()[:, None, None, :], 0.0, torch.finfo(torch.float32).min)
+    with pytest.raises(ValueError, match="padded positions"):  # a 4-D mask says the same
+        patched(input_ids=input_ids, attention_mask=additive, labels=on_padding, **extra)
+    out = patched(input_ids=input_ids, attention_mask=attention_mask, labels=labels, **extra)
+    torch.testing.assert_close(out.loss, plain, atol=TOL, rtol=TOL)
+
+
 def test_bare_encoder_without_padding_and_tuple_output():
     torch.manual_seed(2)
     reference = transformers.BertModel(tiny_bert_config("eager")).eval()

@@ -13,13 +13,17 @@ parameters, no copies; ``state_dict`` and ``save_pretrained`` are unchanged):
 * ``BertForMaskedLM`` / ``BertForPreTraining`` called **with labels** (for pre-training: with
   ``labels`` and ``next_sentence_label``, when transformers computes a loss): the MLM transform runs
   only on the labelled rows and :func:`spanbert_fast.ops.masked_lm_loss` gives the loss without the
-  full ``[B, L, V]`` logits, which are then returned as ``None``. Call without labels to get logits.
+  full ``[B, L, V]`` logits. **Unlike transformers, ``logits`` (``prediction_logits``) is then
+  ``None``**, unless the model was patched with ``keep_logits=True``: the loss stays fused and the
+  full logits are computed as well, as transformers returns them. Without labels: logits as usual.
 
-Differences from the unpatched model, by design: hidden states at **padding** positions are zeros
-(transformers computes values there that nothing reads); with no labelled token at all the MLM
-loss is 0 (transformers gives NaN); dropout masks come from the ops' own seeded generator. Calls
-that ask for attention weights (``output_attentions``) or pass a KV cache use the original
-attention. Decoder (causal) and cross-attention BERTs are refused.
+Differences from the unpatched model, by design: hidden states at **padding** positions are not
+transformers' (the attention op gives padded query rows zeros; nothing reads them), so a label
+on a padded position (``attention_mask`` 0) raises ``ValueError`` instead of entering the loss
+(transformers scores it from those values); with no labelled token at all the MLM loss is 0
+(transformers gives NaN); dropout masks come from the ops' own seeded generator. Calls that ask
+for attention weights (``output_attentions``) or pass a KV cache use the original attention.
+Decoder (causal) and cross-attention BERTs are refused.
 """
 from __future__ import annotations
 
@@ -132,6 +136,22 @@ def fused_mlm_loss(predictions, sequence_output: torch.Tensor, labels: torch.Ten
     return loss
 
 
+def refuse_labels_on_padding(labels: torch.Tensor, attention_mask) -> None:
+    """ValueError when a label (not -100) sits where ``attention_mask`` marks padding: transformers
+    puts those positions in its loss, computed from hidden states the patched model does not
+    reproduce there. One host sync (the fused loss syncs anyway)."""
+    if not isinstance(attention_mask, torch.Tensor):
+        return
+    keep = key_padding_from_mask(attention_mask, labels.shape[0])
+    if keep is None or keep.shape != labels.shape:
+        return
+    on_padding = (labels != IGNORE_INDEX) & ~keep
+    if bool(on_padding.any()):
+        raise ValueError(f"patch_hf_bert: {int(on_padding.sum())} label(s) sit on padded positions "
+                         "(attention_mask 0), which the patched model does not score as transformers does; "
+                         f"set the labels at padding to {IGNORE_INDEX} (ignored), as the HF data collators do")
+
+
 def _encoder_kwargs(kwargs: dict) -> bool:
     """Pop ``return_dict``; True when the caller wants a tuple."""
     return kwargs.pop("return_dict", True) is False
@@ -140,7 +160,8 @@ def _encoder_kwargs(kwargs: dict) -> bool:
 def _masked_lm_forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
                        inputs_embeds=None, encoder_hidden_states=None, encoder_attention_mask=None,
                        labels=None, **kwargs):
-    """``BertForMaskedLM.forward``; with ``labels`` the loss is fused and ``logits`` is None."""
+    """``BertForMaskedLM.forward``; with ``labels`` the loss is fused and ``logits`` is None
+    (unless patched with ``keep_logits=True``)."""
     if labels is None:
         return self._spanbert_original_forward(
             input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
@@ -148,20 +169,23 @@ def _masked_lm_forward(self, input_ids=None, attention_mask=None, token_type_ids
             encoder_attention_mask=encoder_attention_mask, **kwargs)
     from transformers.modeling_outputs import MaskedLMOutput
 
+    refuse_labels_on_padding(labels, attention_mask)
     as_tuple = _encoder_kwargs(kwargs)
     outputs = self.bert(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
                         position_ids=position_ids, inputs_embeds=inputs_embeds,
                         encoder_hidden_states=encoder_hidden_states, encoder_attention_mask=encoder_attention_mask,
                         return_dict=True, **kwargs)
     loss = fused_mlm_loss(self.cls.predictions, outputs[0], labels, self._spanbert_backend)
-    result = MaskedLMOutput(loss=loss, logits=None, hidden_states=outputs.hidden_states,
+    logits = self.cls.predictions(outputs[0]) if self._spanbert_keep_logits else None
+    result = MaskedLMOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
                             attentions=outputs.attentions)
     return result.to_tuple() if as_tuple else result
 
 
 def _pretraining_forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
                          inputs_embeds=None, labels=None, next_sentence_label=None, **kwargs):
-    """``BertForPreTraining.forward``; with both labels the MLM loss is fused (``prediction_logits`` None)."""
+    """``BertForPreTraining.forward``; with both labels the MLM loss is fused (``prediction_logits``
+    None unless patched with ``keep_logits=True``)."""
     if labels is None or next_sentence_label is None:
         return self._spanbert_original_forward(
             input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
@@ -169,14 +193,16 @@ def _pretraining_forward(self, input_ids=None, attention_mask=None, token_type_i
             next_sentence_label=next_sentence_label, **kwargs)
     from transformers.models.bert.modeling_bert import BertForPreTrainingOutput
 
+    refuse_labels_on_padding(labels, attention_mask)
     as_tuple = _encoder_kwargs(kwargs)
     outputs = self.bert(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
                         position_ids=position_ids, inputs_embeds=inputs_embeds, return_dict=True, **kwargs)
     sequence_output, pooled_output = outputs[:2]
     mlm_loss = fused_mlm_loss(self.cls.predictions, sequence_output, labels, self._spanbert_backend)
+    prediction_logits = self.cls.predictions(sequence_output) if self._spanbert_keep_logits else None
     relationship = self.cls.seq_relationship(pooled_output)
     nsp_loss = F.cross_entropy(relationship.view(-1, 2), next_sentence_label.view(-1))
-    result = BertForPreTrainingOutput(loss=mlm_loss + nsp_loss, prediction_logits=None,
+    result = BertForPreTrainingOutput(loss=mlm_loss + nsp_loss, prediction_logits=prediction_logits,
                                       seq_relationship_logits=relationship, hidden_states=outputs.hidden_states,
                                       attentions=outputs.attentions)
     return result.to_tuple() if as_tuple else result
@@ -190,11 +216,13 @@ def _swap_forward(module, forward, backend: str) -> None:
 
 
 def patch_hf_bert(model, backend: str = "auto", *, attention: bool = True, sublayer_output: bool = True,
-                  mlm_loss: bool = True):
+                  mlm_loss: bool = True, keep_logits: bool = False):
     """Patch a ``transformers`` BERT model in place to run on spanbert-fast ops; returns ``model``.
 
     ``backend``: ``"auto"`` (Triton kernels on CUDA, PyTorch references on CPU), ``"torch"``
     or ``"triton"``. The three switches choose what is replaced (see the module docstring).
+    ``keep_logits``: with the fused MLM loss, still return the full ``[B, L, V]`` logits with
+    the loss, as transformers does (by default they are ``None``: the point of the fused loss).
     Patching twice re-targets the backend. ``model._spanbert_patched`` counts what was replaced.
     """
     from transformers.models.bert import modeling_bert as hf
@@ -226,5 +254,6 @@ def patch_hf_bert(model, backend: str = "auto", *, attention: bool = True, subla
     elif mlm_loss and isinstance(model, hf.BertForPreTraining):
         _swap_forward(model, _pretraining_forward, backend)
         counts["mlm_loss"] += 1
+    model._spanbert_keep_logits = bool(keep_logits)
     model._spanbert_patched = counts
     return model
