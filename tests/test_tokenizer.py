@@ -24,7 +24,9 @@ from spanbert_fast.data.tokenizer import (
     save_tokenizer,
     special_ids,
     train_tokenizer,
+    word_boundaries_known,
     word_start_table,
+    word_starts_of,
 )
 
 DATA = Path(__file__).parent / "data"
@@ -304,3 +306,84 @@ def test_empty_second_text_encodes_a_single_text(tmp_path):
     reference = transformers.BertTokenizerFast(str(UNCASED_VOCAB), do_lower_case=True)
     for text, text_pair in [("x", ""), ("x", None), ("Hello", "World"), ("", "x")]:
         assert encode_pair(tokenizer, text, text_pair).ids == reference(text, text_pair)["input_ids"], (text, text_pair)
+
+
+# --------------------------------------------------------------------------- word starts of any tokenizer
+def bpe_and_unigram_tokenizers(texts):
+    """A byte-level BPE and a Metaspace Unigram tokenizer with BERT's special tokens (tokenizer.json kinds)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    bpe = Tokenizer(models.BPE(unk_token="[UNK]"))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=400, special_tokens=specials, show_progress=False,
+                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    unigram = Tokenizer(models.Unigram())
+    unigram.pre_tokenizer = pre_tokenizers.Metaspace()
+    unigram.train_from_iterator(texts, trainers.UnigramTrainer(vocab_size=300, special_tokens=specials,
+                                                               unk_token="[UNK]", show_progress=False))
+    return {"bpe": bpe, "unigram": unigram}
+
+
+def prepared(tmp_path, tokenizer, texts, name):
+    from spanbert_fast.data.prepare import BlockDataset, prepare_corpus
+
+    corpus = tmp_path / f"{name}.txt"
+    corpus.write_text("\n\n".join(texts), encoding="utf-8")
+    prepare_corpus([corpus], tokenizer, tmp_path / name, block_size=62, progress=False)
+    return BlockDataset(tmp_path / name)
+
+
+def test_word_starts_of_marks_each_words_first_token():
+    assert word_starts_of([[0, 0, 1, None, 2, 2], [], [0, 0], [7]]).tolist() == \
+        [True, False, True, True, True, False, True, False, True]
+    assert word_starts_of([]).shape == (0,)
+
+
+def test_wordpiece_word_starts_equal_the_continuation_rule(demo_tokenizer):
+    """For WordPiece, word_ids give what the ## table gives: the rule span masking was built on."""
+    texts = demo_corpus_texts()[:30]
+    encodings = demo_tokenizer.encode_batch(texts, add_special_tokens=False)
+    table = word_start_table(demo_tokenizer)
+    expected = np.concatenate([table[e.ids] for e in encodings])
+    assert np.array_equal(word_starts_of(e.word_ids for e in encodings), expected)
+
+
+@pytest.mark.parametrize("kind", ["bpe", "unigram"])
+def test_bpe_and_unigram_corpora_get_real_word_starts(tmp_path, kind):
+    """A BPE / Unigram tokenizer.json with BERT specials: word starts follow its words (they were
+    all 1 before, which made span masking silently subword masking)."""
+    texts = demo_corpus_texts()[:40]
+    tokenizer = bpe_and_unigram_tokenizers(texts)[kind]
+    assert word_boundaries_known(tokenizer)
+    dataset = prepared(tmp_path, tokenizer, texts, kind)
+    assert dataset.word_boundaries and dataset.meta["word_boundaries"] is True
+    starts = np.concatenate([dataset[i].word_starts for i in range(len(dataset))])
+    assert 0.3 < starts.mean() < 0.95  # words of several pieces exist, and most tokens are not all starts
+    sentence = "When a name is not bound, an attempt to evaluate it raises a NameError exception."
+    encoding = tokenizer.encode(sentence, add_special_tokens=False)
+    n_words = len(set(encoding.word_ids))
+    assert word_starts_of([encoding.word_ids]).sum() == n_words < len(encoding.ids)
+    from spanbert_fast.data.loader import PretrainingBatches
+
+    PretrainingBatches(dataset, batch_size=2, masking="span")  # words known: span masking allowed
+
+
+def test_span_masking_is_refused_without_word_boundaries(tmp_path):
+    """No pre-tokenizer: no word boundary can be known; span/word masking fail naming --masking subword."""
+    from spanbert_fast.data.loader import PretrainingBatches, split_held_out
+
+    texts = demo_corpus_texts()[:40]
+    tokenizer = bpe_and_unigram_tokenizers(texts)["unigram"]
+    tokenizer.pre_tokenizer = None
+    assert not word_boundaries_known(tokenizer)
+    dataset = prepared(tmp_path, tokenizer, texts, "nowords")
+    assert dataset.meta["word_boundaries"] is False and dataset[0].word_starts.all()
+    for masking in ("span", "word"):
+        with pytest.raises(ValueError, match=f"{masking} masking needs word boundaries.*--masking subword"):
+            PretrainingBatches(dataset, batch_size=2, masking=masking)
+    training, _ = split_held_out(dataset, 2)
+    with pytest.raises(ValueError, match="--masking subword"):
+        PretrainingBatches(training, batch_size=2, masking="span")
+    batch = PretrainingBatches(dataset, batch_size=2, masking="subword").make_batch(0, 0)
+    assert batch["input_ids"].shape[0] == 2

@@ -43,6 +43,7 @@ class BlockSubset:
         self.special_ids = dataset.special_ids
         self.vocab_size = dataset.vocab_size
         self.block_size = dataset.block_size
+        self.word_boundaries = getattr(dataset, "word_boundaries", True)
 
     def __len__(self) -> int:
         return int(self.indices.size)
@@ -131,6 +132,11 @@ class PretrainingBatches:
                 f"dataset has {len(dataset)} blocks, fewer than one global batch "
                 f"({batch_size} x {world_size} ranks = {global_batch_size})"
             )
+        scheme = masker.scheme if masker is not None else masking
+        if scheme != "subword" and not getattr(dataset, "word_boundaries", True):
+            raise ValueError(f"{scheme} masking needs word boundaries, and the corpus was prepared with a tokenizer "
+                             "that has no pre-tokenizer (no word boundary is known): use --masking subword "
+                             "(masking='subword'), or prepare the corpus with a tokenizer that splits words")
         if masker is None:
             counts = dataset.unigram_counts() if unigram_replacement else None
             masker = SpanMasker(dataset.special_ids, dataset.vocab_size, scheme=masking,

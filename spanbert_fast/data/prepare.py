@@ -16,7 +16,7 @@ token are dropped.
 Output directory (every array is a raw little-endian binary file, described in ``meta.json``)::
 
     tokens-00000.bin       token ids, uint16 when vocab_size <= 65535 else uint32
-    word_starts-00000.bin  uint8, 1 where the token starts a word (not a "##" piece)
+    word_starts-00000.bin  uint8, 1 where the token starts a word (tokenizer's word_ids; all 1 without word_boundaries)
     documents.bin          int64 [n_documents + 1]  token offset of each document, then the total
     sentences.bin          int64 [n_sentences + 1]  token offset of each sentence, then the total
     blocks.bin             int64 [n_blocks + 1]     token offset of each block, then the total
@@ -53,7 +53,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from .corpus import Document, iter_documents, split_sentences
-from .tokenizer import TOKENIZER_FILE, SpecialIds, special_ids, word_start_table
+from .tokenizer import TOKENIZER_FILE, SpecialIds, special_ids, word_boundaries_known, word_starts_of
 
 PathLike = Union[str, os.PathLike]
 
@@ -124,18 +124,18 @@ class _EncodedChunk(NamedTuple):
 
 
 _worker_tokenizer: Optional[Tokenizer] = None
-_worker_word_starts: Optional[np.ndarray] = None
+_worker_words_known = False
 
 
 def _init_worker(tokenizer_json: str) -> None:
-    global _worker_tokenizer, _worker_word_starts
+    global _worker_tokenizer, _worker_words_known
     _worker_tokenizer = Tokenizer.from_str(tokenizer_json)
-    _worker_word_starts = word_start_table(_worker_tokenizer).astype(np.uint8)
+    _worker_words_known = word_boundaries_known(_worker_tokenizer)
 
 
 def _encode_chunk(texts: List[str], block_size: int) -> _EncodedChunk:
     """Split, tokenise (one ``encode_batch`` call) and pack a chunk of documents."""
-    assert _worker_tokenizer is not None and _worker_word_starts is not None
+    assert _worker_tokenizer is not None
     per_document = [split_sentences(text) for text in texts]
     flat = [sentence for sentences in per_document for sentence in sentences]
     encodings = _worker_tokenizer.encode_batch(flat, add_special_tokens=False) if flat else []
@@ -158,7 +158,8 @@ def _encode_chunk(texts: List[str], block_size: int) -> _EncodedChunk:
         block_lengths.extend(pack_blocks(lengths.tolist(), block_size))
     return _EncodedChunk(
         tokens=tokens,
-        word_starts=_worker_word_starts[tokens],
+        word_starts=(word_starts_of(e.word_ids for e in encodings) if _worker_words_known
+                     else np.ones(tokens.size, dtype=bool)).astype(np.uint8),
         sentence_lengths=np.concatenate(sentence_lengths) if sentence_lengths else np.zeros(0, np.int64),
         document_lengths=np.asarray(document_lengths, dtype=np.int64),
         block_lengths=np.asarray(block_lengths, dtype=np.int64),
@@ -405,6 +406,7 @@ def prepare_documents(
             "vocab_size": vocab_size,
             "token_dtype": token_dtype.name,
             "special_ids": specials.to_dict(),
+            "word_boundaries": word_boundaries_known(tokenizer),  # False: word_starts all 1, subword masking only
             "n_documents": totals["documents"],
             "n_sentences": totals["sentences"],
             "n_blocks": totals["blocks"],
@@ -494,6 +496,7 @@ class BlockDataset:
         self.vocab_size: int = self.meta["vocab_size"]
         self.token_dtype = np.dtype(self.meta["token_dtype"])
         self.special_ids = SpecialIds.from_dict(self.meta["special_ids"])
+        self.word_boundaries: bool = bool(self.meta.get("word_boundaries", True))  # see prepare_documents
         self._shard_starts = np.array([shard["start"] for shard in self.meta["shards"]], dtype=np.int64)
         self._maps: Optional[Dict] = None
 

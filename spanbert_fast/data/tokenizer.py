@@ -10,7 +10,10 @@ Special ids are looked up in the vocabulary, never assumed: a tokenizer trained 
 [PAD]=0 [UNK]=1 [CLS]=2 [SEP]=3 [MASK]=4, the BERT-cased vocabulary of the SpanBERT checkpoints
 has [PAD]=0 [UNK]=100 [CLS]=101 [SEP]=102 [MASK]=103.
 
-Word starts: a token that does not begin with ``##`` starts a word (:func:`word_start_table`).
+Word starts come from the tokenizer's own pre-tokenization, ``Encoding.word_ids``
+(:func:`word_starts_of`), for any tokenizer; a tokenizer without a pre-tokenizer knows no word
+boundary (:func:`word_boundaries_known`). For WordPiece this is "a token that does not begin with
+``##`` starts a word" (:func:`word_start_table`, the same rule as a table over the vocabulary).
 """
 from __future__ import annotations
 
@@ -314,13 +317,24 @@ def word_boundaries_known(tokenizer: Tokenizer) -> bool:
     return tokenizer.pre_tokenizer is not None
 
 
-def word_starts_of(word_ids: Sequence[Optional[int]]) -> np.ndarray:
-    """bool [n] from an ``Encoding.word_ids``: token ``i`` starts a word when it is the first
-    token or its word differs from the previous token's (a token without a word, ``None``, is a
-    word of its own). Any tokenizer: WordPiece ``##`` pieces, BPE and Unigram pieces alike."""
-    starts = np.ones(len(word_ids), dtype=bool)
-    for i in range(1, len(word_ids)):
-        starts[i] = word_ids[i] is None or word_ids[i] != word_ids[i - 1]
+def word_starts_of(word_ids: Iterable[Sequence[Optional[int]]]) -> np.ndarray:
+    """bool [total]: which tokens start a word, for sequences given by their ``Encoding.word_ids``
+    (one list per sequence), concatenated in order.
+
+    Token ``i`` starts a word when it is its sequence's first token or its word differs from the
+    previous token's; a token without a word (``None``: an added special token) is a word of its
+    own. This holds for any tokenizer that pre-tokenizes (:func:`word_boundaries_known`): WordPiece
+    ``##`` pieces, byte-level BPE and Unigram pieces alike.
+    """
+    lists = [list(ids) for ids in word_ids]
+    lengths = np.fromiter((len(ids) for ids in lists), dtype=np.int64, count=len(lists))
+    total = int(lengths.sum())
+    flat = np.fromiter((-1 if w is None else w for ids in lists for w in ids), dtype=np.int64, count=total)
+    starts = np.ones(total, dtype=bool)
+    if total:
+        starts[1:] = (flat[1:] != flat[:-1]) | (flat[1:] == -1)
+        firsts = np.cumsum(lengths)[:-1]
+        starts[firsts[firsts < total]] = True
     return starts
 
 
