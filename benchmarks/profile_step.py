@@ -13,6 +13,11 @@ to ``--out``:
 
 ``--smoke`` (CPU, tiny config, what CI runs): no CUDA kernels exist, so the rows are the CPU
 ops instead; it checks that the script runs and writes its files, not where time goes.
+
+``--eager-ops torch|triton`` (CPU, tiny config): lists each elementwise op (PyTorch's
+``pointwise`` tag, plus LayerNorm and dropout) that still runs eagerly in the encoder layers,
+forward and backward, on that backend (:func:`eager_encoder_ops`); on Triton the GeLU, the
+bias-adds and the LayerNorms are inside the fused kernels, so none is left.
 """
 from __future__ import annotations
 
@@ -131,6 +136,103 @@ def profile(preset: str = "base", variant: str = "dense", impl: str = "ours", cu
     return rows
 
 
+# --------------------------------------------------------------------------- eager elementwise ops
+ENCODER_SCOPE = "encoder_layer"  # record_function range around each EncoderLayer forward
+_NORM_OR_DROPOUT = re.compile(r"layer_norm|dropout|bernoulli")
+
+
+def _is_pointwise(op_name: str) -> bool:
+    """``aten::NAME`` carries PyTorch's ``pointwise`` tag (add, mul, gelu, where, ...)."""
+    namespace, _, name = op_name.partition("::")
+    packet = getattr(torch.ops.aten, name, None) if namespace == "aten" else None
+    return packet is not None and any(torch.Tag.pointwise in getattr(packet, o).tags for o in packet.overloads())
+
+
+def elementwise_kind(name: str, input_shapes) -> Optional[str]:
+    """What an eager op is, or None when it is not elementwise: ``gelu``, ``layernorm``,
+    ``dropout``, ``bias-add`` (an add of a [..., F] tensor and an [F] vector) or ``pointwise``."""
+    lowered = name.lower()
+    if "gelu" in lowered and _is_pointwise(name):
+        return "gelu"
+    if _NORM_OR_DROPOUT.search(lowered) and name.startswith("aten::"):
+        return "layernorm" if "layer_norm" in lowered else "dropout"
+    if not _is_pointwise(name):
+        return None
+    shapes = [tuple(s) for s in (input_shapes or []) if isinstance(s, (list, tuple)) and len(s) > 0]
+    if name in ("aten::add", "aten::add_") and len(shapes) >= 2:
+        vectors = [s for s in shapes[:2] if len(s) == 1]
+        matrices = [s for s in shapes[:2] if len(s) >= 2]
+        if vectors and matrices and vectors[0][0] == matrices[0][-1]:
+            return "bias-add"
+    return "pointwise"
+
+
+def eager_encoder_ops(backend: str, steps: int = 1) -> List[Dict[str, object]]:
+    """Each elementwise op that runs eagerly in the encoder layers of a training step (tiny
+    config, CPU, torch profiler over CPU ops): forward ops inside an ``EncoderLayer``, and the
+    backward of those ops (matched by autograd sequence number). Ops inside our custom ops
+    (``spanbert_fast::*``, the Triton kernels) are not eager and are left out. ``backend``:
+    ``"torch"`` or ``"triton"`` (CPU: needs ``TRITON_INTERPRET=1`` set before triton is imported).
+    Rows: op, kind (see :func:`elementwise_kind`), calls per step, where (forward/backward)."""
+    from spanbert_fast import SpanBertConfig
+    from spanbert_fast.model import EncoderLayer
+
+    config = SpanBertConfig(**{**bench_step.SMOKE_CONFIG, "num_attention_heads": 1})  # head dim 32: kernel-ready
+    lengths = bench_step.case_lengths("pad", bench_step.SMOKE_SHAPE["batch"], bench_step.SMOKE_SHAPE["seq_len"])
+    batch = bench_step.make_batch(lengths, config.vocab_size)
+    torch.manual_seed(0)
+    model = bench_step.build_ours(config, torch.device("cpu"), backend)
+    ranges = []
+    hooks = []
+    for module in model.modules():
+        if isinstance(module, EncoderLayer):
+            def enter(_module, _inputs):
+                ranges.append(torch.autograd.profiler.record_function(ENCODER_SCOPE))
+                ranges[-1].__enter__()
+
+            def leave(_module, _inputs, _output):
+                ranges.pop().__exit__(None, None, None)
+
+            hooks += [module.register_forward_pre_hook(enter), module.register_forward_hook(leave)]
+    step = bench_step.make_step(model, bench_step._ours_loss, batch.ours, None)
+    step()  # warm-up: kernels compiled (or interpreted once), autotuners settled
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True) as profiler:
+        for _ in range(steps):
+            step()
+    for hook in hooks:
+        hook.remove()
+
+    events = list(profiler.events())
+
+    def ancestors(event):
+        parent = event.cpu_parent
+        while parent is not None:
+            yield parent
+            parent = parent.cpu_parent
+
+    def inside_custom_op(event):
+        return any(a.name.startswith("spanbert_fast::") for a in ancestors(event))
+
+    forward = [e for e in events if any(a.name == ENCODER_SCOPE for a in ancestors(e))]
+    sequence_numbers = {e.sequence_nr for e in forward if getattr(e, "sequence_nr", -1) >= 0}
+    backward_roots = [e for e in events if e.name.startswith("autograd::engine::evaluate_function")
+                      and getattr(e, "sequence_nr", -1) in sequence_numbers]
+    backward_ids = {id(e) for e in backward_roots}
+    backward = [e for e in events if any(id(a) in backward_ids for a in ancestors(e))]
+
+    counts: Dict[tuple, int] = collections.Counter()
+    for where, selected in (("forward", forward), ("backward", backward)):
+        for event in selected:
+            kind = elementwise_kind(event.name, getattr(event, "input_shapes", None))
+            if kind is None or inside_custom_op(event):
+                continue
+            if any(elementwise_kind(a.name, getattr(a, "input_shapes", None)) for a in ancestors(event)):
+                continue  # counted as the outer op (e.g. layer_norm, not its decomposition)
+            counts[(event.name, kind, where)] += 1
+    return [dict(op=name, kind=kind, calls_per_step=calls / steps, where=where)
+            for (name, kind, where), calls in sorted(counts.items())]
+
+
 def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", choices=bench_step.PRESETS, default="base")
@@ -140,7 +242,14 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--out", default="out/profile")
     parser.add_argument("--smoke", action="store_true", help="CPU, tiny config: checks the script runs")
+    parser.add_argument("--eager-ops", choices=("torch", "triton"), default=None,
+                        help="list the elementwise ops still eager in the encoder on this backend (CPU, "
+                             "tiny config; triton needs TRITON_INTERPRET=1) and exit")
     args = parser.parse_args(argv)
+    if args.eager_ops:
+        for row in eager_encoder_ops(args.eager_ops):
+            print(f"{row['op']:40} {row['kind']:10} {row['where']:9} {row['calls_per_step']:.0f} / step")
+        return
     rows = profile(args.preset, args.variant, args.impl, args.cuda_graph, args.steps, out_dir=args.out,
                    smoke=args.smoke)
     with open(os.path.join(args.out, "summary.md")) as f:

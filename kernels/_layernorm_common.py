@@ -2,7 +2,8 @@
 the two-stage parameter-grad reduction, autotune lists and input validation.
 
 Used by :mod:`gelu_layernorm` (``LayerNorm(GeLU(x + bias))``) and
-:mod:`dropout_add_layernorm` (``LayerNorm(dropout(x + bias) + residual)``). Both
+:mod:`dropout_add_layernorm` (``LayerNorm(dropout(x + bias) + residual)``);
+:mod:`bias_gelu` borrows the partial-sum reduction and the input checks. Both norms
 normalise a row ``s`` of ``D`` columns (``s`` is whatever the op computes in
 front of the LayerNorm):
 
@@ -262,12 +263,21 @@ def split_param_grads(
 
 
 # --------------------------------------------------------------------------- validation
-def _check_device(op: str, name: str, t: torch.Tensor, device: torch.device):
+def check_device(op: str, name: str, t: torch.Tensor, device: torch.device):
     if t.device != device:
         raise ValueError(f"{op}: {name} is on {t.device} but x is on {device}; move it with .to(x.device)")
 
 
-def _check_float(op: str, name: str, t: torch.Tensor):
+def check_kernel_device(op: str, x: torch.Tensor):
+    """``x`` is where the kernels run: a CUDA tensor, or any tensor under the interpreter."""
+    if not (x.is_cuda or INTERPRETING):
+        raise ValueError(
+            f"{op}: x is on {x.device}; the Triton kernels need a CUDA tensor, or TRITON_INTERPRET=1 "
+            f"set before triton is imported to run them on CPU (use backend='torch' otherwise)"
+        )
+
+
+def check_float(op: str, name: str, t: torch.Tensor):
     if t.dtype not in FLOAT_DTYPES:
         raise ValueError(f"{op}: {name} must be float32, float16 or bfloat16, got {t.dtype}; cast it with .float()")
 
@@ -288,17 +298,13 @@ def validate_rows(
     """
     if not isinstance(x, torch.Tensor):
         raise ValueError(f"{op}: x must be a torch.Tensor, got {type(x).__name__}")
-    _check_float(op, "x", x)
+    check_float(op, "x", x)
     if x.dim() < 1 or x.shape[-1] < 1 or x.shape[-1] > MAX_D:
         raise ValueError(
             f"{op}: x must be [..., d] with 1 <= d <= {MAX_D}, got shape {tuple(x.shape)}; "
             f"use the torch backend for wider rows"
         )
-    if not (x.is_cuda or INTERPRETING):
-        raise ValueError(
-            f"{op}: x is on {x.device}; the Triton kernels need a CUDA tensor, or TRITON_INTERPRET=1 "
-            f"set before triton is imported to run them on CPU (use backend='torch' otherwise)"
-        )
+    check_kernel_device(op, x)
     if not isinstance(eps, (int, float)) or eps < 0:
         raise ValueError(f"{op}: eps must be a float >= 0, got {eps!r}")
     d = x.shape[-1]
@@ -310,8 +316,8 @@ def validate_rows(
             if not isinstance(t, torch.Tensor) or tuple(t.shape) != (d,):
                 got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
                 raise ValueError(f"{op}: {name} must have shape [d={d}] (x's last dim), got {got}")
-            _check_float(op, name, t)
-            _check_device(op, name, t, x.device)
+            check_float(op, name, t)
+            check_device(op, name, t, x.device)
             t = t.contiguous()
         checked_vectors[name] = t
     checked_rows = {}
@@ -319,7 +325,7 @@ def validate_rows(
         if not isinstance(t, torch.Tensor) or t.shape != x.shape:
             got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
             raise ValueError(f"{op}: {name} must have x's shape {tuple(x.shape)}, got {got}")
-        _check_float(op, name, t)
-        _check_device(op, name, t, x.device)
+        check_float(op, name, t)
+        check_device(op, name, t, x.device)
         checked_rows[name] = t.reshape(-1, d).contiguous()
     return x.reshape(-1, d).contiguous(), checked_vectors, checked_rows

@@ -52,7 +52,7 @@ _OP = "bias_gelu_layernorm"
 
 # --------------------------------------------------------------------------- Triton kernels
 @triton.jit
-def _gelu_erf(h):
+def gelu_erf(h):
     """(GeLU(h), GeLU'(h)) with the exact (erf) GeLU."""
     cdf = 0.5 * (1.0 + tl.math.erf(h * 0.7071067811865476))
     pdf = tl.exp(-0.5 * h * h) * 0.3989422804014327
@@ -77,7 +77,7 @@ def _bias_gelu_layernorm_fwd_kernel(
     BLOCK_ROWS: tl.constexpr,
 ):
     rows, row_ok, offsets, mask = row_tile(tl.program_id(0), N, D, BLOCK_ROWS, BLOCK_D)
-    activation, _ = _gelu_erf(load_biased_rows(X, BIAS, offsets, mask, D, HAS_BIAS, BLOCK_D))
+    activation, _ = gelu_erf(load_biased_rows(X, BIAS, offsets, mask, D, HAS_BIAS, BLOCK_D))
     layernorm_forward(activation, mask, rows, row_ok, offsets, W, B, Y, MEAN, RSTD, D, eps, BLOCK_D)
 
 
@@ -105,7 +105,7 @@ def _bias_gelu_layernorm_bwd_kernel(
     dbias = tl.zeros((BLOCK_D,), dtype=tl.float32)
     for tile in range(tl.program_id(0), tl.cdiv(N, BLOCK_ROWS), G):
         rows, row_ok, offsets, mask = row_tile(tile, N, D, BLOCK_ROWS, BLOCK_D)
-        activation, activation_grad = _gelu_erf(load_biased_rows(X, BIAS, offsets, mask, D, HAS_BIAS, BLOCK_D))
+        activation, activation_grad = gelu_erf(load_biased_rows(X, BIAS, offsets, mask, D, HAS_BIAS, BLOCK_D))
         da, dgamma_rows, dbeta_rows = layernorm_backward(activation, mask, rows, row_ok, offsets, DY, MEAN, RSTD,
                                                          gamma, D)
         dh = da * activation_grad

@@ -227,15 +227,16 @@ class Attention(nn.Module):
         return self.output(context, residual=x)
 
 
-class Intermediate(nn.Module):
-    """The feed-forward expansion ``GeLU(x W_i + b_i)``, d -> intermediate_size."""
+class Intermediate(BackendMixin, nn.Module):
+    """The feed-forward expansion ``GeLU(x W_i + b_i)``, d -> intermediate_size: the GEMM without
+    its bias, then one fused bias + GeLU (on Triton it saves only the GEMM output for backward)."""
 
     def __init__(self, config: SpanBertConfig):
         super().__init__()
         self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.gelu(self.dense(x), approximate="none")
+        return ops.bias_gelu(F.linear(x, self.dense.weight), self.dense.bias, backend=self.backend)
 
 
 class EncoderLayer(nn.Module):

@@ -7,6 +7,7 @@ op                           math                                        used by
 ===========================  ==========================================  ====================
 ``attention``                softmax(q k^T * scale + mask) v, padded     every encoder layer
 ``attention_varlen``         the same on packed ``[T, H, D]`` + offsets   unpadded batches
+``bias_gelu``                GeLU_erf(x + bias)                          every FFN (``Intermediate``)
 ``bias_gelu_layernorm``      LayerNorm(GeLU_erf(x + bias))               MLM transform, SBO MLP
 ``bias_dropout_add_layernorm`` LayerNorm(dropout(x + bias) + residual)   every encoder layer
 ``masked_lm_loss``           mean CE of (h W^T + b) at selected rows     MLM and SBO heads
@@ -296,6 +297,29 @@ def attention_varlen(
         q, k, v, cu_seqlens, max_seqlen, window=window, dropout_p=dropout_p, seed=seed,
         softmax_scale=softmax_scale, validate=validate,
     )
+
+
+# --------------------------------------------------------------------------- feed-forward activation
+def bias_gelu_torch(
+    x: torch.Tensor,  # [..., F]
+    bias: torch.Tensor,  # [F]
+) -> torch.Tensor:
+    """Reference: ``GeLU_erf(x + bias)``, fp32 math."""
+    return F.gelu(x.float() + bias.float(), approximate="none").to(x.dtype)
+
+
+def bias_gelu(
+    x: torch.Tensor,  # [..., F]
+    bias: torch.Tensor,  # [F]
+    *,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """``GeLU_erf(x + bias)``: the FFN expansion's epilogue (the kernel saves only x for backward)."""
+    if resolve_backend(backend, x) == "torch":
+        return bias_gelu_torch(x, bias)
+    from spanbert_fast.kernels import bias_gelu as kernel
+
+    return kernel.bias_gelu(x, bias)
 
 
 # --------------------------------------------------------------------------- normalisation

@@ -1,5 +1,6 @@
-"""The step profiler (benchmarks/profile_step.py) runs and writes its files (CPU smoke), and
-sorts GPU kernel names into the right categories."""
+"""The step profiler (benchmarks/profile_step.py) runs and writes its files (CPU smoke), sorts
+GPU kernel names into the right categories, and lists the elementwise ops still eager in the
+encoder: none of GeLU, bias-add or LayerNorm on the Triton path."""
 import csv
 
 import pytest
@@ -36,3 +37,34 @@ def test_smoke_profile_writes_csv_summary_and_trace(tmp_path):
     summary = (tmp_path / "summary.md").read_text()
     assert "| category | ms / step | share |" in summary and "torch" in summary
     assert (tmp_path / "trace.json.gz").stat().st_size > 0
+
+
+FUSED_KINDS = {"gelu", "bias-add", "layernorm"}
+
+
+@pytest.mark.parametrize("name,shapes,kind", [
+    ("aten::add", [[6, 64], [64]], "bias-add"),
+    ("aten::add", [[6, 64], [6, 64]], "pointwise"),
+    ("aten::gelu_backward", [[6, 64], [6, 64]], "gelu"),
+    ("aten::layer_norm", [[6, 32], [], [32], [32]], "layernorm"),
+    ("aten::native_dropout", [[6, 32]], "dropout"),
+    ("aten::mm", [[6, 32], [32, 64]], None),
+    ("spanbert_fast::bias_gelu_fwd", [[6, 64], [64]], None),
+])
+def test_elementwise_kind(name, shapes, kind):
+    assert profile_step.elementwise_kind(name, shapes) == kind
+
+
+def test_eager_encoder_ops_torch_backend_lists_the_unfused_ops():
+    """The reference path runs GeLU, bias-adds and LayerNorm eagerly: the listing finds them."""
+    kinds = {row["kind"] for row in profile_step.eager_encoder_ops("torch")}
+    assert FUSED_KINDS <= kinds, kinds
+
+
+def test_eager_encoder_ops_triton_backend_has_no_gelu_bias_add_or_layernorm():
+    """On Triton (the interpreter on CPU, set by conftest.py) the encoder's GeLU, bias-adds and
+    LayerNorms run inside the fused kernels, forward and backward; what is left eager (the
+    gradient-accumulation adds) is allowed."""
+    rows = profile_step.eager_encoder_ops("triton")
+    left = {(row["op"], row["kind"], row["where"]) for row in rows if row["kind"] in FUSED_KINDS}
+    assert not left, f"still eager in the encoder on the Triton path: {sorted(left)}"

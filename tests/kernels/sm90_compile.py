@@ -183,6 +183,12 @@ def _dropout_add_layernorm(dtype, d, has_bias, p):
     dal.bias_dropout_add_layernorm(x, bias, residual, weight, ln_bias, p=p, seed=SEED).sum().backward()
 
 
+def _bias_gelu(dtype, cols):
+    x = torch.randn(64, cols, dtype=dtype, requires_grad=True)
+    bias = torch.randn(cols, dtype=dtype, requires_grad=True)
+    _kernels()["bias_gelu"].bias_gelu(x, bias).sum().backward()
+
+
 def _dropout_keep_mask():
     _kernels()["dropout_add_layernorm"].dropout_keep_mask((64, 768), 0.1, SEED, "cpu")
 
@@ -254,6 +260,11 @@ def scenarios(full: bool = False) -> Dict[str, Callable[[], None]]:
             add(f"gelu_layernorm {tag}", _gelu_layernorm, dtype, d, has_bias)
         add(f"dropout_add_layernorm {tag}{' dropout' if p else ''}", _dropout_add_layernorm, dtype, d, has_bias, p)
     add("dropout_add_layernorm keep mask", _dropout_keep_mask)
+
+    # FFN bias + GeLU: F = 3072 (base; 4096 for large specialises the same), 1000 (not a multiple of 16).
+    for dtype, cols in ([(dtype, cols) for dtype in DTYPES for cols in (3072, 1000)] if full
+                        else [(bf16, 3072), (fp32, 1000)]):
+        add(f"bias_gelu {DTYPE_NAMES[dtype]} F{cols}", _bias_gelu, dtype, cols)
 
     # Masked-LM loss: (dtype, bias, positions, TF32 for fp32 dots).
     if full:

@@ -3,7 +3,8 @@
 Outputs and every grad (dx, dbias, dresidual, dgamma, dbeta) at awkward shapes,
 without a bias, with and without dropout (the reference is given the kernel's
 keep-mask from ``dropout_keep_mask``); the dropout itself (reproducible from the
-seed, seeds differ, keep rate 1 - p, p = 0 is the plain path); fp16/bf16 I/O; the
+seed, seeds differ, keep rate within 3 sigma of 1 - p, no neighbour correlation, the
+mask a function of (seed, row, column) only, p = 0 is the plain path); fp16/bf16 I/O; the
 torch.library registration (opcheck, torch.compile) and input validation.
 """
 import pytest
@@ -118,6 +119,48 @@ def test_mask_is_reproducible_from_the_seed_and_differs_between_seeds():
     seven = torch.tensor([7], device=DEVICE)
     assert torch.equal(first, bias_dropout_add_layernorm(*inputs, p=0.1, seed=seven))
     assert torch.equal(mask((37, 200), 7), mask((37, 200), seven))
+
+
+def _correlation(a, b):
+    a, b = a.double().flatten(), b.double().flatten()
+    a, b = a - a.mean(), b - b.mean()
+    return ((a * b).sum() / (a.square().sum() * b.square().sum()).sqrt()).item()
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5])
+def test_mask_statistics(p):
+    """Over 1 048 576 elements (one Philox call per 8 columns): the keep rate is within 3 sigma
+    of 1 - p, and neighbours are uncorrelated: the next column (inside and across the 8-column
+    groups of one call), the same column of the next group, and the next row (|r| < 0.01,
+    about 10 standard errors of r under independence)."""
+    rows, d = 1024, 1024
+    keep = dropout_keep_mask((rows, d), p, SEED, DEVICE).cpu()
+    n = keep.numel()
+    sigma = (p * (1 - p) / n) ** 0.5
+    rate = keep.float().mean().item()
+    assert abs(rate - (1 - p)) <= 3 * sigma, (rate, 1 - p, sigma)
+    neighbours = {
+        "next column": (keep[:, :-1], keep[:, 1:]),
+        "next column across a group": (keep[:, 7::8][:, :-1], keep[:, 8::8]),
+        "same column, next group": (keep[:, :-8], keep[:, 8:]),
+        "next row": (keep[:-1], keep[1:]),
+    }
+    for name, (a, b) in neighbours.items():
+        r = _correlation(a, b)
+        assert abs(r) < 0.01, f"{name}: lag-1 correlation {r:.4f}"
+    # every column position inside a group drops at the rate p (no biased quarter-word)
+    for e in range(8):
+        column_rate = keep[:, e::8].float().mean().item()
+        assert abs(column_rate - (1 - p)) <= 3 * (p * (1 - p) / (n / 8)) ** 0.5, (e, column_rate)
+
+
+def test_mask_depends_on_row_and_column_only():
+    """The mask of element (n, j) is a pure function of (seed, n, j): a wider row shares its
+    first columns' bits, so the backward (and dropout_keep_mask) regenerate it from the seed."""
+    narrow = dropout_keep_mask((40, 200), 0.3, SEED, DEVICE)
+    wide = dropout_keep_mask((40, 1030), 0.3, SEED, DEVICE)
+    assert torch.equal(narrow, wide[:, :200])
+    assert torch.equal(dropout_keep_mask((3, 1), 0.3, SEED, DEVICE), wide[:3, :1])
 
 
 def assert_backward_mask_is_forward_mask(fn, p=0.3):
