@@ -157,7 +157,7 @@ def test_long_example_is_cut_around_its_entities(init, caplog):
 def test_cli_overfits_the_fixture_and_the_folder_reloads(init, tmp_path, capsys):
     out = str(tmp_path / "re")
     assert main(["finetune-re", "--train", TRAIN_JSON, "--eval", TRAIN_JSONL, "--init", init, "--out", out,
-                 "--max-steps", "30", "--batch-size", "16", "--lr", "3e-3", "--warmup-ratio", "0",
+                 "--max-steps", "24", "--batch-size", "16", "--lr", "3e-3", "--warmup-ratio", "0",
                  "--no-progress", "--backend", "torch"]) == 0
     with open(os.path.join(out, "eval_results.json")) as f:
         scores = json.load(f)
@@ -191,7 +191,7 @@ def test_entity_start_pooling_on_unused_entries(init_with_unused, tmp_path):
     feed the classifier, and the reloaded folder predicts as the trained model did."""
     task = RelationExtractionTask(pooling="entity-start")
     result = finetune(task, train_path=TRAIN_JSONL, eval_path=TRAIN_JSON, init=init_with_unused,
-                      out_dir=str(tmp_path / "es"), batch_size=16, max_steps=30, lr=3e-3, warmup_ratio=0.0,
+                      out_dir=str(tmp_path / "es"), batch_size=16, max_steps=15, lr=3e-3, warmup_ratio=0.0,
                       progress=False, backend="torch")
     model, base = result.model, len(vocab_tokens(load_tokenizer(init_with_unused)))
     assert [v["token"] for v in model.entity_markers.values()] == [f"[unused{i}]" for i in range(4)] + MARKERS[4:]
