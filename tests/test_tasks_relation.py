@@ -17,6 +17,7 @@ from spanbert_fast.tasks.relation import (
     RelationExtractionTask,
     add_marker_tokens,
     assign_entity_markers,
+    check_unique_ids,
     encode_examples,
     keep_both_entities,
     read_tacred,
@@ -256,6 +257,13 @@ def test_unseen_relation_is_logged_and_counted_wrong(init, tmp_path, caplog):
     assert scores["per_relation"]["per:age"]["gold"] == 1 and scores["per_relation"]["per:age"]["correct"] == 0
 
 
+def test_repeated_id_is_an_error_at_evaluation_only(tmp_path):
+    path = write_examples(tmp_path / "eval.jsonl", [GOOD, {**GOOD, "id": "e2"}, GOOD])
+    assert len(read_tacred(path)) == 3  # training on it is fine
+    with pytest.raises(InputFileError, match=r"eval.jsonl:3: example 'e1': field 'id': repeated \(first at line 1\)"):
+        check_unique_ids(read_tacred(path), path)
+
+
 def test_unseen_entity_type_at_evaluation_is_an_error(init, tmp_path):
     rows = fixture_rows()[:3]
     rows[2] = {**rows[2], "obj_type": "NUMBER"}
@@ -306,9 +314,8 @@ def test_bad_example_names_file_line_id_and_field(tmp_path, change, message, lay
     ('[]\n[]', r"bad.json:2: not valid JSON \(extra data after the list\)"),
     ('[]', r"bad.json: no examples"),
     ('[\n 3\n]', r"bad.json:2: example #1: expected an object with the fields id, token"),
-    (json.dumps([GOOD, GOOD]), r"bad.json:1: example 'e1': field 'id': repeated \(first at line 1\)"),
     (json.dumps(GOOD) + "\n{oops\n", r"bad.json:2: not valid JSON"),
-], ids=["json-malformed", "json-missing-comma", "json-trailing-data", "empty-list", "not-an-object", "repeated-id",
+], ids=["json-malformed", "json-missing-comma", "json-trailing-data", "empty-list", "not-an-object",
         "jsonl-malformed"])
 def test_bad_files_name_file_and_line(tmp_path, content, message):
     path = tmp_path / "bad.json"

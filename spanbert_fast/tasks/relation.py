@@ -298,17 +298,20 @@ def read_tacred(path: str) -> List[RelationExample]:
                     rows.append((number, json.loads(line)))
                 except json.JSONDecodeError as err:
                     raise InputFileError(path, number, f"not valid JSON ({err.msg})") from err
-    examples, first_line = [], {}
-    for number, (line, row) in enumerate(rows, start=1):
-        example = parse_example(row, path, line, number)
-        if example.id in first_line:
-            raise InputFileError(path, line, f"example {example.id!r}: field 'id': repeated (first at line "
-                                             f"{first_line[example.id]}); predictions.json is keyed by id")
-        first_line[example.id] = line
-        examples.append(example)
+    examples = [parse_example(row, path, line, number) for number, (line, row) in enumerate(rows, start=1)]
     if not examples:
         raise InputFileError(path, None, "no examples")
     return examples
+
+
+def check_unique_ids(examples: Sequence[RelationExample], path: str) -> None:
+    """InputFileError at the first repeated ``id`` (evaluation files: ``predictions.json`` is keyed by id)."""
+    first_line: Dict[str, int] = {}
+    for example in examples:
+        if example.id in first_line:
+            raise InputFileError(path, example.line, f"example {example.id!r}: field 'id': repeated (first at line "
+                                                     f"{first_line[example.id]}); predictions.json is keyed by id")
+        first_line[example.id] = example.line
 
 
 # --------------------------------------------------------------------------- markers and encoding
@@ -488,9 +491,10 @@ class RelationExtractionTask:
         return [{"input_ids": ids, "label": label2id[e.relation]} for ids, e in zip(sequences, examples)]
 
     def read_eval(self, path: str, model) -> List[RelationExample]:
-        """Examples of ``path``. An entity type without a marker is an error (the model cannot
-        encode it); a relation the model was not trained on is logged and scored as wrong."""
+        """Examples of ``path``. A repeated id or an entity type without a marker is an error (the
+        model cannot encode it); a relation the model was not trained on is logged and scored as wrong."""
         examples = self.read(path)
+        check_unique_ids(examples, path)
         for example in examples:
             for field, marker in zip(("subj_type", "obj_type"), example.markers):
                 if marker not in model.entity_markers:
