@@ -120,7 +120,8 @@ def test_entity_words_become_one_marker_each(tmp_path):
     flipped = example(["London", ",", "the", "Ada", "Lovelace"], (3, 4), (0, 0), obj_type="CITY")
     [ids], _ = encode_examples([flipped], tokenizer, markers, 64, "mem")
     assert ids == [2, 6, 10, 11, 5, 3]
-    with pytest.raises(InputFileError, match=r"mem:1: example 'x': field 'obj_type': the model has no marker \[OBJ-AGE\]"):
+    no_marker = r"mem:1: example 'x': field 'obj_type': the model has no marker \[OBJ-AGE\]"
+    with pytest.raises(InputFileError, match=no_marker):
         encode_examples([example(["a", "b"], (0, 0), (1, 1), obj_type="AGE")], tokenizer, markers, 64, "mem")
 
 
@@ -252,7 +253,8 @@ def test_unseen_relation_is_logged_and_counted_wrong(init, tmp_path, caplog):
     model = task.build_model(init, read_tacred(TRAIN_JSON), "torch")
     with caplog.at_level(logging.WARNING):
         examples = task.read_eval(path, model)
-    assert f"{path}: relations the model was not trained on: 'per:age' (example '{rows[1]['id']}', line 2)" in caplog.text
+    unseen = f"'per:age' (example '{rows[1]['id']}', line 2)"
+    assert f"{path}: relations the model was not trained on: {unseen}" in caplog.text
     scores = task.evaluate(model, load_tokenizer(init), path, None, examples=examples)
     assert scores["per_relation"]["per:age"]["gold"] == 1 and scores["per_relation"]["per:age"]["correct"] == 0
 
@@ -336,3 +338,21 @@ def test_a_bad_file_stops_before_training(init, tmp_path, which):
         finetune(RelationExtractionTask(), init=init, out_dir=str(out), batch_size=16, max_steps=1, progress=False,
                  backend="torch", **paths)
     assert not out.exists()  # no Trainer, no checkpoint
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("pooling", ["cls", "entity-start"])
+def test_cuda_bf16_triton_overfits_and_reloads(init, tmp_path, pooling):
+    """On CUDA: Triton kernels, bf16 autocast, marker lookup (torch.isin) and grown embeddings on
+    the device; the reloaded folder predicts what predictions.json holds."""
+    out = str(tmp_path / pooling)
+    result = finetune(RelationExtractionTask(pooling=pooling), train_path=TRAIN_JSON, eval_path=TRAIN_JSONL,
+                      init=init, out_dir=out, batch_size=16, max_steps=40, lr=3e-3, warmup_ratio=0.0,
+                      progress=False, backend="triton", device="cuda")
+    assert result.metrics["f1"] == 100.0
+    with open(os.path.join(out, "predictions.json")) as f:
+        predictions = json.load(f)
+    reloaded = SpanBertForRelationExtraction.from_pretrained(out, backend="triton").cuda()
+    examples = read_tacred(TRAIN_JSONL)
+    predicted = RelationExtractionTask(pooling=pooling).predict(reloaded, load_tokenizer(out), examples, TRAIN_JSONL)
+    assert predicted == [predictions[e.id] for e in examples]
