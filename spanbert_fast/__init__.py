@@ -17,6 +17,7 @@ from spanbert_fast.model import (
 
 from spanbert_fast.tasks import (  # noqa: E402  (tasks need the model imported first)
     SpanBertForQuestionAnswering,
+    SpanBertForRelationExtraction,
     SpanBertForSequenceClassification,
     SpanBertForTokenClassification,
     embed,
@@ -33,6 +34,7 @@ __all__ = [
     "EncoderOutput",
     "PreTrainingOutput",
     "SpanBertForQuestionAnswering",
+    "SpanBertForRelationExtraction",
     "SpanBertForSequenceClassification",
     "SpanBertForTokenClassification",
     "embed",

@@ -16,6 +16,7 @@ COMMANDS = [
     "fill_mask",
     "embed",
     "finetune",
+    "finetune_re",
     "bench",
 ]
 

@@ -8,6 +8,8 @@
                                            (:mod:`.classification`)
 ``SpanBertForTokenClassification``         per-token tagger, CoNLL data, entity P/R/F1 (:mod:`.ner`)
 ``SpanBertForQuestionAnswering``           start/end logits, SQuAD v1.1/v2.0, EM/F1 (:mod:`.qa`)
+``SpanBertForRelationExtraction``          entity-masked TACRED JSON/JSONL, official micro P/R/F1
+                                           (:mod:`.relation`)
 ``finetune(task, ...)``                    the one fine-tuning driver over ``training.Trainer``
                                            (:mod:`.finetune`)
 ``patch_hf_bert(model)``                   run a transformers BERT on our ops, in place (:mod:`.patch_hf`)
@@ -24,6 +26,7 @@ from spanbert_fast.tasks.finetune import finetune
 from spanbert_fast.tasks.ner import NerTask, SpanBertForTokenClassification, entity_scores
 from spanbert_fast.tasks.patch_hf import patch_hf_bert
 from spanbert_fast.tasks.qa import QuestionAnsweringTask, SpanBertForQuestionAnswering, squad_metrics
+from spanbert_fast.tasks.relation import RelationExtractionTask, SpanBertForRelationExtraction, tacred_scores
 
 __all__ = [
     "fill_mask",
@@ -33,11 +36,14 @@ __all__ = [
     "SpanBertForSequenceClassification",
     "SpanBertForTokenClassification",
     "SpanBertForQuestionAnswering",
+    "SpanBertForRelationExtraction",
     "ClassificationTask",
     "NerTask",
     "QuestionAnsweringTask",
+    "RelationExtractionTask",
     "finetune",
     "entity_scores",
     "squad_metrics",
+    "tacred_scores",
     "patch_hf_bert",
 ]
