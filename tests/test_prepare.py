@@ -248,19 +248,23 @@ def test_overwrite_keeps_the_old_corpus_until_the_new_one_is_complete(tokenizer,
         names = {shard["tokens"] for shard in meta["shards"]} | {s["word_starts"] for s in meta["shards"]}
         return names | set(meta["files"].values()) | {META_FILE, "tokenizer.json"}
 
-    # leftovers of killed runs (a shard of an unfinished generation, a stale index) go at the next
-    # run; files that are not the corpus's stay
-    (out / "g7-tokens-00003.bin").write_bytes(b"x")
-    (out / "g7-blocks.bin").write_bytes(b"x")
-    (out / "notes.txt").write_text("mine")
-    old_files |= {"notes.txt"}
+    # leftovers a killed run recorded in its (stale) lock go at the next run; files no run
+    # recorded stay, even when they are named like corpus files
+    (out / "g1-tokens-00003.bin").write_bytes(b"x")
+    (out / "g1-blocks.bin.tmp").write_bytes(b"x")
+    (out / ".spanbert-fast.lock").write_text(json.dumps(
+        {"command": "prepare", "pid": 0, "host": "gone", "files": ["g1-tokens-00003.bin", "g1-blocks.bin.tmp"]}))
+    users = {"notes.txt", "g7-blocks.bin", "word_starts-00009.bin", "other.tmp"}
+    for name in users:
+        (out / name).write_text("mine")
     for generation, count in ((1, 2), (2, 4)):  # then a real overwrite, twice: the old files go
         prepare_documents(demo_documents(count), tokenizer, out, progress=False, overwrite=True)
         meta = BlockDataset(out).meta
         assert meta["n_documents"] == count and meta["generation"] == generation
         assert meta["shards"][0]["tokens"].startswith(f"g{generation}-")
-        assert {p.name for p in out.iterdir()} == listed(meta) | {"notes.txt"}
+        assert {p.name for p in out.iterdir()} == listed(meta) | users
         assert (out / "tokenizer.json").read_text() == (out / meta["files"]["tokenizer"]).read_text()
+    assert all((out / name).read_text() == "mine" for name in users)
 
 
 def test_empty_corpus_is_an_error_naming_the_files(tokenizer, tmp_path):

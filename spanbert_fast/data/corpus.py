@@ -56,8 +56,31 @@ def split_sentences(text: str) -> List[str]:
             sentences.append(paragraph[start : match.end()])
             start = match.end()
         sentences.append(paragraph[start:])
-    cleaned = (_WHITESPACE.sub(" ", sentence).strip() for sentence in sentences)
+    cleaned = (_collapse_whitespace(sentence) for sentence in sentences)
     return [sentence for sentence in cleaned if sentence]
+
+
+_COLLAPSE_WINDOW = 1 << 16
+
+
+def _collapse_whitespace(text: str) -> str:
+    """``_WHITESPACE.sub(" ", text).strip()``, done in windows of ~64k characters for long texts
+    (``re.sub`` keeps a slice per match until it joins them: ~100 bytes per word of a 50 MB line).
+    A window ends where a run of whitespace ends, so the result is the same."""
+    if len(text) <= _COLLAPSE_WINDOW:
+        return _WHITESPACE.sub(" ", text).strip()
+    parts: List[str] = []
+    start = 0
+    while start < len(text):
+        end = min(start + _COLLAPSE_WINDOW, len(text))
+        if end < len(text):
+            cut = end
+            while cut > start + 1 and not (text[cut - 1].isspace() and not text[cut].isspace()):
+                cut -= 1
+            end = cut if cut > start + 1 else end  # no whitespace run in the window: cut anywhere
+        parts.append(_WHITESPACE.sub(" ", text[start:end]))
+        start = end
+    return "".join(parts).strip()
 
 
 def expand_inputs(paths: Sequence[PathLike]) -> List[Path]:

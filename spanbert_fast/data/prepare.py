@@ -42,8 +42,8 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
-import re
 import time
+import zlib
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +62,8 @@ META_FILE = "meta.json"
 DEFAULT_BLOCK_SIZE = 510
 DEFAULT_SHARD_TOKENS = 1 << 28  # 256M tokens: 512 MiB per uint16 shard
 DEFAULT_CHUNK_CHARS = 1 << 22  # ~4 MB of text per unit of work
+MAX_PIECE_CHARS = 1 << 16  # longer sentences are encoded in pieces: tokenizers' memory grows with its input
+ENCODE_BATCH_CHARS = 1 << 20  # characters per encode_batch call (its encodings take ~100x their text)
 INDEX_FILES = {
     "documents": "documents.bin",
     "sentences": "sentences.bin",
@@ -115,7 +117,7 @@ def pack_blocks(sentence_lengths: Sequence[int], block_size: int) -> List[int]:
 class _EncodedChunk(NamedTuple):
     """A chunk of documents, tokenised and packed; all arrays in document order."""
 
-    tokens: np.ndarray  # [T] int64
+    tokens: np.ndarray  # [T] int32
     word_starts: np.ndarray  # [T] uint8
     sentence_lengths: np.ndarray  # [S] int64, non-empty sentences only
     document_lengths: np.ndarray  # [D] int64, non-empty documents only
@@ -133,15 +135,63 @@ def _init_worker(tokenizer_json: str) -> None:
     _worker_word_starts = word_start_table(_worker_tokenizer).astype(np.uint8)
 
 
+def _sentence_pieces(sentence: str, limit: int) -> List[str]:
+    """``sentence`` cut before a space into pieces of at most ``limit`` characters (one piece when
+    it is short enough; a stretch of ``limit`` characters without a space is cut where it ends)."""
+    pieces: List[str] = []
+    start = 0
+    while len(sentence) - start > limit:
+        cut = sentence.rfind(" ", start + 1, start + limit)
+        cut = cut if cut > start else start + limit
+        pieces.append(sentence[start:cut])
+        start = cut
+    pieces.append(sentence[start:])
+    return pieces
+
+
+def _encode_sentences(sentences: List[str], batch_chars: int) -> tuple:
+    """Token ids of ``sentences`` concatenated (int32) and the tokens per sentence (int64).
+
+    Memory stays bounded for any input: a sentence longer than ``MAX_PIECE_CHARS`` is encoded in
+    pieces cut before a space (the pre-tokenizer splits at spaces, so the ids are the same), and
+    ``encode_batch`` sees at most about ``batch_chars`` characters at a time, its encodings turned
+    into an id array before the next batch.
+    """
+    assert _worker_tokenizer is not None
+    lengths = np.zeros(len(sentences), dtype=np.int64)
+    token_arrays: List[np.ndarray] = []
+
+    def encode(batch: List[str], owners: List[int]) -> None:
+        ids = [encoding.ids for encoding in _worker_tokenizer.encode_batch(batch, add_special_tokens=False)]
+        piece_lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
+        np.add.at(lengths, np.asarray(owners, dtype=np.int64), piece_lengths)
+        token_arrays.append(np.fromiter((t for x in ids for t in x), dtype=np.int32, count=int(piece_lengths.sum())))
+
+    batch: List[str] = []
+    owners: List[int] = []
+    size = 0
+    for number, sentence in enumerate(sentences):
+        for piece in _sentence_pieces(sentence, MAX_PIECE_CHARS) if len(sentence) > MAX_PIECE_CHARS else (sentence,):
+            if batch and size + len(piece) > batch_chars:
+                encode(batch, owners)
+                batch, owners, size = [], [], 0
+            batch.append(piece)
+            owners.append(number)
+            size += len(piece)
+    if batch:
+        encode(batch, owners)
+    tokens = np.concatenate(token_arrays) if len(token_arrays) > 1 else (
+        token_arrays[0] if token_arrays else np.zeros(0, np.int32))
+    return tokens, lengths
+
+
 def _encode_chunk(texts: List[str], block_size: int) -> _EncodedChunk:
-    """Split, tokenise (one ``encode_batch`` call) and pack a chunk of documents."""
+    """Split, tokenise (``encode_batch`` on at most ~``ENCODE_BATCH_CHARS`` characters at a time)
+    and pack a chunk of documents."""
     assert _worker_tokenizer is not None and _worker_word_starts is not None
     per_document = [split_sentences(text) for text in texts]
     flat = [sentence for sentences in per_document for sentence in sentences]
-    encodings = _worker_tokenizer.encode_batch(flat, add_special_tokens=False) if flat else []
-    ids = [encoding.ids for encoding in encodings]
-    all_lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
-    tokens = np.fromiter((t for x in ids for t in x), dtype=np.int64, count=int(all_lengths.sum()))
+    tokens, all_lengths = _encode_sentences(flat, ENCODE_BATCH_CHARS)
 
     sentence_lengths: List[np.ndarray] = []
     document_lengths: List[int] = []
@@ -217,7 +267,8 @@ def _encoded_chunks(
 
 
 class _AppendFile:
-    """A binary file written under ``<name>.tmp`` and moved to ``<name>`` by :meth:`commit`."""
+    """A binary file written under ``<name>.tmp`` and moved to ``<name>`` by :meth:`commit`; it
+    counts its bytes and their CRC-32 (recorded in ``meta.json``, checked on load)."""
 
     def __init__(self, directory: Path, name: str, dtype):
         self.name = name
@@ -225,12 +276,14 @@ class _AppendFile:
         self.tmp_path = directory / (name + ".tmp")
         self.dtype = np.dtype(dtype)
         self.count = 0
-        self._handle = open(self.tmp_path, "wb")
+        self.crc32 = 0
+        self._handle = open(self.tmp_path, "xb")  # never truncate a file this run did not create
 
     def append(self, values: np.ndarray) -> None:
-        array = np.ascontiguousarray(values, dtype=self.dtype.newbyteorder("<"))
-        self._handle.write(array.tobytes())
-        self.count += array.size
+        data = np.ascontiguousarray(values, dtype=self.dtype.newbyteorder("<")).tobytes()
+        self._handle.write(data)
+        self.crc32 = zlib.crc32(data, self.crc32)
+        self.count += len(data) // self.dtype.itemsize
 
     def close(self) -> None:
         if not self._handle.closed:
@@ -242,48 +295,97 @@ class _AppendFile:
         self.close()
         os.replace(self.tmp_path, self.path)
 
+    def check(self) -> Dict:
+        return {"bytes": self.count * self.dtype.itemsize, "crc32": f"{self.crc32:08x}"}
+
     def discard(self) -> None:
         if not self._handle.closed:
             self._handle.close()
-        if self.tmp_path.exists():
-            self.tmp_path.unlink()
 
 
-# Names of the files a run writes (any generation); used to find the leftovers of killed runs.
-_CORPUS_FILE = re.compile(r"^(g\d+-)?((tokens|word_starts)-\d{5}|documents|sentences|blocks|unigram_counts)\.bin$"
-                          r"|^g\d+-tokenizer\.json$")
+class CorpusExistsError(FileExistsError):
+    """``out_dir`` already holds a prepared corpus and ``overwrite`` was not given."""
 
 
-def _previous_corpus(out: Path, overwrite: bool) -> Optional[Dict]:
-    """The ``meta.json`` of a complete corpus already in ``out`` (None when there is none).
-
-    Also removes what killed runs left: ``*.tmp`` files, and corpus files (by their names) that
-    the current ``meta.json`` does not list -- a run killed before its switch, or between the
-    switch and the removal of the previous generation. Other files in ``out`` are never touched.
-    """
-    for leftover in out.glob("*.tmp"):
-        leftover.unlink()
-    meta_path = out / META_FILE
-    meta = json.loads(meta_path.read_text()) if meta_path.exists() else None
-    if meta is not None and not overwrite:
-        raise FileExistsError(f"{out}: already holds a prepared corpus ({META_FILE}); pass overwrite")
-    listed = set(_corpus_files(meta)) if meta is not None else set()
-    _remove_files(out, [p.name for p in out.iterdir() if _CORPUS_FILE.match(p.name)], keep=listed)
-    return meta
+def confined_name(name, where: str) -> str:
+    """``name`` when it is a plain file name (no folder part), so that it names a file inside
+    the corpus folder; ValueError naming ``where`` (e.g. ``meta.json files.tokenizer``) otherwise."""
+    if (not isinstance(name, str) or name in ("", ".", "..") or "/" in name or "\\" in name
+            or "\x00" in name or os.path.isabs(name)):
+        raise ValueError(f"{where}: {name!r} is not a file name inside the corpus folder")
+    return name
 
 
-def _corpus_files(meta: Dict) -> List[str]:
-    """Every data file a ``meta.json`` names."""
-    names = list(meta.get("files", {}).values())
-    for shard in meta.get("shards", []):
-        names += [shard["tokens"], shard["word_starts"]]
+def _corpus_files(meta: Dict, where: str = META_FILE) -> List[str]:
+    """Every data file a ``meta.json`` names (each checked by :func:`confined_name`)."""
+    files = meta.get("files", {})
+    if not isinstance(files, dict) or not isinstance(meta.get("shards", []), list):
+        raise ValueError(f"{where}: 'files' must be an object and 'shards' a list")
+    names = [confined_name(name, f"{where} files.{key}") for key, name in files.items()]
+    for number, shard in enumerate(meta.get("shards", [])):
+        if not isinstance(shard, dict):
+            raise ValueError(f"{where}: shards[{number}] is not an object")
+        names += [confined_name(shard.get(key), f"{where} shards[{number}].{key}") for key in ("tokens", "word_starts")]
     return names
 
 
+def _read_meta(path: Path) -> Dict:
+    """``meta.json`` as a dict; ValueError naming the file when it is empty, not JSON or not an object."""
+    try:
+        meta = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path}: not a meta.json (binary, not UTF-8 JSON)") from error
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not valid JSON ({error.msg} at line {error.lineno}); "
+                         f"an unfinished or damaged corpus: prepare it again") from error
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path}: not a JSON object")
+    return meta
+
+
+def _meta_crc32(meta: Dict) -> str:
+    """CRC-32 of ``meta`` (without its own ``meta_crc32``) as canonical JSON."""
+    body = {key: value for key, value in meta.items() if key != "meta_crc32"}
+    return f"{zlib.crc32(json.dumps(body, sort_keys=True).encode('utf-8')):08x}"
+
+
+def _file_check(path: Path) -> Dict:
+    """``{"bytes", "crc32"}`` of a file, read in 16 MiB pieces."""
+    crc, size = 0, 0
+    with open(path, "rb") as handle:
+        while True:
+            piece = handle.read(1 << 24)
+            if not piece:
+                break
+            crc = zlib.crc32(piece, crc)
+            size += len(piece)
+    return {"bytes": size, "crc32": f"{crc:08x}"}
+
+
 def _remove_files(out: Path, names: Iterable[str], keep: Iterable[str]) -> None:
+    """Remove ``names`` (plain names inside ``out``; callers pass only files a prepare run wrote)."""
     for name in set(names) - set(keep):
-        if (out / name).exists():
+        try:
             (out / name).unlink()
+        except FileNotFoundError:
+            pass
+
+
+def _clean_after_dead_run(out: Path, stale_owner: Optional[Dict]) -> None:
+    """Remove what a killed ``prepare`` recorded in its lock before creating or replacing it
+    (files of a generation it never switched to, or the old generation after its switch), except
+    the files the current ``meta.json`` lists. Nothing else is touched, and nothing at all when
+    the current ``meta.json`` cannot be read."""
+    if not stale_owner or stale_owner.get("command") != "prepare":
+        return
+    meta_path = out / META_FILE
+    try:
+        listed = _corpus_files(_read_meta(meta_path)) if meta_path.exists() else []
+        names = [confined_name(name, "lock file") for name in
+                 list(stale_owner.get("files", [])) + list(stale_owner.get("replacing", []))]
+    except (OSError, ValueError, TypeError):
+        return
+    _remove_files(out, names, keep=listed + [META_FILE])
 
 
 @dataclass
@@ -298,6 +400,20 @@ class PrepareStats:
     n_shards: int
     token_dtype: str
     seconds: float
+    mean_block_length: float = 0.0
+    padding_share: float = 0.0  # of the tokens of padded batches (PADDING_BATCH_SIZE blocks each)
+
+
+PADDING_BATCH_SIZE = 32  # batches of ``pretrain``'s default size, for the padding share in the summary
+
+
+def _padding_share(block_lengths: np.ndarray, block_size: int) -> float:
+    """Share of padding in batches padded to their longest row, estimated from a sample of blocks."""
+    from .static_shapes import padding_fractions
+
+    rng = np.random.default_rng(0)
+    sample = block_lengths if block_lengths.size <= 1 << 16 else rng.choice(block_lengths, 1 << 16, replace=False)
+    return padding_fractions(sample, block_size, min(PADDING_BATCH_SIZE, sample.size), samples=500)["padded"]
 
 
 def prepare_documents(
@@ -316,27 +432,67 @@ def prepare_documents(
 ) -> PrepareStats:
     """Tokenise and pack a stream of documents into ``out_dir`` (format in the module docstring).
 
-    Raises ValueError when the stream holds no token at all (nothing is left behind then).
+    ``out_dir`` is locked for the run (:func:`~spanbert_fast.run_lock.lock_folder`): a second run
+    into it raises :class:`~spanbert_fast.run_lock.FolderLockedError` naming the owner. A run
+    deletes only files it created (and, after a switch, the files of the corpus it replaced; after
+    a killed run, what that run recorded in its lock), never other files in ``out_dir``.
+    Raises ValueError when the stream holds no token at all (nothing is left behind then), and
+    :class:`CorpusExistsError` when ``out_dir`` holds a corpus and ``overwrite`` is false.
     ``total_chars`` only sizes the progress bar (characters; the file size in bytes is close enough).
     """
-    from tqdm import tqdm
+    from ..run_lock import lock_folder
 
+    if block_size < 1:
+        raise ValueError(f"block_size must be >= 1, got {block_size}")
     if shard_tokens < block_size:
         raise ValueError(f"shard_tokens ({shard_tokens}) must be >= block_size ({block_size})")
-    started = time.time()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    previous = _previous_corpus(out, overwrite)
-    generation = previous.get("generation", 0) + 1 if previous else 0
-    prefix = f"g{generation}-" if generation else ""  # new names never collide with the old corpus's
-    index_files = {key: prefix + name for key, name in INDEX_FILES.items()}
-
     specials = special_ids(tokenizer)
     vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
+    if vocab_size <= len(set(specials.as_tuple())):
+        raise ValueError(f"the tokenizer holds only its {vocab_size} special tokens; train it on more text "
+                         f"or with a larger vocabulary")
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"{out}: not a folder")
+    with lock_folder(out, "prepare") as lock:
+        _clean_after_dead_run(out, lock.stale_owner)
+        meta_path = out / META_FILE
+        previous = _read_meta(meta_path) if meta_path.exists() else None
+        if previous is not None and not overwrite:
+            raise CorpusExistsError(f"{out}: already holds a prepared corpus ({META_FILE}); "
+                                    f"pass overwrite=True to replace it")
+        return _prepare_locked(documents, tokenizer, out, lock, previous, specials, vocab_size,
+                               block_size=block_size, workers=workers, shard_tokens=shard_tokens,
+                               chunk_chars=chunk_chars, progress=progress, total_chars=total_chars,
+                               extra_meta=extra_meta)
+
+
+def _prepare_locked(documents, tokenizer, out: Path, lock, previous: Optional[Dict], specials, vocab_size: int, *,
+                    block_size, workers, shard_tokens, chunk_chars, progress, total_chars, extra_meta) -> PrepareStats:
+    """:func:`prepare_documents` once ``out`` is locked and ``previous`` (its old ``meta.json``) read."""
+    from tqdm import tqdm
+
+    started = time.time()
+    previous_files = _corpus_files(previous) if previous is not None else []
+    generation = int(previous.get("generation", 0)) + 1 if previous else 0
+    # new names never collide with the old corpus's, nor with other files already in ``out``
+    while any((out / ((f"g{generation}-" if generation else "") + name)).exists()
+              for name in list(INDEX_FILES.values()) + [TOKENIZER_FILE, _TOKENS_NAME.format(0)]):
+        generation += 1
+    prefix = f"g{generation}-" if generation else ""
+    index_files = {key: prefix + name for key, name in INDEX_FILES.items()}
+    tokenizer_file = prefix + TOKENIZER_FILE
+    created: List[str] = []  # every name this run makes, recorded in the lock before it is made
+
+    def create(name: str, dtype) -> _AppendFile:
+        if (out / name).exists():
+            raise FileExistsError(f"{out / name}: exists and is not part of the corpus being replaced; "
+                                  f"move it away or choose another output folder")
+        created.extend([name, name + ".tmp"])
+        lock.record(files=created, replacing=previous_files)
+        return _AppendFile(out, name, dtype)
+
     token_dtype = token_dtype_for(vocab_size)
-    index = {key: _AppendFile(out, name, np.int64) for key, name in index_files.items() if key != "unigram_counts"}
-    for offsets in index.values():
-        offsets.append(np.zeros(1, np.int64))
     shards: List[Dict] = []
     shard_files: List[_AppendFile] = []
     unigram_counts = np.zeros(vocab_size, dtype=np.int64)
@@ -345,15 +501,17 @@ def prepare_documents(
 
     def open_shard() -> None:
         number = len(shards)
-        shard_files.extend(
-            [_AppendFile(out, prefix + _TOKENS_NAME.format(number), token_dtype),
-             _AppendFile(out, prefix + _WORD_STARTS_NAME.format(number), np.uint8)]
-        )
+        shard_files.extend([create(prefix + _TOKENS_NAME.format(number), token_dtype),
+                            create(prefix + _WORD_STARTS_NAME.format(number), np.uint8)])
         shards.append({"tokens": shard_files[-2].name, "word_starts": shard_files[-1].name,
                        "start": n_tokens, "length": 0})
 
+    index: Dict[str, _AppendFile] = {}
     bar = tqdm(total=total_chars, unit="char", unit_scale=True, desc="prepare", disable=not progress)
     try:
+        index.update({key: create(name, np.int64) for key, name in index_files.items() if key != "unigram_counts"})
+        for offsets in index.values():
+            offsets.append(np.zeros(1, np.int64))
         for chunk in _encoded_chunks(documents, tokenizer, block_size, workers, chunk_chars):
             bar.update(chunk.n_chars)
             if chunk.tokens.size == 0:
@@ -389,16 +547,17 @@ def prepare_documents(
         bar.close()
         if n_tokens == 0:
             raise ValueError("empty corpus: the input holds no token (no non-blank document)")
-        for file in shard_files:
-            file.commit()
-        for offsets in index.values():
-            offsets.commit()
-        counts = _AppendFile(out, index_files["unigram_counts"], np.int64)
+        counts = create(index_files["unigram_counts"], np.int64)
         counts.append(unigram_counts)
-        counts.commit()
-        tokenizer_file = prefix + TOKENIZER_FILE
+        checks: Dict[str, Dict] = {}
+        for file in shard_files + list(index.values()) + [counts]:
+            file.commit()
+            checks[file.name] = file.check()
+        created.extend([tokenizer_file, tokenizer_file + ".tmp", META_FILE + ".tmp"])
+        lock.record(files=created, replacing=previous_files)
         tokenizer.save(str(out / (tokenizer_file + ".tmp")))
         os.replace(out / (tokenizer_file + ".tmp"), out / tokenizer_file)
+        checks[tokenizer_file] = _file_check(out / tokenizer_file)
         meta = {
             "format_version": FORMAT_VERSION,
             "block_size": block_size,
@@ -411,12 +570,14 @@ def prepare_documents(
             "n_tokens": n_tokens,
             "shards": shards,
             "files": dict(index_files, tokenizer=tokenizer_file),
+            "file_checks": checks,
             "generation": generation,
             "created_unix": time.time(),
         }
         meta.update(extra_meta or {})
+        meta["meta_crc32"] = _meta_crc32(meta)
         tmp_meta = out / (META_FILE + ".tmp")
-        with open(tmp_meta, "w", encoding="utf-8") as handle:
+        with open(tmp_meta, "x", encoding="utf-8") as handle:
             json.dump(meta, handle, indent=2)
             handle.flush()
             os.fsync(handle.fileno())
@@ -425,19 +586,23 @@ def prepare_documents(
         bar.close()
         for file in shard_files + list(index.values()):
             file.discard()
-        for leftover in out.glob("*.tmp"):  # a tokenizer or meta.json being written
-            leftover.unlink()
-        # files of this run that were already committed (never the previous corpus's)
-        _remove_files(out, [f.name for f in shard_files] + list(index_files.values()) + [prefix + TOKENIZER_FILE],
-                      keep=_corpus_files(previous) if previous else [])
+        _remove_files(out, created, keep=previous_files)  # only what this run made
         raise
-    if previous is not None:
-        _remove_files(out, _corpus_files(previous), keep=_corpus_files(meta))
-    if prefix:
-        tokenizer.save(str(out / (TOKENIZER_FILE + ".tmp")))
-        os.replace(out / (TOKENIZER_FILE + ".tmp"), out / TOKENIZER_FILE)
+    _remove_files(out, previous_files, keep=_corpus_files(meta))
+    if prefix and (previous is not None or not (out / TOKENIZER_FILE).exists()):
+        # a copy under the plain name, for tools that look for it (not one a user put there)
+        lock.record(files=created + [TOKENIZER_FILE + ".tmp"])
+        try:
+            tokenizer.save(str(out / (TOKENIZER_FILE + ".tmp")))
+            os.replace(out / (TOKENIZER_FILE + ".tmp"), out / TOKENIZER_FILE)
+        except BaseException:
+            _remove_files(out, [TOKENIZER_FILE + ".tmp"], keep=[])
+            raise
+    block_lengths = np.diff(np.fromfile(out / index_files["blocks"], dtype="<i8"))
     return PrepareStats(out, totals["documents"], totals["sentences"], totals["blocks"], n_tokens,
-                        len(shards), token_dtype.name, time.time() - started)
+                        len(shards), token_dtype.name, time.time() - started,
+                        mean_block_length=float(block_lengths.mean()),
+                        padding_share=_padding_share(block_lengths, block_size))
 
 
 def prepare_corpus(
