@@ -640,27 +640,94 @@ class Block(NamedTuple):
     word_starts: np.ndarray
 
 
+_META_KEYS = ("block_size", "vocab_size", "token_dtype", "special_ids", "n_documents", "n_sentences", "n_blocks",
+              "n_tokens", "shards", "files")
+
+
 class BlockDataset:
     """Read-only, memory-mapped view of a prepared directory; ``dataset[i]`` is :class:`Block` i.
+
+    Opening checks the corpus: ``meta.json`` readable and unchanged (``meta_crc32``), every file
+    name inside the folder, every file of the size its counts give, the block index consistent
+    with ``block_size`` and ``n_tokens``, and (``verify``, default) every file's CRC-32; an error
+    names the first file that fails. Corpora written before these checks existed have no
+    checksums; their sizes and block index are still checked.
 
     Memory maps are opened lazily in each process, so the object pickles cheaply (DataLoader
     workers, spawn) and never reads a shard it does not need.
     """
 
-    def __init__(self, path: PathLike):
+    def __init__(self, path: PathLike, *, verify: bool = True):
         self.path = Path(path)
         meta_path = self.path / META_FILE
         if not meta_path.is_file():
-            raise FileNotFoundError(f"{self.path}: no {META_FILE}; not a prepared corpus (or an unfinished one)")
-        self.meta = json.loads(meta_path.read_text())
+            what = "not a folder" if self.path.exists() and not self.path.is_dir() else (
+                f"no {META_FILE}; not a prepared corpus (or an unfinished one)")
+            raise FileNotFoundError(f"{self.path}: {what}")
+        self.meta = _read_meta(meta_path)
         if self.meta.get("format_version") != FORMAT_VERSION:
             raise ValueError(f"{meta_path}: format_version {self.meta.get('format_version')} != {FORMAT_VERSION}")
-        self.block_size: int = self.meta["block_size"]
-        self.vocab_size: int = self.meta["vocab_size"]
-        self.token_dtype = np.dtype(self.meta["token_dtype"])
-        self.special_ids = SpecialIds.from_dict(self.meta["special_ids"])
-        self._shard_starts = np.array([shard["start"] for shard in self.meta["shards"]], dtype=np.int64)
+        missing = [key for key in _META_KEYS if key not in self.meta]
+        if missing:
+            raise ValueError(f"{meta_path}: missing {', '.join(missing)}; a damaged corpus: prepare it again")
+        if "meta_crc32" in self.meta and self.meta["meta_crc32"] != _meta_crc32(self.meta):
+            raise ValueError(f"{meta_path}: its values were changed after prepare wrote it (checksum mismatch); "
+                             f"prepare the corpus again")
+        try:
+            self.block_size: int = int(self.meta["block_size"])
+            self.vocab_size: int = int(self.meta["vocab_size"])
+            self.token_dtype = np.dtype(self.meta["token_dtype"])
+            self.special_ids = SpecialIds.from_dict(self.meta["special_ids"])
+            self._shard_starts = np.array([shard["start"] for shard in self.meta["shards"]], dtype=np.int64)
+        except (KeyError, TypeError, ValueError) as error:
+            raise ValueError(f"{meta_path}: malformed ({type(error).__name__}: {error})") from error
+        _corpus_files(self.meta, str(meta_path))  # every name stays inside the folder
         self._maps: Optional[Dict] = None
+        self._check_files(verify)
+
+    def _expected_sizes(self) -> Dict[str, int]:
+        """Bytes each data file must have, from the counts in ``meta.json``."""
+        meta, files = self.meta, self.meta["files"]
+        sizes = {files[key]: 8 * (int(meta[f"n_{key}"]) + 1) for key in ("blocks", "documents", "sentences")}
+        sizes[files["unigram_counts"]] = 8 * self.vocab_size
+        for shard in meta["shards"]:
+            sizes[shard["tokens"]] = int(shard["length"]) * self.token_dtype.itemsize
+            sizes[shard["word_starts"]] = int(shard["length"])
+        return sizes
+
+    def _check_files(self, verify: bool) -> None:
+        """Sizes from the counts, then (``verify``) each file's CRC-32 against ``file_checks``,
+        and the block index: offsets from 0 to ``n_tokens``, every block 1..``block_size`` tokens,
+        shards starting where the previous ends. ValueError naming the file on the first mismatch."""
+        meta = self.meta
+        checks = meta.get("file_checks", {})
+        try:
+            sizes = self._expected_sizes()
+        except (KeyError, TypeError, ValueError) as error:
+            raise ValueError(f"{self.path / META_FILE}: malformed ({type(error).__name__}: {error})") from error
+        for name, size in sizes.items():
+            path = self.path / name
+            try:
+                actual = path.stat().st_size
+            except FileNotFoundError:
+                raise FileNotFoundError(f"{path}: missing (listed in {META_FILE}); prepare the corpus again") from None
+            if actual != size or (name in checks and checks[name].get("bytes") != size):
+                raise ValueError(f"{path}: {actual} bytes, but {META_FILE} describes {size}: a truncated or "
+                                 f"damaged corpus; prepare it again")
+        if verify:
+            for name, check in checks.items():
+                name = confined_name(name, f"{META_FILE} file_checks")
+                if _file_check(self.path / name) != check:
+                    raise ValueError(f"{self.path / name}: checksum mismatch (the file changed after prepare "
+                                     f"wrote it); prepare the corpus again")
+        offsets = np.fromfile(self.path / meta["files"]["blocks"], dtype="<i8")
+        lengths = np.diff(offsets)
+        starts = np.cumsum([0] + [int(shard["length"]) for shard in meta["shards"]])
+        if (offsets[0] != 0 or offsets[-1] != meta["n_tokens"] or (lengths.size and (
+                lengths.min() < 1 or lengths.max() > self.block_size)) or starts[-1] != meta["n_tokens"]
+                or not np.array_equal(starts[:-1], self._shard_starts)):
+            raise ValueError(f"{self.path / meta['files']['blocks']}: block index does not match {META_FILE} "
+                             f"(block_size {self.block_size}, n_tokens {meta['n_tokens']}); prepare the corpus again")
 
     def __getstate__(self):
         state = dict(self.__dict__)
@@ -669,17 +736,20 @@ class BlockDataset:
 
     def _open(self) -> Dict:
         if self._maps is None:
-            def index(key: str, count: int) -> np.ndarray:
-                return np.memmap(self.path / self.meta["files"][key], dtype="<i8", mode="r", shape=(count,))
+            def memmap(name: str, dtype, count: int) -> np.ndarray:
+                try:
+                    return np.memmap(self.path / name, dtype=dtype, mode="r", shape=(count,))
+                except (OSError, ValueError) as error:  # e.g. the file shrank since the size check
+                    raise ValueError(f"{self.path / name}: cannot map {count} items ({error})") from error
 
+            files = self.meta["files"]
             self._maps = {
-                "blocks": index("blocks", self.meta["n_blocks"] + 1),
-                "documents": index("documents", self.meta["n_documents"] + 1),
-                "sentences": index("sentences", self.meta["n_sentences"] + 1),
-                "tokens": [np.memmap(self.path / s["tokens"], dtype=self.token_dtype.newbyteorder("<"),
-                                     mode="r", shape=(s["length"],)) for s in self.meta["shards"]],
-                "word_starts": [np.memmap(self.path / s["word_starts"], dtype=np.uint8, mode="r",
-                                          shape=(s["length"],)) for s in self.meta["shards"]],
+                "blocks": memmap(files["blocks"], "<i8", self.meta["n_blocks"] + 1),
+                "documents": memmap(files["documents"], "<i8", self.meta["n_documents"] + 1),
+                "sentences": memmap(files["sentences"], "<i8", self.meta["n_sentences"] + 1),
+                "tokens": [memmap(s["tokens"], self.token_dtype.newbyteorder("<"), s["length"])
+                           for s in self.meta["shards"]],
+                "word_starts": [memmap(s["word_starts"], np.uint8, s["length"]) for s in self.meta["shards"]],
             }
         return self._maps
 
