@@ -27,7 +27,15 @@ Output directory (every array is a raw little-endian binary file, described in `
 Offsets are global over the concatenation of the token shards; a new shard starts only at a block
 boundary, so every block lies in one shard. Every file is written under a temporary name and moved
 into place with ``os.replace``; ``meta.json`` is replaced last, so readers never see a half-written
-directory (an interrupted run leaves only ``*.tmp`` files, removed by the next run).
+directory. ``meta.json`` also holds each file's size and CRC-32 (``file_checks``) and its own
+CRC-32 (``meta_crc32``); :class:`BlockDataset` checks them on opening.
+
+One run at a time: a run locks the folder (:mod:`spanbert_fast.run_lock`); a second run exits with
+an error naming the first. A run deletes only files it created: its own on failure, the replaced
+corpus's after its switch. Before creating a file it records the name in its lock, so when a run is
+killed the next run (which finds the dead run's lock stale) removes exactly those files. Files in
+the folder that no run recorded are never touched, whatever their names; a new corpus that would
+collide with them takes the next generation prefix.
 
 ``overwrite`` never destroys the old corpus before the new one is complete: the new files carry a
 generation prefix (``g1-tokens-00000.bin``, ``g2-...``; ``meta.json`` lists the names), so they sit
