@@ -325,3 +325,43 @@ def test_input_is_consumed_lazily(tokenizer, workers):
     assert first.document_lengths.size == 10  # 10 documents of 40+ characters fill a 400-char chunk
     assert pulled <= 10 * (2 * workers + 1)
     chunks.close()
+
+
+def test_long_sentences_are_encoded_in_pieces_with_the_same_ids(tokenizer, tmp_path, monkeypatch):
+    """A sentence longer than MAX_PIECE_CHARS is encoded in pieces cut before a space, in batches
+    of ENCODE_BATCH_CHARS, and its whitespace collapsed in windows: the corpus stays the same."""
+    from spanbert_fast.data import corpus as corpus_module
+
+    words = re.sub(r"[.!?]", " ", " ".join(demo_corpus_texts()[:3])).split()
+    long_text = "lead " + "  \n ".join(words[:3000])  # one sentence, mixed whitespace
+    documents = [Document(long_text, "long"), *demo_documents(3)]
+    whole = tmp_path / "whole"
+    prepare_documents(documents, tokenizer, whole, progress=False, block_size=62)
+    monkeypatch.setattr(prepare_module, "MAX_PIECE_CHARS", 50)
+    monkeypatch.setattr(prepare_module, "ENCODE_BATCH_CHARS", 300)
+    monkeypatch.setattr(corpus_module, "_COLLAPSE_WINDOW", 40)
+    assert split_sentences(long_text) == [re.sub(r"\s+", " ", long_text).strip()]
+    pieces = tmp_path / "pieces"
+    prepare_documents(documents, tokenizer, pieces, progress=False, block_size=62)
+    a, b = BlockDataset(whole), BlockDataset(pieces)
+    assert a.meta["n_sentences"] == b.meta["n_sentences"]
+    np.testing.assert_array_equal(a.block_offsets, b.block_offsets)
+    for i in range(len(a)):
+        np.testing.assert_array_equal(a[i].token_ids, b[i].token_ids)
+        np.testing.assert_array_equal(a[i].word_starts, b[i].word_starts)
+
+
+def test_folder_lock_excludes_a_second_owner_and_is_released(tmp_path):
+    from spanbert_fast.run_lock import LOCK_FILE, FolderLockedError, lock_folder
+
+    with lock_folder(tmp_path, "prepare") as lock:
+        record = json.loads((tmp_path / LOCK_FILE).read_text())
+        assert record["pid"] == os.getpid() and record["command"] == "prepare" and lock.stale_owner is None
+        with pytest.raises(FolderLockedError, match=f"pid {os.getpid()}"):
+            lock_folder(tmp_path, "prepare")
+        lock.record(files=["a.bin"])
+        assert json.loads((tmp_path / LOCK_FILE).read_text())["files"] == ["a.bin"]
+    assert not (tmp_path / LOCK_FILE).exists()
+    (tmp_path / LOCK_FILE).write_text(json.dumps({"command": "prepare", "pid": 1, "files": ["x.bin"]}))
+    with lock_folder(tmp_path, "prepare") as lock:  # a lock file nobody holds: stale, taken over
+        assert lock.stale_owner["files"] == ["x.bin"]
