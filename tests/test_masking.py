@@ -294,3 +294,26 @@ def test_invalid_configuration_is_rejected():
         SpanMasker(BERT_CASED, VOCAB)(np.array([5, VOCAB]), np.ones(2, dtype=bool), epoch=0, index=0)
     with pytest.raises(ValueError, match="word_starts"):
         SpanMasker(BERT_CASED, VOCAB)(np.arange(1000, 1010), np.ones(9, dtype=bool), epoch=0, index=0)
+
+
+@pytest.mark.parametrize("arguments, name", [
+    ({"max_span_words": 0}, "max_span_words"),  # hung: no span length to draw
+    ({"max_span_words": 2.5}, "max_span_words"),
+    ({"geometric_p": 0.0}, "geometric_p"),  # NaN probabilities
+    ({"geometric_p": 1.5}, "geometric_p"),
+    ({"max_sbo_targets": 0}, "max_sbo_targets"),
+    ({"scheme": "word", "max_span_words": 0}, "max_span_words"),
+], ids=["max_span_words=0", "max_span_words=2.5", "geometric_p=0", "geometric_p=1.5", "max_sbo_targets=0",
+        "word-scheme-max_span_words=0"])
+def test_span_law_arguments_are_validated(arguments, name):
+    with pytest.raises(ValueError, match=name):
+        SpanMasker(BERT_CASED, VOCAB, **arguments)
+    assert np.isfinite(span_length_probabilities(1, 1.0)).all()
+
+
+def test_vocabulary_of_only_specials_is_rejected_by_name():
+    """It failed at the first masked block with numpy's 'high <= 0'."""
+    specials = SpecialIds(pad=0, unk=1, cls=2, sep=3, mask=4)
+    with pytest.raises(ValueError, match="vocab_size 5 holds only special ids"):
+        SpanMasker(specials, 5)
+    SpanMasker(specials, 5, random_prob=0.0)  # no random replacement: nothing to draw, allowed

@@ -248,19 +248,23 @@ def test_overwrite_keeps_the_old_corpus_until_the_new_one_is_complete(tokenizer,
         names = {shard["tokens"] for shard in meta["shards"]} | {s["word_starts"] for s in meta["shards"]}
         return names | set(meta["files"].values()) | {META_FILE, "tokenizer.json"}
 
-    # leftovers of killed runs (a shard of an unfinished generation, a stale index) go at the next
-    # run; files that are not the corpus's stay
-    (out / "g7-tokens-00003.bin").write_bytes(b"x")
-    (out / "g7-blocks.bin").write_bytes(b"x")
-    (out / "notes.txt").write_text("mine")
-    old_files |= {"notes.txt"}
+    # leftovers a killed run recorded in its (stale) lock go at the next run; files no run
+    # recorded stay, even when they are named like corpus files
+    (out / "g1-tokens-00003.bin").write_bytes(b"x")
+    (out / "g1-blocks.bin.tmp").write_bytes(b"x")
+    (out / ".spanbert-fast.lock").write_text(json.dumps(
+        {"command": "prepare", "pid": 0, "host": "gone", "files": ["g1-tokens-00003.bin", "g1-blocks.bin.tmp"]}))
+    users = {"notes.txt", "g7-blocks.bin", "word_starts-00009.bin", "other.tmp"}
+    for name in users:
+        (out / name).write_text("mine")
     for generation, count in ((1, 2), (2, 4)):  # then a real overwrite, twice: the old files go
         prepare_documents(demo_documents(count), tokenizer, out, progress=False, overwrite=True)
         meta = BlockDataset(out).meta
         assert meta["n_documents"] == count and meta["generation"] == generation
         assert meta["shards"][0]["tokens"].startswith(f"g{generation}-")
-        assert {p.name for p in out.iterdir()} == listed(meta) | {"notes.txt"}
+        assert {p.name for p in out.iterdir()} == listed(meta) | users
         assert (out / "tokenizer.json").read_text() == (out / meta["files"]["tokenizer"]).read_text()
+    assert all((out / name).read_text() == "mine" for name in users)
 
 
 def test_empty_corpus_is_an_error_naming_the_files(tokenizer, tmp_path):
@@ -321,3 +325,43 @@ def test_input_is_consumed_lazily(tokenizer, workers):
     assert first.document_lengths.size == 10  # 10 documents of 40+ characters fill a 400-char chunk
     assert pulled <= 10 * (2 * workers + 1)
     chunks.close()
+
+
+def test_long_sentences_are_encoded_in_pieces_with_the_same_ids(tokenizer, tmp_path, monkeypatch):
+    """A sentence longer than MAX_PIECE_CHARS is encoded in pieces cut before a space, in batches
+    of ENCODE_BATCH_CHARS, and its whitespace collapsed in windows: the corpus stays the same."""
+    from spanbert_fast.data import corpus as corpus_module
+
+    words = re.sub(r"[.!?]", " ", " ".join(demo_corpus_texts()[:3])).split()
+    long_text = "lead " + "  \n ".join(words[:3000])  # one sentence, mixed whitespace
+    documents = [Document(long_text, "long"), *demo_documents(3)]
+    whole = tmp_path / "whole"
+    prepare_documents(documents, tokenizer, whole, progress=False, block_size=62)
+    monkeypatch.setattr(prepare_module, "MAX_PIECE_CHARS", 50)
+    monkeypatch.setattr(prepare_module, "ENCODE_BATCH_CHARS", 300)
+    monkeypatch.setattr(corpus_module, "_COLLAPSE_WINDOW", 40)
+    assert split_sentences(long_text) == [re.sub(r"\s+", " ", long_text).strip()]
+    pieces = tmp_path / "pieces"
+    prepare_documents(documents, tokenizer, pieces, progress=False, block_size=62)
+    a, b = BlockDataset(whole), BlockDataset(pieces)
+    assert a.meta["n_sentences"] == b.meta["n_sentences"]
+    np.testing.assert_array_equal(a.block_offsets, b.block_offsets)
+    for i in range(len(a)):
+        np.testing.assert_array_equal(a[i].token_ids, b[i].token_ids)
+        np.testing.assert_array_equal(a[i].word_starts, b[i].word_starts)
+
+
+def test_folder_lock_excludes_a_second_owner_and_is_released(tmp_path):
+    from spanbert_fast.run_lock import LOCK_FILE, FolderLockedError, lock_folder
+
+    with lock_folder(tmp_path, "prepare") as lock:
+        record = json.loads((tmp_path / LOCK_FILE).read_text())
+        assert record["pid"] == os.getpid() and record["command"] == "prepare" and lock.stale_owner is None
+        with pytest.raises(FolderLockedError, match=f"pid {os.getpid()}"):
+            lock_folder(tmp_path, "prepare")
+        lock.record(files=["a.bin"])
+        assert json.loads((tmp_path / LOCK_FILE).read_text())["files"] == ["a.bin"]
+    assert not (tmp_path / LOCK_FILE).exists()
+    (tmp_path / LOCK_FILE).write_text(json.dumps({"command": "prepare", "pid": 1, "files": ["x.bin"]}))
+    with lock_folder(tmp_path, "prepare") as lock:  # a lock file nobody holds: stale, taken over
+        assert lock.stale_owner["files"] == ["x.bin"]

@@ -89,7 +89,10 @@ def run(args) -> int:
             raise SystemExit(f"info: --tokenizer: {error}") from error
     if args.data:
         print()
-        _print(corpus_info(args.data, args.batch_size))
+        try:
+            _print(corpus_info(args.data, args.batch_size))
+        except (OSError, ValueError) as error:  # a missing or damaged corpus: one line naming the file
+            raise SystemExit(f"info: error: {error}") from error
     return 0
 
 

@@ -9,11 +9,13 @@ Input rules are in :mod:`spanbert_fast.data.corpus`, the output format in
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def run(args: argparse.Namespace) -> int:
-    from spanbert_fast.data.prepare import DEFAULT_SHARD_TOKENS, prepare_corpus
+    from spanbert_fast.data.prepare import DEFAULT_SHARD_TOKENS, PADDING_BATCH_SIZE, CorpusExistsError, prepare_corpus
     from spanbert_fast.data.tokenizer import casing_decision, load_tokenizer
+    from spanbert_fast.run_lock import FolderLockedError
 
     try:
         tokenizer = load_tokenizer(args.tokenizer, lowercase=args.lowercase)
@@ -23,7 +25,10 @@ def run(args: argparse.Namespace) -> int:
             shard_tokens=args.shard_tokens or DEFAULT_SHARD_TOKENS, overwrite=args.overwrite,
             progress=not args.quiet,
         )
-    except (OSError, ValueError) as error:  # bad input: one line naming the file, no traceback
+    except CorpusExistsError:
+        raise SystemExit(f"prepare: error: {args.out} already holds a prepared corpus; pass --overwrite to "
+                         f"replace it (the old one stays until the new one is complete)") from None
+    except (OSError, ValueError, FolderLockedError) as error:  # bad input: one line naming the file, no traceback
         raise SystemExit(f"prepare: error: {error}") from error
     print(
         f"prepared {stats.n_documents} documents, {stats.n_sentences} sentences, {stats.n_tokens} tokens "
@@ -31,6 +36,14 @@ def run(args: argparse.Namespace) -> int:
         f"shard(s)) in {stats.seconds:.1f} s: {stats.out_dir}"
     )
     print(f"tokenizer casing: {casing_decision(args.tokenizer, args.lowercase)}")
+    print(f"block length: mean {stats.mean_block_length:.1f} of {args.block_size}; padding in batches of "
+          f"{PADDING_BATCH_SIZE} padded to their longest block: {100 * stats.padding_share:.0f} %")
+    if stats.mean_block_length < args.block_size / 4:
+        hint = ("each blank-line-separated paragraph became a document; unless the input is one document "
+                "per paragraph, try --doc-split file (one document per file)") if args.doc_split != "file" else (
+                "the documents are short")
+        print(f"prepare: warning: mean block length {stats.mean_block_length:.1f} is below a quarter of "
+              f"--block-size {args.block_size}: {hint}", file=sys.stderr)
     return 0
 
 

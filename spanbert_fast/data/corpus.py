@@ -36,6 +36,7 @@ DOC_SPLIT_RULES = ("blank", "file", "line")
 _PARAGRAPH_BREAK = re.compile(r"\n[ \t\r\f\v]*\n\s*")
 _SENTENCE_END = re.compile(r"""[.!?]+["'\u201d\u2019)\]]*\s+(?=["'\u201c\u2018(\[]?[A-Z0-9])""")
 _WHITESPACE = re.compile(r"\s+")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
@@ -56,8 +57,31 @@ def split_sentences(text: str) -> List[str]:
             sentences.append(paragraph[start : match.end()])
             start = match.end()
         sentences.append(paragraph[start:])
-    cleaned = (_WHITESPACE.sub(" ", sentence).strip() for sentence in sentences)
+    cleaned = (_collapse_whitespace(sentence) for sentence in sentences)
     return [sentence for sentence in cleaned if sentence]
+
+
+_COLLAPSE_WINDOW = 1 << 16
+
+
+def _collapse_whitespace(text: str) -> str:
+    """``_WHITESPACE.sub(" ", text).strip()``, done in windows of ~64k characters for long texts
+    (``re.sub`` keeps a slice per match until it joins them: ~100 bytes per word of a 50 MB line).
+    A window ends where a run of whitespace ends, so the result is the same."""
+    if len(text) <= _COLLAPSE_WINDOW:
+        return _WHITESPACE.sub(" ", text).strip()
+    parts: List[str] = []
+    start = 0
+    while start < len(text):
+        end = min(start + _COLLAPSE_WINDOW, len(text))
+        if end < len(text):
+            cut = end
+            while cut > start + 1 and not (text[cut - 1].isspace() and not text[cut].isspace()):
+                cut -= 1
+            end = cut if cut > start + 1 else end  # no whitespace run in the window: cut anywhere
+        parts.append(_WHITESPACE.sub(" ", text[start:end]))
+        start = end
+    return "".join(parts).strip()
 
 
 def expand_inputs(paths: Sequence[PathLike]) -> List[Path]:
@@ -82,6 +106,8 @@ def expand_inputs(paths: Sequence[PathLike]) -> List[Path]:
             files.extend(found)
         elif path.is_file():
             files.append(path)
+        elif path.exists():
+            raise ValueError(f"{path}: not a regular file or a directory")
         else:
             raise FileNotFoundError(f"{path}: no such file or directory")
     return files
@@ -97,11 +123,17 @@ def _read_jsonl(path: Path, text_field: str) -> Iterator[Document]:
                 record = json.loads(line)
             except json.JSONDecodeError as error:
                 raise ValueError(f"{where}: invalid JSON ({error.msg})") from error
+            except RecursionError:
+                raise ValueError(f"{where}: JSON nested too deeply") from None
             if not isinstance(record, dict) or text_field not in record:
                 raise ValueError(f"{where}: JSON line has no {text_field!r} field")
             text = record[text_field]
             if not isinstance(text, str):
                 raise ValueError(f"{where}: field {text_field!r} is {type(text).__name__}, not a string")
+            surrogate = _SURROGATE.search(text)
+            if surrogate:
+                raise ValueError(f"{where}: field {text_field!r} holds a lone surrogate "
+                                 f"(\\u{ord(surrogate.group()):04x}), which is not valid Unicode text")
             yield Document(text, where)
 
 
@@ -145,7 +177,28 @@ def iter_documents(
             else:
                 yield from _read_text(path, doc_split)
         except UnicodeDecodeError as error:
-            raise ValueError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from error
+            offset = _first_invalid_utf8(path)
+            raise ValueError(f"{path}: not UTF-8 text ({error.reason} at byte {offset})") from error
+
+
+def _first_invalid_utf8(path: Path) -> int:
+    """Byte offset of the first byte of ``path`` that is not valid UTF-8 (the decoder reading a
+    text file reports offsets within its current buffer only); -1 if the file decodes."""
+    import codecs
+
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0
+    with open(path, "rb") as handle:
+        while True:
+            piece = handle.read(1 << 20)
+            pending = len(decoder.getstate()[0])  # bytes of a character cut by the previous piece
+            try:
+                decoder.decode(piece, final=not piece)
+            except UnicodeDecodeError as error:
+                return offset - pending + error.start
+            if not piece:
+                return -1
+            offset += len(piece)
 
 
 def iter_texts(documents: Iterable[Document]) -> Iterator[str]:

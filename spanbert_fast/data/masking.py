@@ -53,6 +53,10 @@ REPLACE_MASK, REPLACE_RANDOM, REPLACE_KEEP = 0, 1, 2
 
 def span_length_probabilities(max_words: int = 10, geometric_p: float = 0.2) -> np.ndarray:
     """P(ℓ) for ℓ = 1..max_words: ``p·(1-p)^(ℓ-1)`` renormalised (index 0 holds ℓ = 1)."""
+    if isinstance(max_words, bool) or not isinstance(max_words, (int, np.integer)) or max_words < 1:
+        raise ValueError(f"max_span_words must be an integer >= 1, got {max_words!r}")
+    if not 0.0 < geometric_p <= 1.0:  # p = 0 gives 0/0 probabilities; p > 1 negative ones
+        raise ValueError(f"geometric_p must be in (0, 1], got {geometric_p!r}")
     lengths = np.arange(1, max_words + 1)
     weights = geometric_p * (1.0 - geometric_p) ** (lengths - 1)
     return weights / weights.sum()
@@ -161,6 +165,9 @@ class SpanMasker:
             raise ValueError(f"mask_ratio must be in (0, 1], got {mask_ratio}")
         if mask_prob < 0 or random_prob < 0 or mask_prob + random_prob > 1:
             raise ValueError(f"need mask_prob, random_prob >= 0 and their sum <= 1, got {mask_prob}, {random_prob}")
+        if isinstance(max_sbo_targets, bool) or not isinstance(max_sbo_targets, (int, np.integer)) or max_sbo_targets < 1:
+            raise ValueError(f"max_sbo_targets must be an integer >= 1, got {max_sbo_targets!r}")
+        span_length_probabilities(max_span_words, geometric_p)  # validates both, whatever the scheme
         self.special_ids = special_ids
         self.vocab_size = int(vocab_size)
         self.scheme = scheme
@@ -185,6 +192,9 @@ class SpanMasker:
         if unigram_counts is None:
             self._random_ids = np.setdiff1d(np.arange(self.vocab_size, dtype=np.int64), specials)
             self._random_cdf = None
+            if self._random_ids.size == 0 and random_prob > 0:
+                raise ValueError(f"vocab_size {vocab_size} holds only special ids: no token to draw random "
+                                 f"replacements from (a tokenizer trained on too little text?)")
         else:
             counts = np.asarray(unigram_counts, dtype=np.float64).copy()
             if counts.shape != (self.vocab_size,):

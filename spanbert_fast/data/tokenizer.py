@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from dataclasses import astuple, dataclass
 from pathlib import Path
 from typing import Dict, Iterable, Optional, Sequence, Tuple, Union
@@ -112,15 +111,10 @@ def train_tokenizer(
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    from ..tasks.common import atomic_write  # the project's one atomic write (umask permissions, not 0600)
+
+    with atomic_write(str(path)) as handle:
+        handle.write(text)
 
 
 def vocab_tokens(tokenizer: Tokenizer) -> list:
