@@ -177,3 +177,16 @@ def test_cli_passes_step_options_to_the_step_suite(tmp_path):
         cases = {row["case"] for row in csv.DictReader(f) if row["impl"] == "ours"}
     assert cases == {"tiny-B2-S32"}  # the dense batch only (smoke default would be the padded one)
     assert "--step-variant dense" in (out / "results.md").read_text()
+
+
+def test_parse_set_turns_assignments_into_suite_options():
+    assert runner.parse_set(["attention.dropout_ps=(0.0, 0.1)", "step.presets=['base']", "step.with_compile=False"]) \
+        == {"attention": {"dropout_ps": (0.0, 0.1)}, "step": {"presets": ["base"], "with_compile": False}}
+    for bad in ("attention=1", "dropout_ps=(0.0,)", "attention.dropout_ps=not a literal"):
+        with pytest.raises(ValueError, match="--set"):
+            runner.parse_set([bad])
+
+
+def test_suite_accepts_reads_the_run_signature():
+    assert runner.suite_accepts("step", "presets")
+    assert not runner.suite_accepts("step", "no_such_option")

@@ -62,14 +62,21 @@ H100_MAX_SHARED = 232448  # bytes of shared memory one block may use on sm_90 (2
 
 
 # --------------------------------------------------------------------------- fake driver
-class _Sm90Driver:
-    """What ``JITFunction.run(..., warmup=True)`` asks the active driver: target, device, stream."""
+class StandInDriver:
+    """What ``JITFunction.run(..., warmup=True)`` asks the active driver: target, device, stream.
+
+    ``target``: the GPU to compile for (sm_90 here; ``benchmarks/precompile.py`` passes the
+    real GPU's target so that its compiles land in the Triton cache the launches read).
+    """
+
+    def __init__(self, target: GPUTarget = TARGET):
+        self.target = target
 
     def is_active(self):
         return True
 
     def get_current_target(self):
-        return TARGET
+        return self.target
 
     def get_current_device(self):
         return 0
@@ -484,7 +491,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # the scenarios run tiny CPU ops; keeps the process fork-friendly
     start = time.perf_counter()
-    driver.set_active(_Sm90Driver())
+    driver.set_active(StandInDriver())
     launches = record(args.full, args.only)
     _JOBS[:] = plan(launches, args.all_configs)
     recorded = time.perf_counter() - start
