@@ -18,12 +18,12 @@ import json
 import logging
 import os
 import re
-import tempfile
 from typing import Dict, List, Optional
 
 import torch
 
 from spanbert_fast.config import SpanBertConfig
+from spanbert_fast.io import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -251,13 +251,7 @@ def save_pretrained(model: torch.nn.Module, directory: str) -> str:
     os.makedirs(directory, exist_ok=True)
     prefix = model_key_prefix(model)
     state = {prefix + k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".model.", suffix=".safetensors.tmp")
-    os.close(fd)
-    try:
+    with atomic_path(os.path.join(directory, SAFETENSORS_NAME)) as tmp:
         save_file(state, tmp, metadata={"format": "pt"})
-        os.replace(tmp, os.path.join(directory, SAFETENSORS_NAME))
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     model.config.save(directory)
     return directory

@@ -33,7 +33,6 @@ import math
 import os
 import random
 import shutil
-import tempfile
 import time
 import warnings
 from typing import Dict, Iterable, List, Optional, Tuple, Union
@@ -43,6 +42,7 @@ import torch
 import torch.distributed as dist
 
 from spanbert_fast.cuda_graphs import CapturedTrainingStep, check_graphable
+from spanbert_fast.io import atomic_directory, atomic_path, atomic_write
 
 CHECKPOINT_DIR = "checkpoints"
 TRAINER_STATE = "trainer_state.pt"
@@ -291,11 +291,8 @@ class Trainer:
         rng_states = self._rng_states()  # a collective: every rank takes part
         if not self.ctx.is_main:
             return None
-        root = os.path.join(self.args.out_dir, CHECKPOINT_DIR)
-        os.makedirs(root, exist_ok=True)
-        final = os.path.join(root, f"step-{self.step:08d}")
-        tmp = tempfile.mkdtemp(dir=root, prefix=f"step-{self.step:08d}.", suffix=".tmp")
-        try:
+        final = os.path.join(self.args.out_dir, CHECKPOINT_DIR, f"step-{self.step:08d}")
+        with atomic_directory(final) as tmp:
             self.model.save_pretrained(tmp)
             for path, name in self.checkpoint_files:
                 shutil.copy2(path, os.path.join(tmp, name))
@@ -309,12 +306,6 @@ class Trainer:
                 "args": dataclasses.asdict(self.args),
             }
             torch.save(state, os.path.join(tmp, TRAINER_STATE))
-            if os.path.exists(final):
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-        finally:
-            if os.path.exists(tmp):
-                shutil.rmtree(tmp)
         self._prune_checkpoints()
         return final
 
@@ -371,13 +362,10 @@ class Trainer:
 
     def _rewrite_log(self) -> None:
         """Write the whole history (start of a run, or after a resume dropped later rows)."""
-        fd, tmp = tempfile.mkstemp(dir=self.args.out_dir, suffix=".csv.tmp")
-        with os.fdopen(fd, "w", newline="") as f:
+        with atomic_write(self._log_path(), newline="") as f:
             writer = csv.DictWriter(f, fieldnames=list(self.history[0].keys()), extrasaction="ignore")
             writer.writeheader()
             writer.writerows(self.history)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, self._log_path())
         self._log_rows_written = len(self.history)
 
     def _write_log(self) -> None:
@@ -604,11 +592,9 @@ def plot_history(history: List[dict], path: str) -> str:
     ax_speed.set_ylabel("tokens / s")
     ax_speed.grid(alpha=0.3)
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".png.tmp")
-    os.close(fd)
-    fig.savefig(tmp, format="png", dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
-    os.replace(tmp, path)
     return path
 
 

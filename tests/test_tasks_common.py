@@ -99,26 +99,6 @@ def test_non_utf8_input_names_file_and_line(tmp_path, name, reader):
         read(str(path))
 
 
-def test_atomic_write_replaces_whole_or_leaves_the_old_file(tmp_path):
-    from spanbert_fast.tasks.common import atomic_write, write_json_atomic
-
-    target = tmp_path / "out" / "results.json"
-    write_json_atomic(str(target), {"a": 1})
-    assert json.loads(target.read_text()) == {"a": 1}
-    mask = os.umask(0)
-    os.umask(mask)
-    assert target.stat().st_mode & 0o777 == 0o666 & ~mask  # not mkstemp's 0o600
-    with pytest.raises(TypeError):
-        write_json_atomic(str(target), {"a": object()})  # fails half-way through json.dump
-    assert json.loads(target.read_text()) == {"a": 1}
-    assert os.listdir(target.parent) == ["results.json"]  # no .tmp left behind
-    with pytest.raises(RuntimeError):
-        with atomic_write(str(target), binary=True) as f:
-            f.write(b"partial")
-            raise RuntimeError("interrupted")
-    assert json.loads(target.read_text()) == {"a": 1} and os.listdir(target.parent) == ["results.json"]
-
-
 def test_every_output_file_is_written_atomically(tmp_path, monkeypatch):
     """predictions.conll / predictions.jsonl / .npy / .npz go through os.replace of a temp file."""
     import numpy as np

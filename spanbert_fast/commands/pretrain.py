@@ -81,7 +81,7 @@ def run_pretraining(args: argparse.Namespace, data_dir: str, out_dir: str):
     """Build data, model and trainer from ``args`` and train; returns the TrainResult."""
     from spanbert_fast.data.loader import PretrainingBatches, split_held_out
     from spanbert_fast.data.prepare import BlockDataset
-    from spanbert_fast.tasks.common import write_json_atomic
+    from spanbert_fast.io import write_json
     from spanbert_fast.tasks.finetune import EVAL_RESULTS, CheckpointEvaluatingTrainer, describe_evaluation
     from spanbert_fast.training import Trainer, evaluate_batches, init_distributed, seed_everything
 
@@ -126,7 +126,7 @@ def run_pretraining(args: argparse.Namespace, data_dir: str, out_dir: str):
     if ctx.is_main:  # the final model (checkpoints before it were evaluated as they were saved)
         metrics = evaluate(model)
         if result.checkpoint is not None:
-            write_json_atomic(os.path.join(result.checkpoint, EVAL_RESULTS), metrics)
+            write_json(os.path.join(result.checkpoint, EVAL_RESULTS), metrics)
         trainer.record_evaluation(metrics)
         print(f"held-out ({len(eval_batches) * source.batch_size} blocks): {describe_evaluation(trainer.evaluations[-1])}")
     return result

@@ -24,10 +24,10 @@ import torch.nn.functional as F
 
 from spanbert_fast.config import SpanBertConfig
 from spanbert_fast.model import SpanBertModel
+from spanbert_fast.io import atomic_write
 from spanbert_fast.tasks.common import (
     InputFileError,
     SpanBertTaskModel,
-    atomic_write,
     masked_mean,
     predict_batches,
     progress_bar,

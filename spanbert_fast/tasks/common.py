@@ -12,17 +12,16 @@ the keyword arguments given to ``from_pretrained`` and freshly initialised, and
 from __future__ import annotations
 
 import codecs
-import contextlib
 import functools
 import itertools
 import json
 import os
 import random
-import tempfile
-from typing import IO, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
+from spanbert_fast.io import write_json
 from spanbert_fast.model import SpanBertPreTrainedModel
 
 TASK_FILE = "task.json"
@@ -72,43 +71,6 @@ def read_task_file(directory: str) -> Optional[dict]:
             return json.load(f)
     except json.JSONDecodeError as err:
         raise InputFileError(path, err.lineno, f"not valid JSON ({err.msg})") from err
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-@contextlib.contextmanager
-def atomic_write(path: str, binary: bool = False) -> Iterator[IO]:
-    """``with atomic_write(path) as f:`` -- write ``path`` all at once or not at all.
-
-    ``f`` is a temporary file in ``path``'s folder (created if needed; UTF-8 text, or bytes
-    with ``binary=True``); when the block ends without an error it replaces ``path``
-    (``os.replace``, with the usual ``0o666 & ~umask`` permissions), otherwise it is deleted
-    and ``path`` is left as it was.
-    """
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
-            yield f
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-def write_json_atomic(path: str, values) -> str:
-    """Write ``values`` as indented JSON to ``path`` atomically (:func:`atomic_write`)."""
-    with atomic_write(path) as f:
-        json.dump(values, f, indent=2, ensure_ascii=False)
-        f.write("\n")
-    return path
 
 
 def saved_head(path: str, task: str) -> Optional[dict]:
@@ -193,7 +155,7 @@ class SpanBertTaskModel(SpanBertPreTrainedModel):
         values = {"task": self.task, "head": settings}
         if labels is not None:
             values["id2label"] = {str(i): label for i, label in enumerate(labels)}
-        write_json_atomic(os.path.join(directory, TASK_FILE), values)
+        write_json(os.path.join(directory, TASK_FILE), values)
         return directory
 
 

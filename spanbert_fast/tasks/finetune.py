@@ -38,13 +38,8 @@ from typing import Callable, List, Optional
 
 import torch
 
-from spanbert_fast.tasks.common import (
-    EpochBatches,
-    atomic_write,
-    collate_features,
-    resolve_tokenizer,
-    write_json_atomic,
-)
+from spanbert_fast.io import atomic_write, write_json
+from spanbert_fast.tasks.common import EpochBatches, collate_features, resolve_tokenizer
 from spanbert_fast.training import Trainer, TrainingArgs, seed_everything
 
 logger = logging.getLogger(__name__)
@@ -123,7 +118,7 @@ class CheckpointEvaluatingTrainer(Trainer):
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             metrics = self.evaluate_model(self.model)
         self.train_model.train()
-        write_json_atomic(os.path.join(path, EVAL_RESULTS), metrics)
+        write_json(os.path.join(path, EVAL_RESULTS), metrics)
         self.record_evaluation(metrics)
         return metrics
 
@@ -192,8 +187,8 @@ def finetune(task, *, train_path: str, init: str, out_dir: str, eval_path: Optio
     if eval_path is None:
         return FineTuneResult(model, out_dir, None, train_result)
     metrics = evaluate(model, out_dir)
-    write_json_atomic(os.path.join(out_dir, EVAL_RESULTS), metrics)
+    write_json(os.path.join(out_dir, EVAL_RESULTS), metrics)
     if train_result.checkpoint is not None:
-        write_json_atomic(os.path.join(train_result.checkpoint, EVAL_RESULTS), metrics)
+        write_json(os.path.join(train_result.checkpoint, EVAL_RESULTS), metrics)
     trainer.record_evaluation(metrics)
     return FineTuneResult(model, out_dir, metrics, train_result, trainer.evaluations)

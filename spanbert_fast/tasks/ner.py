@@ -36,11 +36,11 @@ import torch.nn.functional as F
 
 from spanbert_fast.config import SpanBertConfig
 from spanbert_fast.model import SpanBertModel
+from spanbert_fast.io import atomic_write
 from spanbert_fast.tasks.common import (
     IGNORE_INDEX,
     InputFileError,
     SpanBertTaskModel,
-    atomic_write,
     predict_batches,
     progress_bar,
     read_utf8,

@@ -45,6 +45,7 @@ import torch.nn.functional as F
 
 from spanbert_fast.config import SpanBertConfig
 from spanbert_fast.model import SpanBertModel
+from spanbert_fast.io import write_json
 from spanbert_fast.tasks.common import (
     InputFileError,
     SpanBertTaskModel,
@@ -52,7 +53,6 @@ from spanbert_fast.tasks.common import (
     predict_batches,
     progress_bar,
     read_utf8,
-    write_json_atomic,
 )
 
 logger = logging.getLogger(__name__)
@@ -570,8 +570,8 @@ class QuestionAnsweringTask:
         predictions, nbest, null_diffs = self.predict(model, tokenizer, examples, version_2, batch_size, progress)
         metrics = squad_metrics(examples, predictions)
         if out_dir is not None:
-            write_json_atomic(os.path.join(out_dir, "predictions.json"), predictions)
-            write_json_atomic(os.path.join(out_dir, "nbest_predictions.json"), nbest)
+            write_json(os.path.join(out_dir, "predictions.json"), predictions)
+            write_json(os.path.join(out_dir, "nbest_predictions.json"), nbest)
             if version_2:
-                write_json_atomic(os.path.join(out_dir, "null_odds.json"), null_diffs)
+                write_json(os.path.join(out_dir, "null_odds.json"), null_diffs)
         return metrics
