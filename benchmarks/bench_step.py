@@ -140,8 +140,8 @@ def case_lengths(variant: str, batch: int, seq_len: int, seed: int = 0) -> List[
 def build_ours(config, device, backend: str) -> torch.nn.Module:
     from spanbert_fast import SpanBertForPreTraining
 
-    model = SpanBertForPreTraining(config).set_backend(backend).to(device).train()
-    model.validate_targets = False  # as in `spanbert-fast pretrain`: the masker checked the ids
+    # validate_targets=False as in `spanbert-fast pretrain`: the masker checked the ids
+    model = SpanBertForPreTraining(config, backend=backend, validate_targets=False).to(device).train()
     return model
 
 

@@ -109,7 +109,8 @@ class CapturedTrainingStep:
             raise RuntimeError(
                 "cuda_graphs: the training step reads a GPU value on the host, which a CUDA graph cannot "
                 "capture (see the traceback for where). Use the Triton backend on packed batches with "
-                "model.validate_targets = False, as `spanbert-fast pretrain --cuda-graphs` does."
+                "SpanBertForPreTraining(config, validate_targets=False), as `spanbert-fast pretrain "
+                "--cuda-graphs` does."
             ) from error
         finally:
             torch.cuda.set_sync_debug_mode("default")

@@ -317,9 +317,9 @@ class Trainer:
 
     def load_checkpoint(self, path: str) -> None:
         """Restore weights, optimizer, scheduler, RNG and batch position from ``path``."""
-        from spanbert_fast.hub import find_weights_file, load_state_dict_into, read_state_dict
+        from spanbert_fast.hub import find_weights_file, read_state_dict
 
-        load_state_dict_into(self.model, read_state_dict(find_weights_file(path)), source=path, strict=True)
+        self.model.load_weights(read_state_dict(find_weights_file(path)), source=path, strict=True)
         state = torch.load(os.path.join(path, TRAINER_STATE), map_location="cpu", weights_only=False)
         self.optimizer.load_state_dict(state["optimizer"])
         self._set_graph_settings()

@@ -21,8 +21,8 @@ from sync_audit import HostSyncAudit
 
 def make_trainer(tmp_path, device=DEVICE) -> Trainer:
     torch.manual_seed(0)
-    model = SpanBertForPreTraining(tiny_config(num_attention_heads=1)).set_backend("triton")  # head dim 32
-    model.validate_targets = False  # as `spanbert-fast pretrain` does: the masker checked the ids
+    # head dim 32; validate_targets=False as `spanbert-fast pretrain` does: the masker checked the ids
+    model = SpanBertForPreTraining(tiny_config(num_attention_heads=1), backend="triton", validate_targets=False)
     args = TrainingArgs(out_dir=str(tmp_path), max_steps=10, progress=False, plot=False, device=str(device))
     return Trainer(model, [], args)
 

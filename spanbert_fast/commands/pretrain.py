@@ -44,7 +44,7 @@ def build_model(args, vocab_size: int, max_positions: int):
     from spanbert_fast import SpanBertConfig, SpanBertForPreTraining
 
     if args.init_from:
-        model = SpanBertForPreTraining.from_pretrained(args.init_from, backend=args.backend)
+        model = SpanBertForPreTraining.from_pretrained(args.init_from, backend=args.backend, validate_targets=False)
         if model.config.vocab_size != vocab_size:
             raise ValueError(
                 f"--init-from {args.init_from}: vocab_size {model.config.vocab_size} differs from the corpus "
@@ -57,7 +57,7 @@ def build_model(args, vocab_size: int, max_positions: int):
         else:
             config = SpanBertConfig.preset(args.preset)
         config = dataclasses.replace(config, vocab_size=vocab_size)
-        model = SpanBertForPreTraining(config).set_backend(args.backend)
+        model = SpanBertForPreTraining(config, backend=args.backend, validate_targets=False)
     if model.config.max_position_embeddings < max_positions:
         raise ValueError(
             f"the corpus has blocks of {max_positions - 2} tokens (+[CLS]/[SEP]) but the model has only "
@@ -98,7 +98,6 @@ def run_pretraining(args: argparse.Namespace, data_dir: str, out_dir: str):
     )
     seed_everything(args.seed)  # same initial weights on every rank and every run
     model = build_model(args, dataset.vocab_size, dataset.block_size + 2)
-    model.validate_targets = False  # SpanMasker checked every id against the vocabulary: no host syncs
     if ctx.is_main:
         n = model.num_parameters(exclude_embeddings=True)
         print(f"model: {model.config.num_hidden_layers} layers, d={model.config.hidden_size}, "

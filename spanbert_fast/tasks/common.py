@@ -12,7 +12,6 @@ the keyword arguments given to ``from_pretrained`` and freshly initialised, and
 from __future__ import annotations
 
 import codecs
-import functools
 import itertools
 import json
 import os
@@ -21,8 +20,7 @@ from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence,
 
 import torch
 
-from spanbert_fast.io import write_json
-from spanbert_fast.model import SpanBertPreTrainedModel
+from spanbert_fast.pretrained import SpanBertPreTrainedModel
 
 TASK_FILE = "task.json"
 IGNORE_INDEX = -100
@@ -120,43 +118,23 @@ class SpanBertTaskModel(SpanBertPreTrainedModel):
         return {label: i for i, label in enumerate(getattr(self, "labels", []))}
 
     @classmethod
-    def from_pretrained(cls, path: str, *, strict: bool = False, backend: str = "auto", **kwargs):
-        """Load an encoder, pre-training or fine-tuned checkpoint folder.
+    def saved_arguments(cls, path: str) -> dict:
+        """The head settings of a folder fine-tuned for this task (``task.json``), else none.
 
-        Keyword arguments that name head settings (``labels``, ``pooling`` ...) build the
-        head; the folder's ``task.json`` (when it was saved by this task) supplies the ones
-        not given. Every other keyword overrides a config field (e.g. ``hidden_dropout_prob``).
-        A head missing from the checkpoint is freshly initialised and listed in
-        ``model.load_report.missing``.
+        ``from_pretrained`` builds the head from them, overridden by the keyword arguments that
+        name head settings (``labels``, ``pooling`` ...); an encoder or pre-training checkpoint
+        gets a fresh head, listed in ``model.load_report.missing``.
         """
-        from spanbert_fast.hub import load_pretrained, resolve_checkpoint
+        return saved_head(path, cls.task) or {}
 
-        path = resolve_checkpoint(path)  # a hub repo id becomes its downloaded folder
-        head_names = set(cls.head_argument_names())
-        head = {k: v for k, v in (saved_head(path, cls.task) or {}).items() if k in head_names}
-        head.update({k: v for k, v in kwargs.items() if k in head_names})
-        config_overrides = {k: v for k, v in kwargs.items() if k not in head_names}
-        build = functools.partial(cls, **head)
-        return load_pretrained(build, path, strict=strict, backend=backend, **config_overrides)
-
-    @classmethod
-    def head_argument_names(cls) -> Sequence[str]:
-        """Keyword-only arguments of the constructor (the head settings)."""
-        import inspect
-
-        params = inspect.signature(cls.__init__).parameters.values()
-        return [p.name for p in params if p.kind == p.KEYWORD_ONLY]
-
-    def save_pretrained(self, directory: str) -> str:
-        """``config.json`` + ``model.safetensors`` (HF layout) and ``task.json`` (head, labels)."""
-        super().save_pretrained(directory)
+    def checkpoint_files(self) -> Dict[str, dict]:
+        """``task.json``: the task, its head settings and ``id2label``."""
         settings = self.head_settings()
         labels = settings.pop("labels", None)
         values = {"task": self.task, "head": settings}
         if labels is not None:
             values["id2label"] = {str(i): label for i, label in enumerate(labels)}
-        write_json(os.path.join(directory, TASK_FILE), values)
-        return directory
+        return {TASK_FILE: values}
 
 
 # --------------------------------------------------------------------------- batching
