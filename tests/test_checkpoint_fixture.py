@@ -16,7 +16,7 @@ from make_checkpoint_v0 import CONFIG, HERE, SETTINGS, NumberedBatches  # noqa: 
 
 from spanbert_fast import SpanBertConfig, SpanBertForPreTraining  # noqa: E402
 from spanbert_fast.hub import read_state_dict  # noqa: E402
-from spanbert_fast.training import Trainer, TrainingArgs  # noqa: E402
+from spanbert_fast.train import Trainer, TrainingArgs  # noqa: E402
 
 
 def test_resume_from_a_checkpoint_written_by_the_old_code(tmp_path):

@@ -15,7 +15,7 @@ from helpers import DEVICE
 from model_fixtures import tiny_batch, tiny_config
 from spanbert_fast import SpanBertForPreTraining
 from spanbert_fast.data.collate import pack_batch
-from spanbert_fast.training import Trainer, TrainingArgs, move_batch
+from spanbert_fast.train import Trainer, TrainingArgs, move_batch
 from sync_audit import HostSyncAudit
 
 

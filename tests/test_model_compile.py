@@ -9,7 +9,7 @@ from helpers import DEVICE
 from model_fixtures import tiny_batch, tiny_config
 from spanbert_fast import SpanBertForPreTraining
 from spanbert_fast.data.collate import pack_batch
-from spanbert_fast.training import move_batch
+from spanbert_fast.train import move_batch
 
 
 def test_pretraining_model_compiles_fullgraph_in_train_mode():

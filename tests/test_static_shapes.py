@@ -13,7 +13,7 @@ from model_fixtures import tiny_config
 from spanbert_fast import SpanBertForPreTraining
 from spanbert_fast.data.loader import PretrainingBatches
 from spanbert_fast.data.static_shapes import pad_packed_batch, static_capacity
-from spanbert_fast.training import Trainer, TrainingArgs, move_batch
+from spanbert_fast.train import Trainer, TrainingArgs, move_batch
 from test_collate import VOCAB, InMemoryBlocks
 
 BLOCK = 60  # InMemoryBlocks holds blocks of 5..59 tokens

@@ -8,7 +8,7 @@ import torch
 
 from model_fixtures import tiny_batch, tiny_config
 from spanbert_fast import SpanBertForPreTraining
-from spanbert_fast.training import (
+from spanbert_fast.train import (
     Trainer,
     TrainingArgs,
     list_checkpoints,

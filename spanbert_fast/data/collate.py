@@ -121,3 +121,15 @@ def pack_batch(batch: Dict[str, torch.Tensor]) -> Dict[str, object]:
     packed["head_rows"] = (grid_to_packed[batch["head_rows"]] if "head_rows" in batch
                            else head_rows(packed["mlm_positions"], packed["sbo_left"], packed["sbo_right"]))
     return packed
+
+
+def real_tokens(batch: Dict[str, object]):
+    """How many real (not padding) tokens a batch holds, for throughput: ``num_tokens`` of a
+    fixed-shape packed batch, else the ones of ``attention_mask``, else every input id (packed).
+    A 0-dim tensor on the batch's device (no host sync) or an int."""
+    if "num_tokens" in batch:  # fixed-shape packed batches count their real tokens
+        return batch["num_tokens"]
+    mask = batch.get("attention_mask")
+    if mask is not None:
+        return mask.sum()
+    return batch["input_ids"].numel()

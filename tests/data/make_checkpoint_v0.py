@@ -7,7 +7,7 @@ left it (``log.csv`` and ``checkpoints/step-00000002``); ``expected.safetensors`
 weights of the uninterrupted run after step 4, which a resume from step 2 must reproduce
 (``tests/test_checkpoint_fixture.py``).
 
-    .venv/bin/python tests/data/make_checkpoint_v0.py   # from the repository root, old code only
+    .venv/bin/python tests/data/make_checkpoint_v0.py   # from the repository root (rewrites the folder)
 """
 import os
 import shutil
@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from model_fixtures import tiny_batch  # noqa: E402
 
 from spanbert_fast import SpanBertConfig, SpanBertForPreTraining  # noqa: E402
-from spanbert_fast.training import Trainer, TrainingArgs  # noqa: E402
+from spanbert_fast.train import Trainer, TrainingArgs  # noqa: E402
 
 HERE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "checkpoint_v0")
 CONFIG = dict(vocab_size=97, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
