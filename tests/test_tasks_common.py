@@ -5,7 +5,9 @@ import os
 import pytest
 import torch
 
-from spanbert_fast.tasks.common import EpochBatches, InputFileError, batched, collate_features, read_task_file
+from spanbert_fast.tasks.batching import EpochBatches, batched, collate_features
+from spanbert_fast.tasks.task_model import read_task_file
+from spanbert_fast.tasks.text_files import InputFileError
 
 
 def ids_of(batch):

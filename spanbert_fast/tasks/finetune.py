@@ -8,7 +8,7 @@ the task-specific parts:
 * ``build_model(init, examples, backend)`` -> a :class:`SpanBertTaskModel` loaded from
   ``init`` (an encoder checkpoint gets a fresh head; the load report says so);
 * ``features(examples, tokenizer, model, path)`` -> feature dicts for
-  :func:`~spanbert_fast.tasks.common.collate_features`;
+  :func:`~spanbert_fast.tasks.batching.collate_features`;
 * ``read_eval(path, model)`` -> the evaluation examples, checked against ``model`` (its
   labels); called **before** training, so a bad evaluation file fails fast;
 * ``evaluate(model, tokenizer, path, out_dir, batch_size, examples=None, progress=False)`` ->
@@ -35,7 +35,8 @@ import logging
 import math
 from typing import List, Optional
 
-from spanbert_fast.tasks.common import EpochBatches, collate_features, resolve_tokenizer
+from spanbert_fast.tasks.batching import EpochBatches, collate_features
+from spanbert_fast.tasks.prediction import resolve_tokenizer
 from spanbert_fast.train import CheckpointEvaluatingTrainer, Trainer, TrainingArgs, finish_evaluation, seed_everything
 
 logger = logging.getLogger(__name__)

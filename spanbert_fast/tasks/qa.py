@@ -46,14 +46,9 @@ import torch.nn.functional as F
 from spanbert_fast.config import SpanBertConfig
 from spanbert_fast.model import SpanBertModel
 from spanbert_fast.io import write_json
-from spanbert_fast.tasks.common import (
-    InputFileError,
-    SpanBertTaskModel,
-    line_of,
-    predict_batches,
-    progress_bar,
-    read_utf8,
-)
+from spanbert_fast.tasks.prediction import predict_batches, progress_bar
+from spanbert_fast.tasks.task_model import SpanBertTaskModel
+from spanbert_fast.tasks.text_files import InputFileError, line_of, read_utf8
 
 logger = logging.getLogger(__name__)
 
