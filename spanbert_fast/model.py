@@ -25,31 +25,10 @@ The hot ops go through :mod:`spanbert_fast.ops` with the encoder's ``backend`` (
 Triton kernels on CUDA, PyTorch references on CPU), a constructor argument that every forward
 passes down to the layers and heads.
 
-Batch format (what ``spanbert_fast.data`` collates and :meth:`SpanBertForPreTraining.forward`
-takes; ``B`` rows padded to the batch's longest block ``L``):
-
-==================  ==========  =================================================================
-key                 shape       meaning
-==================  ==========  =================================================================
-``input_ids``       [B, L]      ``[CLS] block [SEP]`` after masking replacements, ``[PAD]``-padded
-``attention_mask``  [B, L]      1 for real tokens, 0 for padding (optional: None = no padding)
-``token_type_ids``  [B, L]      optional, all zeros for SpanBERT
-``mlm_positions``   [M]         flat indices ``row * L + col`` of the masked tokens
-``mlm_labels``      [M]         original token ids at those positions
-``sbo_left``        [K]         flat index of each SBO target's left boundary token ``s - 1``
-``sbo_right``       [K]         flat index of its right boundary token ``e + 1``
-``sbo_rel_pos``     [K]         the target's 0-based position inside its span, < ``sbo_max_targets``
-``sbo_labels``      [K]         original token id of the target
-``head_rows``       [R]         optional: sorted union of ``mlm_positions``, ``sbo_left`` and
-                                ``sbo_right`` (the rows the heads read)
-==================  ==========  =================================================================
-
-All index tensors are int64. Flat indices address ``hidden.flatten(0, 1)``.
-
-``head_rows`` must be sorted ascending and hold every head index (duplicates are allowed, so a
-fixed-capacity buffer padded by repeating its last row keeps shapes static). The collator and
-``pack_batch`` compute it on the CPU; without it the model takes ``torch.unique`` of the union
-itself, which costs one host sync on CUDA.
+Batch format: the keys :meth:`SpanBertForPreTraining.forward` takes are those
+:mod:`spanbert_fast.data.collate` makes (its docstring has the table); flat indices address
+``hidden.flatten(0, 1)``, and ``head_rows`` (the rows the heads read) lets the last layer skip
+the others without a host sync.
 """
 from __future__ import annotations
 
@@ -63,13 +42,14 @@ import torch.nn.functional as F
 from spanbert_fast import ops
 from spanbert_fast.config import SpanBertConfig
 from spanbert_fast.heads import MLMHead, PreTrainingHeads, SpanBoundaryHead  # noqa: F401  (public here too)
+from spanbert_fast.packing import VarlenLayout
 from spanbert_fast.pretrained import SpanBertPreTrainedModel, check_backend
 
 
 # --------------------------------------------------------------------------- outputs
 @dataclasses.dataclass
 class EncoderOutput:
-    last_hidden_state: torch.Tensor  # [B, L, d]; [T, d] for packed input; [R, d] with last_layer_rows
+    last_hidden_state: torch.Tensor  # [B, L, d]; [T, d] for packed input; [R, d] with head_rows
     hidden_states: Optional[Tuple[torch.Tensor, ...]] = None  # embeddings + every layer, on request
 
 
@@ -95,32 +75,6 @@ class PreTrainingOutput:
             "mlm_acc": self.mlm_correct / self.mlm_count.clamp(min=1),
             "sbo_acc": self.sbo_correct / self.sbo_count.clamp(min=1),
         }
-
-
-@dataclasses.dataclass
-class VarlenLayout:
-    """Where the real tokens of a padded batch went when it was packed to ``[T, d]``."""
-
-    cu_seqlens: torch.Tensor  # [B + 1] int32
-    max_seqlen: int
-    rows: Optional[torch.Tensor] = None  # [T] flat indices into the padded [B * L] grid; None: input was packed
-    batch: int = 0
-    seq_len: int = 0
-
-    def repad(self, packed: torch.Tensor) -> torch.Tensor:
-        """``[T, d]`` -> ``[B, L, d]`` with zeros at padding (packed input stays packed)."""
-        return packed if self.rows is None else ops.repad(packed, self.rows, self.batch, self.seq_len)
-
-    def token_index(self, flat_rows: torch.Tensor) -> torch.Tensor:
-        """Flat rows of the padded ``[B * L]`` grid (real tokens) -> their index in ``[T]``.
-
-        ``rows`` is sorted (``ops.unpad`` keeps row-major order), so a binary search finds
-        each one without a host sync. Packed input is indexed by token already. A padding row
-        (only ignored targets may point there) lands on a neighbouring token, never past the end.
-        """
-        if self.rows is None:
-            return flat_rows
-        return torch.searchsorted(self.rows, flat_rows).clamp_(max=max(self.rows.numel() - 1, 0))
 
 
 # --------------------------------------------------------------------------- building blocks
@@ -288,14 +242,14 @@ class SpanBertModel(SpanBertPreTrainedModel):
         position_ids: Optional[torch.Tensor] = None,  # packed input: [T] position inside each sequence
         cu_seqlens: Optional[torch.Tensor] = None,  # packed input: [B + 1] int32 sequence offsets
         max_seqlen: Optional[int] = None,  # packed input: longest sequence
-        last_layer_rows: Optional[torch.Tensor] = None,  # [R] sorted flat rows: the last layer ends only there
+        head_rows: Optional[torch.Tensor] = None,  # [R] sorted flat rows: the last layer ends only there
     ) -> EncoderOutput:
         """Hidden states ``[B, L, d]`` of a padded batch, or ``[T, d]`` of a packed one.
 
         Packed input (``spanbert_fast.data.collate.pack_batch``) has no padding at all and
         needs no host sync; its ``cu_seqlens`` are trusted (not re-validated).
 
-        ``last_layer_rows`` (flat indices into ``[B * L]``, or ``[T]`` for packed input,
+        ``head_rows`` (flat indices into ``[B * L]``, or ``[T]`` for packed input,
         sorted ascending): the last layer still attends over every token, but computes its
         output only at these rows; ``last_hidden_state`` is then ``[R, d]`` in that order
         (so is the last of ``hidden_states``). Pre-training passes the rows its heads read.
@@ -306,7 +260,7 @@ class SpanBertModel(SpanBertPreTrainedModel):
                                  "max_seqlen, and no attention_mask")
             x = self.embeddings(input_ids, token_type_ids, position_ids)
             return self._encode(x, None, VarlenLayout(cu_seqlens.to(torch.int32), int(max_seqlen)),
-                                output_hidden_states, last_layer_rows)
+                                output_hidden_states, head_rows)
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be [batch, seq_len], got shape {tuple(input_ids.shape)}")
         if attention_mask is not None and attention_mask.shape != input_ids.shape:
@@ -318,19 +272,18 @@ class SpanBertModel(SpanBertPreTrainedModel):
         varlen = None
         if mask is not None and ops.resolve_attention_backend(self.backend, x, self.config.head_dim) == "triton":
             # Unpad once: every layer then runs on the [T, d] real tokens (varlen attention)
-            # and the states are repadded at the end (not the [R, d] last_layer_rows); one host
+            # and the states are repadded at the end (not the [R, d] head_rows); one host
             # sync per forward.
-            x, rows, cu_seqlens, max_seqlen = ops.unpad(x, mask)
-            varlen = VarlenLayout(cu_seqlens, max_seqlen, rows, *input_ids.shape)
-        return self._encode(x, mask, varlen, output_hidden_states, last_layer_rows)
+            x, varlen = VarlenLayout.of_padded(x, mask)
+        return self._encode(x, mask, varlen, output_hidden_states, head_rows)
 
     def _encode(self, x, mask, varlen: Optional[VarlenLayout], output_hidden_states: bool,
-                last_layer_rows: Optional[torch.Tensor] = None) -> EncoderOutput:
+                head_rows: Optional[torch.Tensor] = None) -> EncoderOutput:
         """Run the layers on embeddings ``x`` (padded with ``mask``, or packed with ``varlen``);
-        the last one only up to its attention outside ``last_layer_rows``."""
-        subset = None
-        if last_layer_rows is not None:  # the layers index x: unpadded tokens when varlen
-            subset = last_layer_rows if varlen is None else varlen.token_index(last_layer_rows)
+        the last one only up to its attention outside ``head_rows``."""
+        rows = None
+        if head_rows is not None:  # the layers index x: unpadded tokens when varlen
+            rows = head_rows if varlen is None else varlen.token_index(head_rows)
         *layers, last_layer = self.encoder.layer
         backend = self.backend
         all_states = [x] if output_hidden_states else None
@@ -340,8 +293,8 @@ class SpanBertModel(SpanBertPreTrainedModel):
                 all_states.append(x)
         if varlen is not None:
             all_states = None if all_states is None else [varlen.repad(h) for h in all_states]
-        x = last_layer(x, mask, varlen, subset, backend=backend)
-        if varlen is not None and subset is None:
+        x = last_layer(x, mask, varlen, rows, backend=backend)
+        if varlen is not None and rows is None:
             x = varlen.repad(x)
         if all_states is not None:
             all_states.append(x)
@@ -406,11 +359,11 @@ class SpanBertForPreTraining(SpanBertPreTrainedModel):
         elif head_rows is None:
             head_rows = torch.unique(torch.cat([mlm_positions, sbo_left, sbo_right]))  # sorted; a host sync on CUDA
         hidden = self.bert(input_ids, attention_mask, token_type_ids, position_ids=position_ids,
-                           cu_seqlens=cu_seqlens, max_seqlen=max_seqlen, last_layer_rows=head_rows).last_hidden_state
+                           cu_seqlens=cu_seqlens, max_seqlen=max_seqlen, head_rows=head_rows).last_hidden_state
         hidden_flat = hidden.reshape(-1, hidden.shape[-1])  # [B * L, d], packed [T, d], or [R, d] at head_rows
-        if head_rows is not None:  # batch rows -> rows of the subset
+        if head_rows is not None:  # batch rows -> rows of last_hidden_state
             mlm_positions, sbo_left, sbo_right = (
-                self._subset_index(head_rows, index, labels, name, check_head_rows)
+                self._head_row_index(head_rows, index, labels, name, check_head_rows)
                 for name, index, labels in (("mlm_positions", mlm_positions, mlm_labels),
                                             ("sbo_left", sbo_left, sbo_labels), ("sbo_right", sbo_right, sbo_labels))
             )
@@ -434,7 +387,7 @@ class SpanBertForPreTraining(SpanBertPreTrainedModel):
         )
 
     @staticmethod
-    def _subset_index(head_rows: torch.Tensor, index: torch.Tensor, labels: torch.Tensor, name: str,
+    def _head_row_index(head_rows: torch.Tensor, index: torch.Tensor, labels: torch.Tensor, name: str,
                       check: bool) -> torch.Tensor:
         """Where each flat row of ``index`` sits in the sorted ``head_rows`` (binary search, no sync).
 
@@ -443,16 +396,16 @@ class SpanBertForPreTraining(SpanBertPreTrainedModel):
         Rows of ignored targets (label -100, e.g. fixed-capacity padding) may point anywhere;
         past the last head row they are clamped onto it.
         """
-        subset_index = torch.searchsorted(head_rows, index).clamp_(max=max(head_rows.numel() - 1, 0))
+        row_index = torch.searchsorted(head_rows, index).clamp_(max=max(head_rows.numel() - 1, 0))
         if check:
             valid = labels != -100
             if head_rows.numel():
-                ok = torch.equal(torch.where(valid, head_rows[subset_index], index), index)
+                ok = torch.equal(torch.where(valid, head_rows[row_index], index), index)
             else:
                 ok = not valid.any()
             if not ok:
                 raise ValueError(f"head_rows must be sorted and contain every index of {name}")
-        return subset_index
+        return row_index
 
     def mlm_logits(self, hidden: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Full-vocabulary MLM logits ``[M, V]`` at flat ``positions`` of ``hidden`` [B, L, d]."""

@@ -12,7 +12,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "data"))
-from make_checkpoint_v0 import CONFIG, HERE, SETTINGS, NumberedBatches  # noqa: E402
+from make_checkpoint_v0 import CONFIG, HERE, SETTINGS, NumberedBatches  # noqa: E402  (from model_fixtures)
 
 from spanbert_fast import SpanBertConfig, SpanBertForPreTraining  # noqa: E402
 from spanbert_fast.hub import read_state_dict  # noqa: E402

@@ -78,7 +78,7 @@ def test_padded_training_step_syncs_only_to_unpad(tmp_path):
     trainer = make_trainer(tmp_path)
     audit = audit_step(trainer, tiny_batch())
     assert audit.syncs, "unpad reads max_seqlen on the host"
-    assert all("ops.py" in sync and "in unpad" in sync for sync in audit.syncs), audit.report()
+    assert all("packing.py" in sync and "in unpad" in sync for sync in audit.syncs), audit.report()
 
 
 @pytest.mark.gpu

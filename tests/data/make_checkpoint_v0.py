@@ -17,7 +17,7 @@ import tempfile
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from model_fixtures import tiny_batch  # noqa: E402
+from model_fixtures import NumberedBatches  # noqa: E402  (batch i is tiny_batch(seed=i), resumable)
 
 from spanbert_fast import SpanBertConfig, SpanBertForPreTraining  # noqa: E402
 from spanbert_fast.train import Trainer, TrainingArgs  # noqa: E402
@@ -27,25 +27,6 @@ CONFIG = dict(vocab_size=97, hidden_size=16, num_hidden_layers=2, num_attention_
               max_position_embeddings=16, sbo_position_embedding_size=8)
 SETTINGS = dict(max_steps=4, lr=1e-3, warmup_steps=1, log_every=1, save_every=2, keep_checkpoints=0,
                 progress=False, plot=False, device="cpu", precision="fp32")
-
-
-class NumberedBatches:
-    """Batch i is ``tiny_batch(seed=i)``; resumable (its position is saved in checkpoints)."""
-
-    def __init__(self):
-        self.position = 0
-
-    def __iter__(self):
-        while True:
-            batch = tiny_batch(seed=self.position)
-            self.position += 1
-            yield batch
-
-    def state_dict(self):
-        return {"position": self.position}
-
-    def load_state_dict(self, state):
-        self.position = state["position"]
 
 
 def main():
