@@ -1,7 +1,7 @@
 """One pre-training step, end to end: ours vs HF ``BertForMaskedLM`` + SDPA, eager and torch.compile.
 
 A step is ``zero_grad -> forward (bf16 autocast on CUDA) -> loss.backward() -> AdamW(fused=True)
-.step()``, weight decay 0.01 on >= 2-dim weights (:func:`spanbert_fast.training.parameter_groups`),
+.step()``, weight decay 0.01 on >= 2-dim weights (:func:`spanbert_fast.train.parameter_groups`),
 dropout 0.1 on both models, all in one process so the ratios are side by side:
 
 * ``ours``: :class:`spanbert_fast.SpanBertForPreTraining` with ``backend="auto"`` (the Triton
@@ -140,8 +140,8 @@ def case_lengths(variant: str, batch: int, seq_len: int, seed: int = 0) -> List[
 def build_ours(config, device, backend: str) -> torch.nn.Module:
     from spanbert_fast import SpanBertForPreTraining
 
-    model = SpanBertForPreTraining(config).set_backend(backend).to(device).train()
-    model.validate_targets = False  # as in `spanbert-fast pretrain`: the masker checked the ids
+    # validate_targets=False as in `spanbert-fast pretrain`: the masker checked the ids
+    model = SpanBertForPreTraining(config, backend=backend, validate_targets=False).to(device).train()
     return model
 
 
@@ -177,9 +177,9 @@ def make_step(model: torch.nn.Module, loss_fn: Callable, batch: Dict[str, torch.
     """A closure running one optimizer step of ``model`` on ``batch`` (fresh fused AdamW).
 
     ``cuda_graph``: the step is captured once (after eager warm-up steps on a side stream, as
-    ``spanbert_fast.cuda_graphs`` does in training) and the closure replays it.
+    ``spanbert_fast.train.cuda_graphs`` does in training) and the closure replays it.
     """
-    from spanbert_fast.training import parameter_groups
+    from spanbert_fast.train import parameter_groups
 
     cuda = next(model.parameters()).is_cuda
     graph_options = {"capturable": True, "lr": torch.tensor(LR, device="cuda")} if cuda_graph else {"lr": LR}
@@ -203,7 +203,7 @@ def make_step(model: torch.nn.Module, loss_fn: Callable, batch: Dict[str, torch.
 
     if not cuda_graph:
         return step
-    from spanbert_fast.cuda_graphs import GRAPH_WARMUP_STEPS, capture, on_side_stream
+    from spanbert_fast.train.cuda_graphs import GRAPH_WARMUP_STEPS, capture, on_side_stream
 
     for _ in range(GRAPH_WARMUP_STEPS):  # Triton compiles and autotunes, AdamW creates its state
         on_side_stream(step)

@@ -17,11 +17,12 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from typing import Callable, List, Optional, Sequence
 
 import torch
+
+from spanbert_fast.io import atomic_write
 
 
 @dataclasses.dataclass
@@ -88,16 +89,11 @@ CSV_FIELDS = [f.name for f in dataclasses.fields(Result)] + ENV_FIELDS
 def write_csv(results: List[Result], path: str) -> str:
     """Write ``results`` with the environment columns to ``path`` atomically."""
     env = environment()
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".csv.tmp")
-    with os.fdopen(fd, "w", newline="") as f:
+    with atomic_write(path, newline="") as f:
         writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
         writer.writeheader()
         for r in results:
             writer.writerow({**dataclasses.asdict(r), **env})
-    os.chmod(tmp, 0o644)  # mkstemp makes owner-only files; results are for everyone to read
-    os.replace(tmp, path)
     return path
 
 

@@ -189,8 +189,8 @@ def _model_step(preset: str, dtype_name: str, dropout: float) -> None:
 
     config = SpanBertConfig.preset(preset, num_hidden_layers=MODEL_LAYERS, hidden_dropout_prob=dropout,
                                    attention_probs_dropout_prob=dropout)
-    model = SpanBertForPreTraining(config).to(_dtype(dtype_name)).set_backend("triton").train()
-    model.validate_targets = False  # as pretrain runs it
+    # validate_targets=False: as pretrain runs it (no value checks, no host syncs)
+    model = SpanBertForPreTraining(config, backend="triton", validate_targets=False).to(_dtype(dtype_name)).train()
     batch = make_batch([BLOCK_LEN, BLOCK_LEN], config.vocab_size)
     with _triton_backend_on_cpu():
         model(**batch.ours).loss.backward()

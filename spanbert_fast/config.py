@@ -8,8 +8,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 from typing import Any, Dict, Optional
+
+from spanbert_fast.io import write_json
 
 SUPPORTED_ACTIVATIONS = ("gelu",)
 
@@ -92,14 +93,7 @@ class SpanBertConfig:
 
     def save(self, directory: str) -> str:
         """Write ``directory/config.json`` atomically; returns its path."""
-        os.makedirs(directory, exist_ok=True)
-        path = os.path.join(directory, "config.json")
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".config.", suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump(self.to_dict(), f, indent=2, sort_keys=True)
-            f.write("\n")
-        os.replace(tmp, path)
-        return path
+        return write_json(os.path.join(directory, "config.json"), self.to_dict(), sort_keys=True)
 
     @classmethod
     def load(cls, path: str) -> "SpanBertConfig":

@@ -1,4 +1,4 @@
-"""Checkpoint I/O in the HF layout: ``config.json`` + ``model.safetensors``.
+"""Checkpoint files in the HF layout (``config.json`` + ``model.safetensors``) and their key names.
 
 Reads HF BERT and SpanBERT checkpoint folders (``model.safetensors``, a sharded
 ``model.safetensors.index.json``, or ``pytorch_model.bin``; keys with or without the
@@ -10,6 +10,10 @@ Our parameter names already are the HF names (``bert.encoder.layer.0.attention.s
 query.weight``, ``cls.predictions.transform.dense.weight``, and the reference SBO
 names ``cls.pair_target_predictions.mlp_layer_norm.linear1.weight`` ...). The decoders
 of both heads are tied to ``bert.embeddings.word_embeddings.weight`` and are not saved.
+
+Everything here works on state dicts (name -> tensor), file names and folders, and imports no
+model class: ``from_pretrained`` / ``save_pretrained`` (:class:`spanbert_fast.pretrained.
+SpanBertPreTrainedModel`) call these functions with the model's own state dict.
 """
 from __future__ import annotations
 
@@ -18,12 +22,11 @@ import json
 import logging
 import os
 import re
-import tempfile
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 import torch
 
-from spanbert_fast.config import SpanBertConfig
+from spanbert_fast.io import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -70,13 +73,6 @@ def canonical_key(key: str) -> str:
 def is_ignored_key(key: str) -> bool:
     """True for checkpoint keys we skip on purpose (tied aliases, pooler, NSP, buffers)."""
     return any(key == p or (p.endswith(".") and key.startswith(p)) for p in _IGNORED_KEY_PATTERNS)
-
-
-def model_key_prefix(model: torch.nn.Module) -> str:
-    """``"bert."`` for a bare encoder (its keys lack the prefix canonical keys carry), else ``""``."""
-    from spanbert_fast.model import SpanBertModel
-
-    return ENCODER_PREFIX if isinstance(model, SpanBertModel) else ""
 
 
 # --------------------------------------------------------------------------- reading files
@@ -148,16 +144,15 @@ class LoadReport:
         return "\n".join(lines)
 
 
-def load_state_dict_into(model: torch.nn.Module, checkpoint: Dict[str, torch.Tensor], source: str = "checkpoint",
-                         strict: bool = False) -> LoadReport:
-    """Copy ``checkpoint`` tensors into ``model`` by canonical key.
+def load_state_dict_into(params: Dict[str, torch.Tensor], checkpoint: Dict[str, torch.Tensor],
+                         source: str = "checkpoint", strict: bool = False) -> LoadReport:
+    """Copy ``checkpoint`` tensors into the tensors of ``params`` (a model's state dict under the
+    canonical HF key names, ``keep_vars=True``), matching keys by :func:`canonical_key`.
 
     Shape mismatches always raise (naming key and both shapes); missing/unexpected keys
     raise only with ``strict=True`` and are otherwise reported in the returned
     :class:`LoadReport` (and logged).
     """
-    prefix = model_key_prefix(model)
-    params = {prefix + name: tensor for name, tensor in model.state_dict(keep_vars=True).items()}
     has_heads = any(k.startswith("cls.") for k in params)  # a bare encoder skips head keys
     renamed: Dict[str, torch.Tensor] = {}
     ignored, unexpected = [], []
@@ -220,44 +215,16 @@ def resolve_checkpoint(path: str) -> str:
         raise FileNotFoundError(f"{path}: no such folder, and downloading it from the HF hub failed ({error})") from error
 
 
-def load_pretrained(model_class, path: str, *, strict: bool = False, backend: str = "auto",
-                    config: Optional[SpanBertConfig] = None, **config_overrides):
-    """Build ``model_class`` from a checkpoint folder (or HF hub repo id) and load its weights.
-
-    ``config_overrides`` change config fields (e.g. ``hidden_dropout_prob=0.0``);
-    fields that define weight shapes must match the checkpoint.
-    """
-    path = resolve_checkpoint(path)
-    if config is None:
-        config = SpanBertConfig.load(path)
-    if config_overrides:
-        config = dataclasses.replace(config, **config_overrides)
-    weights_path = find_weights_file(path)
-    checkpoint = read_state_dict(weights_path)
-    model = model_class(config)
-    model.load_report = load_state_dict_into(model, checkpoint, source=weights_path, strict=strict)
-    return model.set_backend(backend)
-
-
 # --------------------------------------------------------------------------- saving
-def save_pretrained(model: torch.nn.Module, directory: str) -> str:
-    """Write ``config.json`` and ``model.safetensors`` atomically (temp file + rename).
+def save_state_dict(state: Dict[str, torch.Tensor], directory: str) -> str:
+    """Write ``state`` (HF key names) as ``directory/model.safetensors`` atomically; returns its path.
 
-    Keys are the HF names (``bert.`` prefix included); tied decoder weights are not
-    written (transformers re-ties them on load). Returns ``directory``.
+    The tensors are copied to contiguous CPU memory; tied tensors (the decoders) must not be in
+    ``state`` (transformers re-ties them on load).
     """
     from safetensors.torch import save_file
 
-    os.makedirs(directory, exist_ok=True)
-    prefix = model_key_prefix(model)
-    state = {prefix + k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".model.", suffix=".safetensors.tmp")
-    os.close(fd)
-    try:
-        save_file(state, tmp, metadata={"format": "pt"})
-        os.replace(tmp, os.path.join(directory, SAFETENSORS_NAME))
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    model.config.save(directory)
-    return directory
+    path = os.path.join(directory, SAFETENSORS_NAME)
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, tmp, metadata={"format": "pt"})
+    return path

@@ -1,4 +1,4 @@
-"""SpanBERT: a BERT encoder with a masked-LM head and a Span Boundary Objective head.
+"""SpanBERT: a BERT encoder with a masked-LM head and a Span Boundary Objective head (:mod:`.heads`).
 
 Reads like the paper (Joshi et al., 2020) and DESIGN §1:
 
@@ -19,36 +19,16 @@ The loss and every gradient are those of the full last layer.
 Module and parameter names follow HF ``BertForPreTraining`` (``bert.encoder.layer.N.
 attention.self.query`` ...) and the SpanBERT reference code for the SBO head
 (``cls.pair_target_predictions.mlp_layer_norm.linear1`` ...), so checkpoints map one
-to one (see :mod:`spanbert_fast.hub`).
+to one (see :mod:`spanbert_fast.hub`; loading and saving: :mod:`spanbert_fast.pretrained`).
 
-The hot ops go through :mod:`spanbert_fast.ops` with the model's ``backend``
-(``"auto"`` = Triton kernels on CUDA, PyTorch references on CPU).
+The hot ops go through :mod:`spanbert_fast.ops` with the encoder's ``backend`` (``"auto"`` =
+Triton kernels on CUDA, PyTorch references on CPU), a constructor argument that every forward
+passes down to the layers and heads.
 
-Batch format (what ``spanbert_fast.data`` collates and :meth:`SpanBertForPreTraining.forward`
-takes; ``B`` rows padded to the batch's longest block ``L``):
-
-==================  ==========  =================================================================
-key                 shape       meaning
-==================  ==========  =================================================================
-``input_ids``       [B, L]      ``[CLS] block [SEP]`` after masking replacements, ``[PAD]``-padded
-``attention_mask``  [B, L]      1 for real tokens, 0 for padding (optional: None = no padding)
-``token_type_ids``  [B, L]      optional, all zeros for SpanBERT
-``mlm_positions``   [M]         flat indices ``row * L + col`` of the masked tokens
-``mlm_labels``      [M]         original token ids at those positions
-``sbo_left``        [K]         flat index of each SBO target's left boundary token ``s - 1``
-``sbo_right``       [K]         flat index of its right boundary token ``e + 1``
-``sbo_rel_pos``     [K]         the target's 0-based position inside its span, < ``sbo_max_targets``
-``sbo_labels``      [K]         original token id of the target
-``head_rows``       [R]         optional: sorted union of ``mlm_positions``, ``sbo_left`` and
-                                ``sbo_right`` (the rows the heads read)
-==================  ==========  =================================================================
-
-All index tensors are int64. Flat indices address ``hidden.flatten(0, 1)``.
-
-``head_rows`` must be sorted ascending and hold every head index (duplicates are allowed, so a
-fixed-capacity buffer padded by repeating its last row keeps shapes static). The collator and
-``pack_batch`` compute it on the CPU; without it the model takes ``torch.unique`` of the union
-itself, which costs one host sync on CUDA.
+Batch format: the keys :meth:`SpanBertForPreTraining.forward` takes are those
+:mod:`spanbert_fast.data.collate` makes (its docstring has the table); flat indices address
+``hidden.flatten(0, 1)``, and ``head_rows`` (the rows the heads read) lets the last layer skip
+the others without a host sync.
 """
 from __future__ import annotations
 
@@ -61,12 +41,15 @@ import torch.nn.functional as F
 
 from spanbert_fast import ops
 from spanbert_fast.config import SpanBertConfig
+from spanbert_fast.heads import MLMHead, PreTrainingHeads, SpanBoundaryHead  # noqa: F401  (public here too)
+from spanbert_fast.packing import VarlenLayout
+from spanbert_fast.pretrained import SpanBertPreTrainedModel, check_backend
 
 
 # --------------------------------------------------------------------------- outputs
 @dataclasses.dataclass
 class EncoderOutput:
-    last_hidden_state: torch.Tensor  # [B, L, d]; [T, d] for packed input; [R, d] with last_layer_rows
+    last_hidden_state: torch.Tensor  # [B, L, d]; [T, d] for packed input; [R, d] with head_rows
     hidden_states: Optional[Tuple[torch.Tensor, ...]] = None  # embeddings + every layer, on request
 
 
@@ -94,39 +77,7 @@ class PreTrainingOutput:
         }
 
 
-@dataclasses.dataclass
-class VarlenLayout:
-    """Where the real tokens of a padded batch went when it was packed to ``[T, d]``."""
-
-    cu_seqlens: torch.Tensor  # [B + 1] int32
-    max_seqlen: int
-    rows: Optional[torch.Tensor] = None  # [T] flat indices into the padded [B * L] grid; None: input was packed
-    batch: int = 0
-    seq_len: int = 0
-
-    def repad(self, packed: torch.Tensor) -> torch.Tensor:
-        """``[T, d]`` -> ``[B, L, d]`` with zeros at padding (packed input stays packed)."""
-        return packed if self.rows is None else ops.repad(packed, self.rows, self.batch, self.seq_len)
-
-    def token_index(self, flat_rows: torch.Tensor) -> torch.Tensor:
-        """Flat rows of the padded ``[B * L]`` grid (real tokens) -> their index in ``[T]``.
-
-        ``rows`` is sorted (``ops.unpad`` keeps row-major order), so a binary search finds
-        each one without a host sync. Packed input is indexed by token already. A padding row
-        (only ignored targets may point there) lands on a neighbouring token, never past the end.
-        """
-        if self.rows is None:
-            return flat_rows
-        return torch.searchsorted(self.rows, flat_rows).clamp_(max=max(self.rows.numel() - 1, 0))
-
-
 # --------------------------------------------------------------------------- building blocks
-class BackendMixin:
-    """Modules that call :mod:`spanbert_fast.ops` read their ``backend`` attribute."""
-
-    backend: str = "auto"
-
-
 class Embeddings(nn.Module):
     """word + learned absolute position + token type, then LayerNorm and dropout."""
 
@@ -158,7 +109,7 @@ class Embeddings(nn.Module):
         return self.dropout(self.LayerNorm(x))
 
 
-class SublayerOutput(BackendMixin, nn.Module):
+class SublayerOutput(nn.Module):
     """``LayerNorm(dropout(x W + b) + residual)``: the post-LN end of each sublayer."""
 
     def __init__(self, in_features: int, config: SpanBertConfig):
@@ -167,15 +118,15 @@ class SublayerOutput(BackendMixin, nn.Module):
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout_p = config.hidden_dropout_prob
 
-    def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, residual: torch.Tensor, backend: str = "auto") -> torch.Tensor:
         p = self.dropout_p if self.training else 0.0
         return ops.bias_dropout_add_layernorm(
             F.linear(x, self.dense.weight), self.dense.bias, residual,
-            self.LayerNorm.weight, self.LayerNorm.bias, p=p, eps=self.LayerNorm.eps, backend=self.backend,
+            self.LayerNorm.weight, self.LayerNorm.bias, p=p, eps=self.LayerNorm.eps, backend=backend,
         )
 
 
-class SelfAttention(BackendMixin, nn.Module):
+class SelfAttention(nn.Module):
     """Multi-head bidirectional attention (q, k, v projections in one GEMM)."""
 
     def __init__(self, config: SpanBertConfig):
@@ -190,7 +141,7 @@ class SelfAttention(BackendMixin, nn.Module):
         self.window = config.attention_window
 
     def forward(self, x: torch.Tensor, attention_mask: Optional[torch.Tensor],
-                varlen: Optional["VarlenLayout"] = None) -> torch.Tensor:
+                varlen: Optional["VarlenLayout"] = None, backend: str = "auto") -> torch.Tensor:
         """``x`` [B, L, d] with ``attention_mask`` [B, L], or packed [T, d] with ``varlen``."""
         weight = torch.cat([self.query.weight, self.key.weight, self.value.weight])  # [3d, d]
         bias = torch.cat([self.query.bias, self.key.bias, self.value.bias])  # [3d]
@@ -200,13 +151,13 @@ class SelfAttention(BackendMixin, nn.Module):
             q, k, v = qkv.view(-1, 3, self.num_heads, self.head_dim).unbind(1)  # each [T, H, Dh]
             context = ops.attention_varlen(
                 q, k, v, varlen.cu_seqlens, varlen.max_seqlen, window=self.window,
-                dropout_p=dropout_p, validate=False, backend=self.backend,
+                dropout_p=dropout_p, validate=False, backend=backend,
             )
             return context.reshape(x.shape)
         batch, seq_len, d = x.shape
         q, k, v = qkv.view(batch, seq_len, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         context = ops.attention(  # q, k, v: [B, H, L, Dh]
-            q, k, v, attention_mask, window=self.window, dropout_p=dropout_p, backend=self.backend,
+            q, k, v, attention_mask, window=self.window, dropout_p=dropout_p, backend=backend,
         )
         return context.transpose(1, 2).reshape(batch, seq_len, d)
 
@@ -217,17 +168,18 @@ class Attention(nn.Module):
         self.self = SelfAttention(config)  # HF key names: attention.self.query ...
         self.output = SublayerOutput(config.hidden_size, config)
 
-    def forward(self, x, attention_mask, varlen=None, rows: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, x, attention_mask, varlen=None, rows: Optional[torch.Tensor] = None,
+                backend: str = "auto") -> torch.Tensor:
         """``rows`` [R]: attend from every token, but continue only at these flat rows of ``x``
         (output ``[R, d]``): the output projection and everything after it skip the others."""
-        context = self.self(x, attention_mask, varlen)
+        context = self.self(x, attention_mask, varlen, backend)
         if rows is not None:
             d = x.shape[-1]
             context, x = context.reshape(-1, d)[rows], x.reshape(-1, d)[rows]
-        return self.output(context, residual=x)
+        return self.output(context, residual=x, backend=backend)
 
 
-class Intermediate(BackendMixin, nn.Module):
+class Intermediate(nn.Module):
     """The feed-forward expansion ``GeLU(x W_i + b_i)``, d -> intermediate_size: the GEMM without
     its bias, then one fused bias + GeLU (on Triton it saves only the GEMM output for backward)."""
 
@@ -235,8 +187,8 @@ class Intermediate(BackendMixin, nn.Module):
         super().__init__()
         self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return ops.bias_gelu(F.linear(x, self.dense.weight), self.dense.bias, backend=self.backend)
+    def forward(self, x: torch.Tensor, backend: str = "auto") -> torch.Tensor:
+        return ops.bias_gelu(F.linear(x, self.dense.weight), self.dense.bias, backend=backend)
 
 
 class EncoderLayer(nn.Module):
@@ -246,10 +198,11 @@ class EncoderLayer(nn.Module):
         self.intermediate = Intermediate(config)
         self.output = SublayerOutput(config.intermediate_size, config)
 
-    def forward(self, x, attention_mask, varlen=None, rows: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, x, attention_mask, varlen=None, rows: Optional[torch.Tensor] = None,
+                backend: str = "auto") -> torch.Tensor:
         """``rows``: see :meth:`Attention.forward`; the feed-forward then runs on those ``[R, d]`` only."""
-        x = self.attention(x, attention_mask, varlen, rows)
-        return self.output(self.intermediate(x), residual=x)
+        x = self.attention(x, attention_mask, varlen, rows, backend)
+        return self.output(self.intermediate(x, backend), residual=x, backend=backend)
 
 
 class Encoder(nn.Module):
@@ -258,164 +211,27 @@ class Encoder(nn.Module):
         self.layer = nn.ModuleList(EncoderLayer(config) for _ in range(config.num_hidden_layers))
 
 
-# --------------------------------------------------------------------------- heads
-class PredictionTransform(BackendMixin, nn.Module):
-    """MLM transform: ``LayerNorm(GeLU(h W_t + b_t))`` on the gathered rows."""
+# --------------------------------------------------------------------------- models
+class SpanBertModel(SpanBertPreTrainedModel):
+    """The bare encoder: ``input_ids`` -> contextual hidden states ``[B, L, d]``.
 
-    def __init__(self, config: SpanBertConfig):
-        super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
-        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-
-    def forward(self, rows: torch.Tensor) -> torch.Tensor:
-        return ops.bias_gelu_layernorm(
-            F.linear(rows, self.dense.weight), self.dense.bias, self.LayerNorm.weight, self.LayerNorm.bias,
-            self.LayerNorm.eps, backend=self.backend,
-        )
-
-
-class MLMHead(BackendMixin, nn.Module):
-    """Masked-LM head: transform, then the decoder tied to the word embeddings + own bias."""
-
-    def __init__(self, config: SpanBertConfig):
-        super().__init__()
-        self.transform = PredictionTransform(config)
-        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
-
-    def loss(self, hidden_flat, positions, labels, decoder_weight, validate: bool = True):
-        """``(mean CE, n_correct)`` at ``positions``, rows of ``hidden_flat`` ([B*L, d], [T, d] or [R, d])."""
-        rows = self.transform(hidden_flat[positions])
-        return ops.masked_lm_loss(rows, labels, decoder_weight, self.bias, validate=validate, backend=self.backend)
-
-    def logits(self, rows: torch.Tensor, decoder_weight: torch.Tensor) -> torch.Tensor:
-        """Full-vocabulary logits ``[M, V]`` for already-gathered rows (fill-mask, tests)."""
-        return F.linear(self.transform(rows), decoder_weight, self.bias)
-
-
-class SBOMLP(BackendMixin, nn.Module):
-    """The SBO MLP: two (Linear -> GeLU -> LayerNorm) layers, reference key names."""
-
-    def __init__(self, config: SpanBertConfig):
-        super().__init__()
-        d = config.hidden_size
-        self.linear1 = nn.Linear(2 * d + config.sbo_position_embedding_size, d)
-        self.layer_norm1 = nn.LayerNorm(d, eps=config.layer_norm_eps)
-        self.linear2 = nn.Linear(d, d)
-        self.layer_norm2 = nn.LayerNorm(d, eps=config.layer_norm_eps)
-
-
-class SpanBoundaryHead(BackendMixin, nn.Module):
-    """Span Boundary Objective: predict each span token from its two boundaries + position.
-
-    ``W_1`` acts on ``[h_left; h_right; p_i]``; we split it so the position part is a
-    ``[sbo_max_targets, d]`` table computed once per step (``p W_1p^T + b_1``) and the
-    boundary part is one GEMM over the gathered ``[K, 2d]`` rows, instead of a
-    ``(2d + 200)``-wide concatenation per target. Same math as the reference head.
+    ``backend``: ``"auto"`` | ``"torch"`` | ``"triton"`` for every hot op (:mod:`spanbert_fast.ops`);
+    the model's one backend setting (:meth:`set_backend` changes it).
     """
 
-    def __init__(self, config: SpanBertConfig):
-        super().__init__()
-        self.position_embeddings = nn.Embedding(config.sbo_max_targets, config.sbo_position_embedding_size)
-        self.mlp_layer_norm = SBOMLP(config)
-        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
-        self.hidden_size = config.hidden_size
+    checkpoint_prefix = "bert."  # a bare encoder's keys lack the prefix of BertForPreTraining's
+    backend: str = "auto"  # an attribute of the encoder itself (other models read it here)
 
-    def transform(self, left: torch.Tensor, right: torch.Tensor, rel_pos: torch.Tensor) -> torch.Tensor:
-        """``[K, d]`` boundary rows and ``[K]`` positions -> the ``[K, d]`` SBO representation."""
-        mlp, d = self.mlp_layer_norm, self.hidden_size
-        w1 = mlp.linear1.weight  # [d, 2d + P]: boundary columns, then position columns
-        position_table = F.linear(self.position_embeddings.weight, w1[:, 2 * d:], mlp.linear1.bias)  # [T, d]
-        pre1 = F.linear(torch.cat([left, right], dim=-1), w1[:, : 2 * d]) + position_table[rel_pos]
-        h1 = ops.bias_gelu_layernorm(
-            pre1, None, mlp.layer_norm1.weight, mlp.layer_norm1.bias, mlp.layer_norm1.eps, backend=self.backend
-        )
-        return ops.bias_gelu_layernorm(
-            F.linear(h1, mlp.linear2.weight), mlp.linear2.bias, mlp.layer_norm2.weight, mlp.layer_norm2.bias,
-            mlp.layer_norm2.eps, backend=self.backend,
-        )
-
-    def loss(self, hidden_flat, left, right, rel_pos, labels, decoder_weight, validate: bool = True):
-        """``(mean CE, n_correct)`` of the SBO targets; indices are flat rows of ``hidden_flat``."""
-        rows = self.transform(hidden_flat[left], hidden_flat[right], rel_pos)
-        return ops.masked_lm_loss(rows, labels, decoder_weight, self.bias, validate=validate, backend=self.backend)
-
-
-class PreTrainingHeads(nn.Module):
-    def __init__(self, config: SpanBertConfig):
-        super().__init__()
-        self.predictions = MLMHead(config)
-        self.pair_target_predictions = SpanBoundaryHead(config)
-
-
-# --------------------------------------------------------------------------- models
-class SpanBertPreTrainedModel(nn.Module):
-    """Shared behaviour: weight init, backend switch, checkpoint load/save."""
-
-    def __init__(self, config: SpanBertConfig):
-        super().__init__()
-        self.config = config
-
-    def init_weights(self):
-        """DESIGN §1: normal(0, initializer_range) weights, zero biases, LayerNorm (1, 0)."""
-        std = self.config.initializer_range
-        for module in self.modules():
-            if isinstance(module, (nn.Linear, nn.Embedding)):
-                nn.init.normal_(module.weight, mean=0.0, std=std)
-            if isinstance(module, nn.Linear) and module.bias is not None:
-                nn.init.zeros_(module.bias)
-            if isinstance(module, nn.Embedding) and module.padding_idx is not None:
-                with torch.no_grad():
-                    module.weight[module.padding_idx].zero_()
-            if isinstance(module, nn.LayerNorm):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
-            if isinstance(module, (MLMHead, SpanBoundaryHead)):
-                nn.init.zeros_(module.bias)
-
-    def set_backend(self, backend: str) -> "SpanBertPreTrainedModel":
-        """Route every hot op through ``"auto"``, ``"torch"`` or ``"triton"``."""
-        if backend not in ops.BACKENDS:
-            raise ValueError(f"backend must be one of {ops.BACKENDS}, got {backend!r}")
-        for module in self.modules():
-            if isinstance(module, BackendMixin):
-                module.backend = backend
-        return self
-
-    @property
-    def backend(self) -> str:
-        return next((m.backend for m in self.modules() if isinstance(m, BackendMixin)), "auto")
-
-    def num_parameters(self, exclude_embeddings: bool = False) -> int:
-        """Parameter count (tied weights once); ``exclude_embeddings`` drops embedding tables."""
-        params = {id(p): p for p in self.parameters()}
-        if exclude_embeddings:
-            for module in self.modules():
-                if isinstance(module, nn.Embedding):
-                    params.pop(id(module.weight), None)
-        return sum(p.numel() for p in params.values())
-
-    @classmethod
-    def from_pretrained(cls, path: str, *, strict: bool = False, backend: str = "auto", **config_overrides):
-        """Load an HF BERT / SpanBERT checkpoint folder (see :func:`spanbert_fast.hub.load_pretrained`)."""
-        from spanbert_fast.hub import load_pretrained
-
-        return load_pretrained(cls, path, strict=strict, backend=backend, **config_overrides)
-
-    def save_pretrained(self, directory: str) -> str:
-        """Write ``config.json`` + ``model.safetensors`` that transformers' BERT classes load."""
-        from spanbert_fast.hub import save_pretrained
-
-        return save_pretrained(self, directory)
-
-
-class SpanBertModel(SpanBertPreTrainedModel):
-    """The bare encoder: ``input_ids`` -> contextual hidden states ``[B, L, d]``."""
-
-    def __init__(self, config: SpanBertConfig):
+    def __init__(self, config: SpanBertConfig, *, backend: str = "auto"):
         super().__init__(config)
+        self.backend = check_backend(backend)
         self.embeddings = Embeddings(config)
         self.encoder = Encoder(config)
         self.init_weights()
+
+    def set_backend(self, backend: str) -> "SpanBertModel":
+        self.backend = check_backend(backend)
+        return self
 
     def forward(
         self,
@@ -427,14 +243,14 @@ class SpanBertModel(SpanBertPreTrainedModel):
         position_ids: Optional[torch.Tensor] = None,  # packed input: [T] position inside each sequence
         cu_seqlens: Optional[torch.Tensor] = None,  # packed input: [B + 1] int32 sequence offsets
         max_seqlen: Optional[int] = None,  # packed input: longest sequence
-        last_layer_rows: Optional[torch.Tensor] = None,  # [R] sorted flat rows: the last layer ends only there
+        head_rows: Optional[torch.Tensor] = None,  # [R] sorted flat rows: the last layer ends only there
     ) -> EncoderOutput:
         """Hidden states ``[B, L, d]`` of a padded batch, or ``[T, d]`` of a packed one.
 
         Packed input (``spanbert_fast.data.collate.pack_batch``) has no padding at all and
         needs no host sync; its ``cu_seqlens`` are trusted (not re-validated).
 
-        ``last_layer_rows`` (flat indices into ``[B * L]``, or ``[T]`` for packed input,
+        ``head_rows`` (flat indices into ``[B * L]``, or ``[T]`` for packed input,
         sorted ascending): the last layer still attends over every token, but computes its
         output only at these rows; ``last_hidden_state`` is then ``[R, d]`` in that order
         (so is the last of ``hidden_states``). Pre-training passes the rows its heads read.
@@ -445,7 +261,7 @@ class SpanBertModel(SpanBertPreTrainedModel):
                                  "max_seqlen, and no attention_mask")
             x = self.embeddings(input_ids, token_type_ids, position_ids)
             return self._encode(x, None, VarlenLayout(cu_seqlens.to(torch.int32), int(max_seqlen)),
-                                output_hidden_states, last_layer_rows)
+                                output_hidden_states, head_rows)
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be [batch, seq_len], got shape {tuple(input_ids.shape)}")
         if attention_mask is not None and attention_mask.shape != input_ids.shape:
@@ -457,29 +273,29 @@ class SpanBertModel(SpanBertPreTrainedModel):
         varlen = None
         if mask is not None and ops.resolve_attention_backend(self.backend, x, self.config.head_dim) == "triton":
             # Unpad once: every layer then runs on the [T, d] real tokens (varlen attention)
-            # and the states are repadded at the end (not the [R, d] last_layer_rows); one host
+            # and the states are repadded at the end (not the [R, d] head_rows); one host
             # sync per forward.
-            x, rows, cu_seqlens, max_seqlen = ops.unpad(x, mask)
-            varlen = VarlenLayout(cu_seqlens, max_seqlen, rows, *input_ids.shape)
-        return self._encode(x, mask, varlen, output_hidden_states, last_layer_rows)
+            x, varlen = VarlenLayout.of_padded(x, mask)
+        return self._encode(x, mask, varlen, output_hidden_states, head_rows)
 
     def _encode(self, x, mask, varlen: Optional[VarlenLayout], output_hidden_states: bool,
-                last_layer_rows: Optional[torch.Tensor] = None) -> EncoderOutput:
+                head_rows: Optional[torch.Tensor] = None) -> EncoderOutput:
         """Run the layers on embeddings ``x`` (padded with ``mask``, or packed with ``varlen``);
-        the last one only up to its attention outside ``last_layer_rows``."""
-        subset = None
-        if last_layer_rows is not None:  # the layers index x: unpadded tokens when varlen
-            subset = last_layer_rows if varlen is None else varlen.token_index(last_layer_rows)
+        the last one only up to its attention outside ``head_rows``."""
+        rows = None
+        if head_rows is not None:  # the layers index x: unpadded tokens when varlen
+            rows = head_rows if varlen is None else varlen.token_index(head_rows)
         *layers, last_layer = self.encoder.layer
+        backend = self.backend
         all_states = [x] if output_hidden_states else None
         for layer in layers:
-            x = layer(x, mask, varlen)
+            x = layer(x, mask, varlen, backend=backend)
             if all_states is not None:
                 all_states.append(x)
         if varlen is not None:
             all_states = None if all_states is None else [varlen.repad(h) for h in all_states]
-        x = last_layer(x, mask, varlen, subset)
-        if varlen is not None and subset is None:
+        x = last_layer(x, mask, varlen, rows, backend=backend)
+        if varlen is not None and rows is None:
             x = varlen.repad(x)
         if all_states is not None:
             all_states.append(x)
@@ -487,16 +303,18 @@ class SpanBertModel(SpanBertPreTrainedModel):
 
 
 class SpanBertForPreTraining(SpanBertPreTrainedModel):
-    """Encoder + MLM head + SBO head; loss = MLM CE + ``sbo_loss_weight`` × SBO CE."""
+    """Encoder + MLM head + SBO head; loss = MLM CE + ``sbo_loss_weight`` × SBO CE.
 
-    # The Triton loss checks that every label is a vocabulary id (two host syncs per step), and
-    # a batch's head_rows are checked to hold every head index (three more on CUDA).
-    # `spanbert-fast pretrain` turns this off: its masker checked the ids, its collator the rows.
-    validate_targets: bool = True
+    ``validate_targets``: the Triton loss checks that every label is a vocabulary id (two host
+    syncs per step), and a batch's ``head_rows`` are checked to hold every head index (three more
+    on CUDA). ``spanbert_fast.train.pretrain`` passes False: its masker checked the ids, its
+    collator the rows (a CUDA-graph step cannot sync at all).
+    """
 
-    def __init__(self, config: SpanBertConfig):
+    def __init__(self, config: SpanBertConfig, *, backend: str = "auto", validate_targets: bool = True):
         super().__init__(config)
-        self.bert = SpanBertModel(config)
+        self.validate_targets = validate_targets
+        self.bert = SpanBertModel(config, backend=backend)
         self.cls = PreTrainingHeads(config)
         self.init_weights()
 
@@ -542,20 +360,20 @@ class SpanBertForPreTraining(SpanBertPreTrainedModel):
         elif head_rows is None:
             head_rows = torch.unique(torch.cat([mlm_positions, sbo_left, sbo_right]))  # sorted; a host sync on CUDA
         hidden = self.bert(input_ids, attention_mask, token_type_ids, position_ids=position_ids,
-                           cu_seqlens=cu_seqlens, max_seqlen=max_seqlen, last_layer_rows=head_rows).last_hidden_state
+                           cu_seqlens=cu_seqlens, max_seqlen=max_seqlen, head_rows=head_rows).last_hidden_state
         hidden_flat = hidden.reshape(-1, hidden.shape[-1])  # [B * L, d], packed [T, d], or [R, d] at head_rows
-        if head_rows is not None:  # batch rows -> rows of the subset
+        if head_rows is not None:  # batch rows -> rows of last_hidden_state
             mlm_positions, sbo_left, sbo_right = (
-                self._subset_index(head_rows, index, labels, name, check_head_rows)
+                self._head_row_index(head_rows, index, labels, name, check_head_rows)
                 for name, index, labels in (("mlm_positions", mlm_positions, mlm_labels),
                                             ("sbo_left", sbo_left, sbo_labels), ("sbo_right", sbo_right, sbo_labels))
             )
-        heads = self.cls
+        heads, backend = self.cls, self.backend
         mlm_loss, mlm_correct = heads.predictions.loss(
-            hidden_flat, mlm_positions, mlm_labels, self.decoder_weight, validate
+            hidden_flat, mlm_positions, mlm_labels, self.decoder_weight, validate, backend
         )
         sbo_loss, sbo_correct = heads.pair_target_predictions.loss(
-            hidden_flat, sbo_left, sbo_right, sbo_rel_pos, sbo_labels, self.decoder_weight, validate
+            hidden_flat, sbo_left, sbo_right, sbo_rel_pos, sbo_labels, self.decoder_weight, validate, backend
         )
         return PreTrainingOutput(
             loss=mlm_loss + self.config.sbo_loss_weight * sbo_loss,
@@ -570,7 +388,7 @@ class SpanBertForPreTraining(SpanBertPreTrainedModel):
         )
 
     @staticmethod
-    def _subset_index(head_rows: torch.Tensor, index: torch.Tensor, labels: torch.Tensor, name: str,
+    def _head_row_index(head_rows: torch.Tensor, index: torch.Tensor, labels: torch.Tensor, name: str,
                       check: bool) -> torch.Tensor:
         """Where each flat row of ``index`` sits in the sorted ``head_rows`` (binary search, no sync).
 
@@ -579,17 +397,17 @@ class SpanBertForPreTraining(SpanBertPreTrainedModel):
         Rows of ignored targets (label -100, e.g. fixed-capacity padding) may point anywhere;
         past the last head row they are clamped onto it.
         """
-        subset_index = torch.searchsorted(head_rows, index).clamp_(max=max(head_rows.numel() - 1, 0))
+        row_index = torch.searchsorted(head_rows, index).clamp_(max=max(head_rows.numel() - 1, 0))
         if check:
             valid = labels != -100
             if head_rows.numel():
-                ok = torch.equal(torch.where(valid, head_rows[subset_index], index), index)
+                ok = torch.equal(torch.where(valid, head_rows[row_index], index), index)
             else:
                 ok = not valid.any()
             if not ok:
                 raise ValueError(f"head_rows must be sorted and contain every index of {name}")
-        return subset_index
+        return row_index
 
     def mlm_logits(self, hidden: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Full-vocabulary MLM logits ``[M, V]`` at flat ``positions`` of ``hidden`` [B, L, d]."""
-        return self.cls.predictions.logits(hidden.flatten(0, 1)[positions], self.decoder_weight)
+        return self.cls.predictions.logits(hidden.flatten(0, 1)[positions], self.decoder_weight, self.backend)

@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from spanbert_fast.kernels._host_sync import may_sync  # torch only: keeps triton optional
+from spanbert_fast.packing import repad, unpad
 
 BACKENDS = ("auto", "torch", "triton")
 # A dropout seed: None (fresh, from torch's generator on the tensors' device), an int, or
@@ -211,27 +212,6 @@ def attention_varlen_torch(
         seed=seed, softmax_scale=softmax_scale,
     )
     return out.transpose(1, 2).reshape(batch * max_seqlen, *q.shape[1:])[rows]
-
-
-def unpad(hidden: torch.Tensor, key_padding_mask: torch.Tensor):
-    """``[B, S, ...]`` -> ``([T, ...], rows [T], cu_seqlens [B+1] int32, max_seqlen)``.
-
-    Works for any mask pattern (left, right or inner padding): the real tokens of
-    each row are kept in order. ``max_seqlen`` is a Python int (one host sync).
-    """
-    mask = key_padding_mask.bool()
-    lengths = mask.sum(dim=1, dtype=torch.int32)
-    rows = torch.nonzero(mask.flatten()).squeeze(1)
-    cu_seqlens = F.pad(torch.cumsum(lengths, 0, dtype=torch.int32), (1, 0))
-    max_seqlen = int(lengths.max().item()) if lengths.numel() else 0
-    return hidden.flatten(0, 1)[rows], rows, cu_seqlens, max_seqlen
-
-
-def repad(packed: torch.Tensor, rows: torch.Tensor, batch: int, seq_len: int) -> torch.Tensor:
-    """Inverse of :func:`unpad`: ``[T, ...]`` -> ``[B, S, ...]`` with zeros at padding."""
-    out = packed.new_zeros(batch * seq_len, *packed.shape[1:])
-    out = out.index_copy(0, rows, packed)
-    return out.view(batch, seq_len, *packed.shape[1:])
 
 
 def attention(

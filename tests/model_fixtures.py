@@ -40,3 +40,25 @@ def tiny_batch(vocab_size: int = 97, seed: int = 0):
         sbo_labels=mlm_labels.clone(),
         head_rows=torch.unique(torch.cat([mlm_positions, sbo_left, sbo_right])),  # [2, 3, 4, 5, 6, 11, 12, 13]
     )
+
+
+class NumberedBatches:
+    """An endless, resumable batch source: batch i is ``tiny_batch(seed=i)``."""
+
+    def __init__(self, crash_at=None):
+        self.position = 0
+        self.crash_at = crash_at
+
+    def __iter__(self):
+        while True:
+            if self.position == self.crash_at:
+                raise KeyboardInterrupt("simulated crash")
+            batch = tiny_batch(seed=self.position)
+            self.position += 1
+            yield batch
+
+    def state_dict(self):
+        return {"position": self.position}
+
+    def load_state_dict(self, state):
+        self.position = state["position"]

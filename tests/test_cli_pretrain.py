@@ -153,3 +153,18 @@ def test_held_out_split_is_disjoint_deterministic_and_checked():
     assert list(split_held_out(Corpus(), 7, seed=2)[1].indices) != list(held.indices)
     with pytest.raises(ValueError, match="between 1 and 49"):
         split_held_out(Corpus(), 50)
+
+
+def test_pretrain_from_python_is_what_the_command_runs(corpus_dir, tmp_path):
+    """`spanbert-fast pretrain` only parses options: the library driver gives the same run."""
+    from spanbert_fast.train import pretrain
+
+    assert main(pretrain_args(corpus_dir, tmp_path / "cli", "--max-steps", "3", "--eval-blocks", "4")) == 0
+    result = pretrain("tiny", corpus_dir, str(tmp_path / "lib"), batch_size=4, max_steps=3, save_every=4,
+                      log_every=1, progress=False, seed=3, lr=1e-3, eval_blocks=4)
+    assert result.train.step == 3 and read_losses(tmp_path / "lib") == read_losses(tmp_path / "cli")
+    assert result.model.validate_targets is False  # the masker and collator checked the targets
+    assert result.held_out_blocks == 4 and set(result.metrics) >= {"step", "loss", "mlm_acc", "sbo_acc"}
+    assert "tokenizer.json" in os.listdir(result.train.checkpoint)
+    with pytest.raises(ValueError, match="max_steps"):
+        pretrain("tiny", corpus_dir, str(tmp_path / "none"))

@@ -9,7 +9,7 @@ import torch.multiprocessing as mp
 
 from model_fixtures import tiny_batch, tiny_config
 from spanbert_fast import SpanBertForPreTraining
-from spanbert_fast.training import init_distributed
+from spanbert_fast.train import init_distributed
 
 pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not available")
 
@@ -87,7 +87,7 @@ class RankBatches:
 
 
 def _resume_worker(rank, world_size, port, out_dir):
-    from spanbert_fast.training import Trainer, TrainingArgs
+    from spanbert_fast.train import Trainer, TrainingArgs
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))

@@ -15,14 +15,14 @@ from helpers import DEVICE
 from model_fixtures import tiny_batch, tiny_config
 from spanbert_fast import SpanBertForPreTraining
 from spanbert_fast.data.collate import pack_batch
-from spanbert_fast.training import Trainer, TrainingArgs, move_batch
+from spanbert_fast.train import Trainer, TrainingArgs, move_batch
 from sync_audit import HostSyncAudit
 
 
 def make_trainer(tmp_path, device=DEVICE) -> Trainer:
     torch.manual_seed(0)
-    model = SpanBertForPreTraining(tiny_config(num_attention_heads=1)).set_backend("triton")  # head dim 32
-    model.validate_targets = False  # as `spanbert-fast pretrain` does: the masker checked the ids
+    # head dim 32; validate_targets=False as `spanbert-fast pretrain` does: the masker checked the ids
+    model = SpanBertForPreTraining(tiny_config(num_attention_heads=1), backend="triton", validate_targets=False)
     args = TrainingArgs(out_dir=str(tmp_path), max_steps=10, progress=False, plot=False, device=str(device))
     return Trainer(model, [], args)
 
@@ -78,7 +78,7 @@ def test_padded_training_step_syncs_only_to_unpad(tmp_path):
     trainer = make_trainer(tmp_path)
     audit = audit_step(trainer, tiny_batch())
     assert audit.syncs, "unpad reads max_seqlen on the host"
-    assert all("ops.py" in sync and "in unpad" in sync for sync in audit.syncs), audit.report()
+    assert all("packing.py" in sync and "in unpad" in sync for sync in audit.syncs), audit.report()
 
 
 @pytest.mark.gpu

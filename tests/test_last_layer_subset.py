@@ -177,7 +177,7 @@ def test_bare_encoder_stays_full_unless_asked():
     assert full.last_hidden_state.shape == (*batch["input_ids"].shape, 32)
     rows = batch["head_rows"]
     subset = model.bert(batch["input_ids"], batch["attention_mask"], output_hidden_states=True,
-                        last_layer_rows=rows)
+                        head_rows=rows)
     assert_close_fp32(subset.last_hidden_state, full.last_hidden_state.flatten(0, 1)[rows], name="last")
     assert len(subset.hidden_states) == len(full.hidden_states)
     assert subset.hidden_states[-1] is subset.last_hidden_state

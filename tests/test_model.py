@@ -120,11 +120,26 @@ def test_too_long_input_is_refused():
         model(torch.ones(1, 9, dtype=torch.long))
 
 
-def test_backend_switch_reaches_every_op_module():
-    model = SpanBertForPreTraining(tiny_config()).set_backend("torch")
-    assert model.backend == "torch"
+def test_backend_switch_reaches_every_op_call(monkeypatch):
+    """The model's one backend setting is what every hot-op call receives."""
+    from spanbert_fast import ops
+
+    seen = []
+    for name in ("attention", "attention_varlen", "bias_gelu_layernorm", "bias_dropout_add_layernorm",
+                 "masked_lm_loss"):
+        real = getattr(ops, name)
+        monkeypatch.setattr(ops, name, lambda *a, _real=real, _name=name, **kw: (seen.append((_name, kw["backend"])),
+                                                                                 _real(*a, **kw))[1])
+    model = SpanBertForPreTraining(tiny_config(), backend="triton").set_backend("torch")
+    assert model.backend == "torch" and model.bert.backend == "torch"
+    model(**tiny_batch())
+    assert {name for name, _ in seen} == {"attention", "bias_gelu_layernorm", "bias_dropout_add_layernorm",
+                                          "masked_lm_loss"}
+    assert {backend for _, backend in seen} == {"torch"}
     with pytest.raises(ValueError, match="backend"):
         model.set_backend("cuda")
+    with pytest.raises(ValueError, match="backend"):
+        SpanBertForPreTraining(tiny_config(), backend="gpu")
 
 
 def test_presets_have_paper_sizes():

@@ -9,14 +9,14 @@ from helpers import DEVICE
 from model_fixtures import tiny_batch, tiny_config
 from spanbert_fast import SpanBertForPreTraining
 from spanbert_fast.data.collate import pack_batch
-from spanbert_fast.training import move_batch
+from spanbert_fast.train import move_batch
 
 
 def test_pretraining_model_compiles_fullgraph_in_train_mode():
     torch.manual_seed(0)
     config = tiny_config(hidden_size=64, num_attention_heads=2, intermediate_size=128)  # head dim 32
-    model = SpanBertForPreTraining(config).to(DEVICE).set_backend("triton").train()
-    model.validate_targets = False  # as `spanbert-fast pretrain`: no value checks (host syncs)
+    # validate_targets=False as `spanbert-fast pretrain`: no value checks (host syncs)
+    model = SpanBertForPreTraining(config, backend="triton", validate_targets=False).to(DEVICE).train()
     batch = move_batch(pack_batch(tiny_batch()), DEVICE)
     backend = "inductor" if torch.cuda.is_available() else "aot_eager"
     compiled = torch.compile(model, backend=backend, fullgraph=True)

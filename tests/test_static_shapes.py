@@ -13,7 +13,7 @@ from model_fixtures import tiny_config
 from spanbert_fast import SpanBertForPreTraining
 from spanbert_fast.data.loader import PretrainingBatches
 from spanbert_fast.data.static_shapes import pad_packed_batch, static_capacity
-from spanbert_fast.training import Trainer, TrainingArgs, move_batch
+from spanbert_fast.train import Trainer, TrainingArgs, move_batch
 from test_collate import VOCAB, InMemoryBlocks
 
 BLOCK = 60  # InMemoryBlocks holds blocks of 5..59 tokens
@@ -118,8 +118,7 @@ def test_captured_step_trains_like_the_eager_step(tmp_path, dropout):
     runs = {}
     for graphs in (False, True):
         torch.manual_seed(0)
-        model = SpanBertForPreTraining(config).set_backend("triton")
-        model.validate_targets = False
+        model = SpanBertForPreTraining(config, backend="triton", validate_targets=False)
         args = TrainingArgs(out_dir=str(tmp_path / str(graphs)), max_steps=8, lr=1e-3, warmup_steps=2,
                             precision="fp32", progress=False, plot=False, log_every=1, cuda_graphs=graphs,
                             device="cuda")
@@ -145,8 +144,7 @@ def test_captured_training_resumes_from_a_checkpoint(tmp_path):
 
     def run(max_steps, graphs, resume):
         torch.manual_seed(0)
-        model = SpanBertForPreTraining(config).set_backend("triton")
-        model.validate_targets = False
+        model = SpanBertForPreTraining(config, backend="triton", validate_targets=False)
         args = TrainingArgs(out_dir=str(tmp_path), max_steps=max_steps, lr=1e-3, precision="bf16", progress=False,
                             plot=False, log_every=1, save_every=5, cuda_graphs=graphs, resume=resume, device="cuda")
         return Trainer(model, source, args).train()

@@ -9,7 +9,7 @@ from task_fixtures import data_path, fixture_tokenizer, tiny_checkpoint
 from spanbert_fast.cli import main
 from spanbert_fast.tasks import SpanBertForSequenceClassification
 from spanbert_fast.tasks.classification import ClassificationTask, classification_metrics, read_classification_file
-from spanbert_fast.tasks.common import InputFileError
+from spanbert_fast.tasks.text_files import InputFileError
 from spanbert_fast.tasks.finetune import finetune
 
 FAST = dict(lr=3e-3, warmup_ratio=0.0, log_every=10, progress=False, backend="torch")
@@ -113,7 +113,7 @@ def test_csv_mixing_pair_and_single_rows_keeps_segment_ids(init, tmp_path):
     pairs' segment 1 whichever row comes first."""
     from types import SimpleNamespace
 
-    from spanbert_fast.tasks.common import collate_features
+    from spanbert_fast.tasks.batching import collate_features
 
     path = data_path("classification_pairs.csv")
     examples = read_classification_file(path)

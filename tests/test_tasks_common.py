@@ -5,7 +5,9 @@ import os
 import pytest
 import torch
 
-from spanbert_fast.tasks.common import EpochBatches, InputFileError, batched, collate_features, read_task_file
+from spanbert_fast.tasks.batching import EpochBatches, batched, collate_features
+from spanbert_fast.tasks.task_model import read_task_file
+from spanbert_fast.tasks.text_files import InputFileError
 
 
 def ids_of(batch):
@@ -97,26 +99,6 @@ def test_non_utf8_input_names_file_and_line(tmp_path, name, reader):
     path.write_bytes(b"first line\r\nsecond\r\ncaf\xe9 au lait\n")
     with pytest.raises(InputFileError, match=rf"{name}:3: not UTF-8 text \(invalid continuation byte at byte 23\)"):
         read(str(path))
-
-
-def test_atomic_write_replaces_whole_or_leaves_the_old_file(tmp_path):
-    from spanbert_fast.tasks.common import atomic_write, write_json_atomic
-
-    target = tmp_path / "out" / "results.json"
-    write_json_atomic(str(target), {"a": 1})
-    assert json.loads(target.read_text()) == {"a": 1}
-    mask = os.umask(0)
-    os.umask(mask)
-    assert target.stat().st_mode & 0o777 == 0o666 & ~mask  # not mkstemp's 0o600
-    with pytest.raises(TypeError):
-        write_json_atomic(str(target), {"a": object()})  # fails half-way through json.dump
-    assert json.loads(target.read_text()) == {"a": 1}
-    assert os.listdir(target.parent) == ["results.json"]  # no .tmp left behind
-    with pytest.raises(RuntimeError):
-        with atomic_write(str(target), binary=True) as f:
-            f.write(b"partial")
-            raise RuntimeError("interrupted")
-    assert json.loads(target.read_text()) == {"a": 1} and os.listdir(target.parent) == ["results.json"]
 
 
 def test_every_output_file_is_written_atomically(tmp_path, monkeypatch):

@@ -9,9 +9,9 @@ from spanbert_fast import SpanBertForPreTraining, SpanBertModel
 from spanbert_fast.cli import main
 from spanbert_fast.data.tokenizer import save_tokenizer, special_ids
 from spanbert_fast.tasks import fill_mask
-from spanbert_fast.tasks.common import collate_features
+from spanbert_fast.tasks.batching import collate_features
 from spanbert_fast.tasks.fill_mask import encode_with_masks
-from spanbert_fast.training import Trainer, TrainingArgs
+from spanbert_fast.train import Trainer, TrainingArgs
 
 # (text, planted words) -- every [MASK] stands for the next planted word.
 PLANTED = [

@@ -10,7 +10,8 @@ from task_fixtures import data_path, fixture_tokenizer, tiny_checkpoint
 from spanbert_fast.cli import main
 from spanbert_fast.hub import find_weights_file, read_state_dict
 from spanbert_fast.tasks import SpanBertForTokenClassification
-from spanbert_fast.tasks.finetune import EVAL_LOG, EVAL_RESULTS, finetune
+from spanbert_fast.tasks.finetune import finetune
+from spanbert_fast.train import EVAL_LOG, EVAL_RESULTS
 from spanbert_fast.tasks.ner import NerTask
 
 CONLL = data_path("conll.txt")

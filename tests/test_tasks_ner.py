@@ -7,7 +7,8 @@ from task_fixtures import data_path, fixture_tokenizer, tiny_checkpoint
 from spanbert_fast.cli import main
 from spanbert_fast.data.tokenizer import load_tokenizer
 from spanbert_fast.tasks import SpanBertForTokenClassification, entity_scores
-from spanbert_fast.tasks.common import IGNORE_INDEX, InputFileError
+from spanbert_fast.tasks.batching import IGNORE_INDEX
+from spanbert_fast.tasks.text_files import InputFileError
 from spanbert_fast.tasks.finetune import finetune
 from spanbert_fast.tasks.ner import ConllSentence, NerTask, encode_sentence, entity_spans, read_conll
 

@@ -13,7 +13,8 @@ from spanbert_fast.data.tokenizer import special_ids
 from spanbert_fast.cli import main
 from spanbert_fast.tasks import SpanBertForQuestionAnswering, squad_metrics
 from spanbert_fast.tasks import qa
-from spanbert_fast.tasks.common import InputFileError, predict_batches
+from spanbert_fast.tasks.prediction import predict_batches
+from spanbert_fast.tasks.text_files import InputFileError
 from spanbert_fast.tasks.finetune import finetune
 from spanbert_fast.tasks.qa import (
     ContextTokens,

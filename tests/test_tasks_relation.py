@@ -10,7 +10,7 @@ from task_fixtures import data_path, fixture_tokenizer, tiny_checkpoint, tiny_ta
 from spanbert_fast import SpanBertForPreTraining, SpanBertForRelationExtraction
 from spanbert_fast.cli import main
 from spanbert_fast.data.tokenizer import SPECIAL_TOKENS, load_tokenizer, vocab_tokens
-from spanbert_fast.tasks.common import InputFileError
+from spanbert_fast.tasks.text_files import InputFileError
 from spanbert_fast.tasks.finetune import finetune
 from spanbert_fast.tasks.relation import (
     RelationExample,

@@ -6,37 +6,15 @@ import os
 import pytest
 import torch
 
-from model_fixtures import tiny_batch, tiny_config
+from model_fixtures import NumberedBatches, tiny_batch, tiny_config
 from spanbert_fast import SpanBertForPreTraining
-from spanbert_fast.training import (
+from spanbert_fast.train import (
     Trainer,
     TrainingArgs,
     list_checkpoints,
     parameter_groups,
     warmup_linear_decay,
 )
-
-
-class NumberedBatches:
-    """An endless, resumable batch source: batch i is ``tiny_batch(seed=i)``."""
-
-    def __init__(self, crash_at=None):
-        self.position = 0
-        self.crash_at = crash_at
-
-    def __iter__(self):
-        while True:
-            if self.position == self.crash_at:
-                raise KeyboardInterrupt("simulated crash")
-            batch = tiny_batch(seed=self.position)
-            self.position += 1
-            yield batch
-
-    def state_dict(self):
-        return {"position": self.position}
-
-    def load_state_dict(self, state):
-        self.position = state["position"]
 
 
 def make_trainer(out_dir, batches, **overrides):

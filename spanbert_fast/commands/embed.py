@@ -27,7 +27,8 @@ def run(args) -> int:
 
 def _run(args) -> int:
     from spanbert_fast.model import SpanBertModel
-    from spanbert_fast.tasks.common import read_utf8, resolve_tokenizer
+    from spanbert_fast.tasks.prediction import resolve_tokenizer
+    from spanbert_fast.tasks.text_files import read_utf8
     from spanbert_fast.tasks.embeddings import embed, parse_layers, save_embeddings, token_ids_for
 
     layers = parse_layers(args.layer)

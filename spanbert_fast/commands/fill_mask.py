@@ -6,7 +6,7 @@ import sys
 
 def run(args) -> int:
     from spanbert_fast.model import SpanBertForPreTraining
-    from spanbert_fast.tasks.common import resolve_tokenizer
+    from spanbert_fast.tasks.prediction import resolve_tokenizer
     from spanbert_fast.tasks.fill_mask import fill_mask, mlm_head_missing
 
     try:

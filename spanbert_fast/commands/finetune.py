@@ -23,7 +23,7 @@ def add_common_arguments(parser, default_max_length: int) -> None:
     data.add_argument("--out", required=True, help="output folder: model, task.json, tokenizer, logs, results")
     data.add_argument("--tokenizer", help="tokenizer.json, vocab.txt or folder (default: the one in --init)")
     data.add_argument("--max-length", type=int, default=default_max_length, help="tokens per sequence")
-    optim = parser.add_argument_group("optimisation (spanbert_fast.training.Trainer)")
+    optim = parser.add_argument_group("optimisation (spanbert_fast.train.Trainer)")
     add_loop_arguments(optim, batch_size=16, lr=3e-5, save_every=0,
                        max_steps_help="optimizer steps (overrides --epochs)")
     optim.add_argument("--eval-batch-size", type=int, default=64)
@@ -32,7 +32,8 @@ def add_common_arguments(parser, default_max_length: int) -> None:
 
 def run_finetune(task, args) -> int:
     """Build the training settings from the common flags and run :func:`finetune`."""
-    from spanbert_fast.tasks.finetune import EVAL_LOG, describe_evaluation, finetune
+    from spanbert_fast.tasks.finetune import finetune
+    from spanbert_fast.train import EVAL_LOG, describe_evaluation
 
     try:
         result = finetune(

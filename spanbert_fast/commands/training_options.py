@@ -10,7 +10,7 @@ import argparse
 
 def add_loop_arguments(group, *, batch_size=None, max_steps=None, lr=None, save_every=None,
                        max_steps_help: str = "optimizer steps") -> None:
-    """Add the flags of :class:`spanbert_fast.training.TrainingArgs` to an argparse group."""
+    """Add the flags of :class:`spanbert_fast.train.TrainingArgs` to an argparse group."""
     group.add_argument("--batch-size", type=int, default=batch_size, help="sequences per micro-batch per process")
     group.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
     group.add_argument("--max-steps", type=int, default=max_steps, help=max_steps_help)

@@ -1,24 +1,38 @@
 """Masked blocks → the batch dict the model consumes, padded or packed (unpadded).
 
-Padded batch (keys agreed with the model side; all int64 torch tensors)::
+Padded batch (what :meth:`spanbert_fast.model.SpanBertForPreTraining.forward` takes; ``B`` rows
+padded to the batch's longest block ``L``):
 
-    input_ids      [B, L]  [CLS] block [SEP] with replacements applied, then [PAD]s
-    attention_mask [B, L]  1 real token, 0 padding
-    mlm_positions  [M]     flat indices row·L + col of every masked token, row-major order
-    mlm_labels     [M]     original ids at mlm_positions
-    sbo_left       [K]     flat index of each SBO target's left boundary (s - 1)
-    sbo_right      [K]     flat index of its right boundary (e + 1)
-    sbo_rel_pos    [K]     target position inside its (merged) span, 0..14
-    sbo_labels     [K]     original id of the target
-    head_rows      [R]     sorted unique union of mlm_positions, sbo_left and sbo_right
+==================  ==========  =================================================================
+key                 shape       meaning
+==================  ==========  =================================================================
+``input_ids``       [B, L]      ``[CLS] block [SEP]`` after masking replacements, ``[PAD]``-padded
+``attention_mask``  [B, L]      1 for real tokens, 0 for padding (optional: None = no padding)
+``token_type_ids``  [B, L]      optional, all zeros for SpanBERT
+``mlm_positions``   [M]         flat indices ``row * L + col`` of the masked tokens
+``mlm_labels``      [M]         original token ids at those positions
+``sbo_left``        [K]         flat index of each SBO target's left boundary token ``s - 1``
+``sbo_right``       [K]         flat index of its right boundary token ``e + 1``
+``sbo_rel_pos``     [K]         the target's 0-based position inside its span, < ``sbo_max_targets``
+``sbo_labels``      [K]         original token id of the target
+``head_rows``       [R]         optional: sorted union of ``mlm_positions``, ``sbo_left`` and
+                                ``sbo_right`` (the rows the heads read)
+==================  ==========  =================================================================
+
+All index tensors are int64. Flat indices address ``hidden.flatten(0, 1)``.
+
+``head_rows`` must be sorted ascending and hold every head index (duplicates are allowed, so a
+fixed-capacity buffer padded by repeating its last row keeps shapes static). The collator and
+``pack_batch`` compute it on the CPU; without it the model takes ``torch.unique`` of the union
+itself, which costs one host sync on CUDA.
 
 ``L`` is the longest block of the batch plus 2 (optionally rounded up to ``pad_to_multiple_of``).
 The model gathers ``hidden.flatten(0, 1)[mlm_positions]`` and likewise for the SBO boundaries;
 ``head_rows`` (every row some head reads) lets its last layer skip the other rows past attention
 without a host sync (``torch.unique`` on the GPU would need one, here it is CPU work).
 
-:func:`pack_batch` turns a padded batch into the varlen layout (``cu_seqlens`` int32 [B+1],
-``max_seqlen``), remapping every flat index into the packed token axis.
+:func:`pack_batch` turns a padded batch into the varlen layout of :mod:`spanbert_fast.packing`
+(``cu_seqlens`` int32 [B+1], ``max_seqlen``), remapping every flat index into the packed token axis.
 """
 from __future__ import annotations
 
@@ -26,6 +40,8 @@ from typing import Dict, Optional, Sequence
 
 import numpy as np
 import torch
+
+from spanbert_fast.packing import unpad
 
 from .masking import MaskedBlock
 from .tokenizer import SpecialIds
@@ -75,14 +91,6 @@ def head_rows(mlm_positions: torch.Tensor, sbo_left: torch.Tensor, sbo_right: to
     return torch.unique(torch.cat([mlm_positions, sbo_left, sbo_right]), sorted=True)
 
 
-def cu_seqlens_from_mask(attention_mask: torch.Tensor):
-    """(cu_seqlens int32 [B+1], max_seqlen int) of a right-padded ``attention_mask`` [B, L]."""
-    seqlens = attention_mask.sum(dim=1, dtype=torch.int32)
-    cu_seqlens = torch.zeros(seqlens.numel() + 1, dtype=torch.int32)
-    cu_seqlens[1:] = torch.cumsum(seqlens, dim=0)
-    return cu_seqlens, int(seqlens.max()) if seqlens.numel() else 0
-
-
 def pack_batch(batch: Dict[str, torch.Tensor]) -> Dict[str, object]:
     """Unpadded (varlen) form of a padded batch.
 
@@ -96,9 +104,7 @@ def pack_batch(batch: Dict[str, torch.Tensor]) -> Dict[str, object]:
     """
     attention_mask = batch["attention_mask"]
     rows, width = attention_mask.shape
-    cu_seqlens, max_seqlen = cu_seqlens_from_mask(attention_mask)
-    flat_mask = attention_mask.reshape(-1).bool()
-    unpad_index = torch.nonzero(flat_mask, as_tuple=False).reshape(-1)
+    input_ids, unpad_index, cu_seqlens, max_seqlen = unpad(batch["input_ids"], attention_mask)
     starts = cu_seqlens[:-1].long()
     expected = torch.arange(width).expand(rows, width) < (cu_seqlens[1:] - cu_seqlens[:-1]).long()[:, None]
     if not torch.equal(expected, attention_mask.bool()):
@@ -107,7 +113,7 @@ def pack_batch(batch: Dict[str, torch.Tensor]) -> Dict[str, object]:
     grid_to_packed[unpad_index] = torch.arange(unpad_index.numel())
     row_of_token = torch.repeat_interleave(torch.arange(rows), (cu_seqlens[1:] - cu_seqlens[:-1]).long())
     packed = {
-        "input_ids": batch["input_ids"].reshape(-1)[unpad_index],
+        "input_ids": input_ids,
         "position_ids": torch.arange(unpad_index.numel()) - starts[row_of_token],
         "cu_seqlens": cu_seqlens,
         "max_seqlen": max_seqlen,
@@ -121,3 +127,15 @@ def pack_batch(batch: Dict[str, torch.Tensor]) -> Dict[str, object]:
     packed["head_rows"] = (grid_to_packed[batch["head_rows"]] if "head_rows" in batch
                            else head_rows(packed["mlm_positions"], packed["sbo_left"], packed["sbo_right"]))
     return packed
+
+
+def real_tokens(batch: Dict[str, object]):
+    """How many real (not padding) tokens a batch holds, for throughput: ``num_tokens`` of a
+    fixed-shape packed batch, else the ones of ``attention_mask``, else every input id (packed).
+    A 0-dim tensor on the batch's device (no host sync) or an int."""
+    if "num_tokens" in batch:  # fixed-shape packed batches count their real tokens
+        return batch["num_tokens"]
+    mask = batch.get("attention_mask")
+    if mask is not None:
+        return mask.sum()
+    return batch["input_ids"].numel()

@@ -27,6 +27,8 @@ from typing import Dict, Iterable, Optional, Sequence, Tuple, Union
 import numpy as np
 from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
+from spanbert_fast.io import atomic_write
+
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 CONTINUATION_PREFIX = "##"
 TOKENIZER_FILE = "tokenizer.json"
@@ -111,9 +113,7 @@ def train_tokenizer(
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    from ..tasks.common import atomic_write  # the project's one atomic write (umask permissions, not 0600)
-
-    with atomic_write(str(path)) as handle:
+    with atomic_write(path) as handle:
         handle.write(text)
 
 

@@ -10,10 +10,15 @@
 ``SpanBertForQuestionAnswering``           start/end logits, SQuAD v1.1/v2.0, EM/F1 (:mod:`.qa`)
 ``SpanBertForRelationExtraction``          entity-masked TACRED JSON/JSONL, official micro P/R/F1
                                            (:mod:`.relation`)
-``finetune(task, ...)``                    the one fine-tuning driver over ``training.Trainer``
+``finetune(task, ...)``                    the one fine-tuning driver over ``spanbert_fast.train.Trainer``
                                            (:mod:`.finetune`)
 ``patch_hf_bert(model)``                   run a transformers BERT on our ops, in place (:mod:`.patch_hf`)
 =========================================  ==============================================================
+
+What the tasks share, one concept per module: :mod:`.task_model` (``SpanBertTaskModel``, the base
+of the task models, and ``task.json``), :mod:`.batching` (padding, ``collate_features``,
+resumable ``EpochBatches``), :mod:`.prediction` (tokenizer lookup, truncation, batched inference)
+and :mod:`.text_files` (UTF-8 reading, ``path:line:`` errors).
 
 Every task model has ``from_pretrained`` (an encoder or pre-training checkpoint gets a fresh head,
 listed in ``model.load_report.missing``) and ``save_pretrained`` (HF layout + ``task.json`` with

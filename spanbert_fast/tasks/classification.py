@@ -25,17 +25,10 @@ import torch.nn.functional as F
 from spanbert_fast.config import SpanBertConfig
 from spanbert_fast.data.tokenizer import encode_pair
 from spanbert_fast.model import SpanBertModel
-from spanbert_fast.tasks.common import (
-    InputFileError,
-    SpanBertTaskModel,
-    atomic_write,
-    masked_mean,
-    predict_batches,
-    progress_bar,
-    read_utf8,
-    saved_labels,
-    truncation,
-)
+from spanbert_fast.io import atomic_write
+from spanbert_fast.tasks.prediction import masked_mean, predict_batches, progress_bar, truncation
+from spanbert_fast.tasks.task_model import SpanBertTaskModel, saved_labels
+from spanbert_fast.tasks.text_files import InputFileError, read_utf8
 
 POOLINGS = ("cls", "mean")
 

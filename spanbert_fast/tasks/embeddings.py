@@ -28,7 +28,9 @@ import numpy as np
 import torch
 
 from spanbert_fast.data.tokenizer import special_ids
-from spanbert_fast.tasks.common import atomic_write, collate_features, masked_mean, model_device
+from spanbert_fast.io import atomic_write
+from spanbert_fast.tasks.batching import collate_features
+from spanbert_fast.tasks.prediction import masked_mean, model_device
 
 logger = logging.getLogger(__name__)
 

@@ -11,7 +11,8 @@ from typing import List, Sequence, Tuple, Union
 import torch
 
 from spanbert_fast.data.tokenizer import special_ids
-from spanbert_fast.tasks.common import check_length, collate_features, model_device
+from spanbert_fast.tasks.batching import collate_features
+from spanbert_fast.tasks.prediction import check_length, model_device
 
 MASK_TOKEN = "[MASK]"
 

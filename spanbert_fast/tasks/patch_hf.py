@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from spanbert_fast import ops
-from spanbert_fast.tasks.common import IGNORE_INDEX
+from spanbert_fast.tasks.batching import IGNORE_INDEX
 
 
 # attn_implementation values whose attention mask key_padding_from_mask reads.

@@ -51,15 +51,10 @@ import torch.nn.functional as F
 
 from spanbert_fast.config import SpanBertConfig
 from spanbert_fast.model import SpanBertModel
-from spanbert_fast.tasks.common import (
-    InputFileError,
-    SpanBertTaskModel,
-    line_of,
-    predict_batches,
-    progress_bar,
-    read_utf8,
-    write_json_atomic,
-)
+from spanbert_fast.io import write_json
+from spanbert_fast.tasks.prediction import predict_batches, progress_bar
+from spanbert_fast.tasks.task_model import SpanBertTaskModel
+from spanbert_fast.tasks.text_files import InputFileError, line_of, read_utf8
 
 logger = logging.getLogger(__name__)
 
@@ -648,8 +643,8 @@ class QuestionAnsweringTask:
         predictions, nbest, null_diffs = self.predict(model, tokenizer, examples, version_2, batch_size, progress)
         metrics = squad_metrics(examples, predictions)
         if out_dir is not None:
-            write_json_atomic(os.path.join(out_dir, "predictions.json"), predictions)
-            write_json_atomic(os.path.join(out_dir, "nbest_predictions.json"), nbest)
+            write_json(os.path.join(out_dir, "predictions.json"), predictions)
+            write_json(os.path.join(out_dir, "nbest_predictions.json"), nbest)
             if version_2:
-                write_json_atomic(os.path.join(out_dir, "null_odds.json"), null_diffs)
+                write_json(os.path.join(out_dir, "null_odds.json"), null_diffs)
         return metrics

@@ -58,17 +58,10 @@ from spanbert_fast.data.tokenizer import special_ids, vocab_tokens
 from spanbert_fast.hub import resolve_checkpoint
 from spanbert_fast.model import SpanBertModel
 from spanbert_fast.tasks.classification import SequenceClassifierOutput
-from spanbert_fast.tasks.common import (
-    InputFileError,
-    SpanBertTaskModel,
-    predict_batches,
-    progress_bar,
-    read_utf8,
-    resolve_tokenizer,
-    saved_head,
-    saved_labels,
-    write_json_atomic,
-)
+from spanbert_fast.io import write_json
+from spanbert_fast.tasks.prediction import predict_batches, progress_bar, resolve_tokenizer
+from spanbert_fast.tasks.task_model import SpanBertTaskModel, saved_head, saved_labels
+from spanbert_fast.tasks.text_files import InputFileError, read_utf8
 
 logger = logging.getLogger(__name__)
 
@@ -529,7 +522,7 @@ class RelationExtractionTask:
         predicted = self.predict(model, tokenizer, examples, path, batch_size, progress)
         scores = tacred_scores([e.relation for e in examples], predicted)
         if out_dir is not None:
-            write_json_atomic(os.path.join(out_dir, "predictions.json"),
+            write_json(os.path.join(out_dir, "predictions.json"),
                               {e.id: relation for e, relation in zip(examples, predicted)})
         return scores
 

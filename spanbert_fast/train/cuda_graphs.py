@@ -69,58 +69,69 @@ def check_graphable(device: torch.device, world_size: int, compile: bool, grad_a
 
 
 class CapturedTrainingStep:
-    """Runs ``trainer``'s optimizer step as a CUDA graph after a few eager warm-up steps."""
+    """A training step run as a CUDA graph after a few eager warm-up steps.
 
-    def __init__(self, trainer, warmup_steps: int = GRAPH_WARMUP_STEPS):
-        self.trainer = trainer
+    Built from the step's parts (:class:`~spanbert_fast.train.loop.Trainer` passes its own):
+    ``update(micro_batches, record=None) -> (outputs, grad_norm)`` is the device work (forward,
+    backward, clipping, optimizer update), which is captured; ``zero_grad()`` drops the gradients;
+    ``finish()`` is the host bookkeeping after each step (LR schedule, step counter). Calling it
+    with a batch and ``record(output, batch)`` (the metric window's) returns the gradient norm.
+    """
+
+    def __init__(self, update: Callable, zero_grad: Callable[[], None], finish: Callable[[], None],
+                 device=None, warmup_steps: int = GRAPH_WARMUP_STEPS):
+        self.update, self.zero_grad, self.finish, self.device = update, zero_grad, finish, device
         self.warmup_left = warmup_steps
         self.graph: Optional[torch.cuda.CUDAGraph] = None
         self.static_batch: Dict[str, object] = {}
         self.static_output = None
         self.static_grad_norm: Optional[torch.Tensor] = None
 
-    def __call__(self, batch: Dict[str, object], window=None) -> torch.Tensor:
-        trainer = self.trainer
+    def eager_step(self, batch: Dict[str, object], record: Optional[Callable] = None) -> torch.Tensor:
+        _, grad_norm = self.update([batch], record)
+        self.zero_grad()
+        self.finish()
+        return grad_norm
+
+    def __call__(self, batch: Dict[str, object], record: Optional[Callable] = None) -> torch.Tensor:
         if self.graph is None and self.warmup_left > 0:
             self.warmup_left -= 1
             if self.warmup_left == 0:  # compiled and tuned by now: the step must not sync
-                return on_side_stream(lambda: self._sync_checked_step(batch, window), trainer.device)
-            return on_side_stream(lambda: trainer.training_step([batch], window), trainer.device)
+                return on_side_stream(lambda: self._sync_checked_step(batch, record), self.device)
+            return on_side_stream(lambda: self.eager_step(batch, record), self.device)
         if self.graph is None:
             self._capture(batch)
         else:
             self._load(batch)
         self.graph.replay()
-        if window is not None:
-            window.add(self.static_output, self.static_batch)
-        trainer.finish_step()
+        if record is not None:
+            record(self.static_output, self.static_batch)
+        self.finish()
         return self.static_grad_norm
 
-    def _sync_checked_step(self, batch: Dict[str, object], window) -> torch.Tensor:
+    def _sync_checked_step(self, batch: Dict[str, object], record: Optional[Callable]) -> torch.Tensor:
         """An eager step under ``set_sync_debug_mode("error")``: a host sync cannot be captured,
         and the capture's own error would not say where it is."""
-        torch.cuda.synchronize(self.trainer.device)
+        torch.cuda.synchronize(self.device)
         torch.cuda.set_sync_debug_mode("error")
         try:
-            return self.trainer.training_step([batch], window)
+            return self.eager_step(batch, record)
         except RuntimeError as error:
             if "synchroniz" not in str(error):
                 raise
             raise RuntimeError(
                 "cuda_graphs: the training step reads a GPU value on the host, which a CUDA graph cannot "
                 "capture (see the traceback for where). Use the Triton backend on packed batches with "
-                "model.validate_targets = False, as `spanbert-fast pretrain --cuda-graphs` does."
+                "SpanBertForPreTraining(config, validate_targets=False), as `spanbert-fast pretrain "
+                "--cuda-graphs` does."
             ) from error
         finally:
             torch.cuda.set_sync_debug_mode("default")
 
     def _capture(self, batch: Dict[str, object]) -> None:
-        trainer = self.trainer
         self.static_batch = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-        trainer.optimizer.zero_grad(set_to_none=True)  # the capture allocates the grads it overwrites
-        graph, (outputs, self.static_grad_norm) = capture(
-            lambda: trainer.forward_backward_update([self.static_batch]), trainer.device
-        )
+        self.zero_grad()  # the capture allocates the grads it overwrites
+        graph, (outputs, self.static_grad_norm) = capture(lambda: self.update([self.static_batch]), self.device)
         self.static_output = outputs[0]
         self.graph = graph  # only a complete capture is ever replayed
 

@@ -1,0 +1,164 @@
+"""What a training run reports: the metric window, ``log.csv``, TensorBoard, the progress bar and
+the loss/throughput plot. Only the main process writes (the trainer decides which one that is).
+
+The loop adds each micro-batch's outputs to a :class:`MetricWindow` (device tensors, no host
+sync) and, every ``log_every`` steps, flushes it into one row (the one host sync per log line)::
+
+    step, lr, grad_norm, loss, <metrics() of the model output>, tokens_per_s, elapsed_s
+"""
+from __future__ import annotations
+
+import csv
+import math
+import os
+import time
+from typing import Dict, List, Optional
+
+import torch
+import torch.distributed as dist
+
+from spanbert_fast.io import atomic_path, atomic_write
+
+LOG_CSV = "log.csv"
+PLOT_PNG = "training.png"
+TENSORBOARD_DIR = "tensorboard"
+BAR_FIELDS = ("loss", "mlm_acc", "sbo_acc", "tokens_per_s")
+
+
+def output_values(output) -> Dict[str, torch.Tensor]:
+    """``loss`` and the ``metrics()`` of a model output, detached fp32 device tensors (no sync)."""
+    values = {"loss": output.loss.detach().float()}
+    if hasattr(output, "metrics"):
+        values.update({k: v.detach().float() for k, v in output.metrics().items()})
+    return values
+
+
+def nan_guard(value: float, step: int) -> None:
+    """Stop with a clear message when the loss diverges."""
+    if not math.isfinite(value):
+        raise FloatingPointError(f"loss is {value} at step {step}; lower --lr or check the data")
+
+
+class MetricWindow:
+    """Sums of losses/metrics and real tokens over the steps since the last log line (no per-step sync)."""
+
+    def __init__(self, device):
+        self.device = device
+        self.reset()
+
+    def reset(self):
+        self.sums: Dict[str, torch.Tensor] = {}
+        self.micro_batches = 0
+        self.tokens = torch.zeros((), dtype=torch.int64, device=self.device)
+        self.start = time.perf_counter()
+
+    def add(self, output, tokens) -> None:
+        """One micro-batch: its model ``output`` and its count of real ``tokens`` (int or 0-dim tensor)."""
+        for key, value in output_values(output).items():
+            self.sums[key] = self.sums.get(key, 0) + value
+        self.micro_batches += 1
+        self.tokens += tokens
+
+    def flush(self, step: int, lr, grad_norm, world_size: int = 1) -> dict:
+        """The log row of the window (averaged over ranks), then a fresh window."""
+        names = sorted(self.sums)
+        stacked = torch.stack([self.sums[k] for k in names] + [self.tokens.float()])
+        if world_size > 1:
+            dist.all_reduce(stacked)
+            stacked[:-1] /= world_size
+        values = stacked.tolist()  # the one host sync per log line
+        elapsed = time.perf_counter() - self.start
+        row = {"step": step, "lr": float(lr), "grad_norm": float(grad_norm)}  # lr is a tensor under cuda_graphs
+        row.update({k: v / self.micro_batches for k, v in zip(names, values[:-1])})
+        row["tokens_per_s"] = values[-1] / max(elapsed, 1e-9)
+        row["elapsed_s"] = elapsed
+        nan_guard(row["loss"], step)
+        self.reset()
+        return row
+
+
+class CsvLog:
+    """``out_dir/log.csv``: one row per log line, appended; rewritten whole (atomically) the first
+    time, so a resumed run drops the rows past its checkpoint."""
+
+    def __init__(self, out_dir: str):
+        self.path = os.path.join(out_dir, LOG_CSV)
+        self.rows_written: Optional[int] = None  # rows of the history already in the file
+
+    def read(self) -> List[dict]:
+        if not os.path.isfile(self.path):
+            return []
+        with open(self.path, newline="") as f:
+            return list(csv.DictReader(f))
+
+    def write(self, history: List[dict]) -> None:
+        """Append the rows of ``history`` not yet in the file (rewriting it when it is not ours yet)."""
+        if not history:
+            return
+        fields = list(history[0].keys())
+        if self.rows_written is None:
+            with atomic_write(self.path, newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+                writer.writeheader()
+                writer.writerows(history)
+        else:
+            with open(self.path, "a", newline="") as f:
+                csv.DictWriter(f, fieldnames=fields, extrasaction="ignore").writerows(history[self.rows_written:])
+        self.rows_written = len(history)
+
+
+def open_tensorboard(out_dir: str):
+    """A TensorBoard ``SummaryWriter`` into ``out_dir/tensorboard``, or None when not installed."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except Exception:  # tensorboard not installed: CSV only
+        return None
+    return SummaryWriter(os.path.join(out_dir, TENSORBOARD_DIR))
+
+
+def log_scalars(tensorboard, row: dict) -> None:
+    for key, value in row.items():
+        if key != "step":
+            tensorboard.add_scalar(key, value, row["step"])
+
+
+def progress_bar(total: int, initial: int):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc="train", dynamic_ncols=True)
+
+
+def bar_fields(row: dict) -> Dict[str, str]:
+    """The progress bar's postfix: a few fields of a log row, short."""
+    def short(value) -> str:
+        value = float(value)
+        return f"{value:.0f}" if abs(value) >= 100 else f"{value:.3f}"
+
+    return {k: short(v) for k, v in row.items() if k in BAR_FIELDS}
+
+
+def plot_history(history: List[dict], path: str) -> str:
+    """Two panels: losses and tokens/s against step; written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [int(r["step"]) for r in history]
+    fig, (ax_loss, ax_speed) = plt.subplots(1, 2, figsize=(11, 4))
+    for key in ("loss", "mlm_loss", "sbo_loss"):
+        if key in history[0]:
+            ax_loss.plot(steps, [float(r[key]) for r in history], label=key)
+    ax_loss.set_xlabel("step")
+    ax_loss.set_ylabel("cross-entropy")
+    ax_loss.legend()
+    ax_loss.grid(alpha=0.3)
+    ax_speed.plot(steps, [float(r["tokens_per_s"]) for r in history], color="tab:green")
+    ax_speed.set_xlabel("step")
+    ax_speed.set_ylabel("tokens / s")
+    ax_speed.grid(alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    return path
