@@ -201,12 +201,13 @@ def _dlogits_kernel(
     W,  # [V, D] decoder weight
     B,  # [V] decoder bias, or dummy when not HAS_BIAS
     LSE,  # [M] fp32 log-sum-exp of each row's logits (from the forward)
-    DZ,  # [M, chunk] softmax - onehot for columns v_begin .. v_begin+chunk_cols, X's dtype
+    DZ,  # [M, >= padded_cols] softmax - onehot for columns v_begin .. v_begin+chunk_cols, X's dtype
     M,
     V,
     D,
     v_begin,
     chunk_cols,
+    padded_cols,  # columns written per row: chunk_cols rounded up; those past chunk_cols get 0
     ignore_index,
     stride_x,
     stride_w,
@@ -233,9 +234,9 @@ def _dlogits_kernel(
     targets = tl.load(T + rows, mask=row_mask, other=ignore_index)
     valid = row_mask & (targets != ignore_index)
     dz = tl.exp(z - lse[:, None]) - tl.where(cols[None, :] == targets[:, None], 1.0, 0.0)
-    dz = tl.where(valid[:, None], dz, 0.0)
+    dz = tl.where(valid[:, None] & col_mask[None, :], dz, 0.0)
     dz_ptrs = DZ + rows.to(tl.int64)[:, None] * stride_dz + local_cols[None, :]
-    tl.store(dz_ptrs, dz.to(DZ.dtype.element_ty), mask=row_mask[:, None] & col_mask[None, :])
+    tl.store(dz_ptrs, dz.to(DZ.dtype.element_ty), mask=row_mask[:, None] & (local_cols < padded_cols)[None, :])
 
 
 # Tuning choices, one list per kernel (BLOCK_M, BLOCK_V, BLOCK_D, warps, stages), for
@@ -450,6 +451,11 @@ def _dlogits_chunk_cols(M: int, V: int, element_size: int) -> int:
     return min(cols, V)
 
 
+def _padded_cols(cols: int) -> int:
+    """Row length of the dlogits block: ``cols`` rounded up to 64 (128-byte rows in 16 bits)."""
+    return triton.cdiv(cols, 64) * 64
+
+
 _MM_OUT_DTYPE_WORKS: dict = {}
 
 
@@ -466,6 +472,29 @@ def _matmul_fp32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         except (TypeError, RuntimeError, NotImplementedError):
             _MM_OUT_DTYPE_WORKS[key] = False
     return torch.mm(a, b).float()
+
+
+def _write_dlogits(dz, x, targets, weight, bias, lse, v_begin: int, cols: int, ignore_index: int) -> None:
+    """``dz[:, :cols] = softmax - onehot`` of vocabulary columns ``v_begin .. v_begin + cols``
+    (unscaled, 0 for ignored rows), and ``dz[:, cols:_padded_cols(cols)] = 0``."""
+    M, D = x.shape
+    V = weight.shape[0]
+    padded_cols = _padded_cols(cols)
+    blocks = _interpreter_blocks(M, padded_cols, D) if _INTERPRET else {}
+    grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]), triton.cdiv(padded_cols, meta["BLOCK_V"]))  # noqa: E731
+    _dlogits[grid](
+        x,  # [M, D]
+        targets,  # [M] int64
+        weight,  # [V, D]
+        bias if bias is not None else weight,  # [V] (dummy when None)
+        lse,  # [M] fp32
+        dz,  # [M, >= padded_cols]
+        M, V, D, v_begin, cols, padded_cols, ignore_index, x.stride(0), weight.stride(0), dz.stride(0),
+        HAS_BIAS=bias is not None,
+        INPUT_PRECISION=_input_precision(x.dtype),
+        DOT_IN_FP32=_INTERPRET and x.dtype == torch.bfloat16,
+        **blocks,
+    )
 
 
 def masked_lm_loss_backward(
@@ -494,28 +523,17 @@ def masked_lm_loss_backward(
     scale = grad_loss.float() / valid.sum().clamp(min=1)  # [] fp32, no sync
 
     chunk = _dlogits_chunk_cols(M, V, hidden.element_size())
-    # [M, chunk] softmax - onehot; rows padded to 64 columns so every row starts 128-byte aligned
-    dz = torch.empty(M, triton.cdiv(chunk, 64) * 64, dtype=hidden.dtype, device=device)[:, :chunk]
+    # [M, chunk] softmax - onehot; rows padded to 64 columns so every row starts 128-byte aligned.
+    # The kernel writes each chunk's columns rounded up to 64 (zeros past the chunk): a CPU
+    # bf16 GEMM (oneDNN's AMX brgemm) reads its K-tail past the view's columns and multiplies
+    # by zero, so NaN/Inf left there by an earlier allocation would poison whole rows of dX.
+    dz = torch.empty(M, _padded_cols(chunk), dtype=hidden.dtype, device=device)
     dweight = torch.empty_like(weight, memory_format=torch.contiguous_format)
     dbias = torch.empty(V, dtype=torch.float32, device=device)
     dx = torch.zeros(M, D, dtype=torch.float32, device=device)
-    blocks = _interpreter_blocks(M, chunk, D) if _INTERPRET else {}
     for v_begin in range(0, V, chunk):
         cols = min(chunk, V - v_begin)
-        grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]), triton.cdiv(cols, meta["BLOCK_V"]))  # noqa: E731
-        _dlogits[grid](
-            x,  # [M, D]
-            targets,  # [M] int64
-            weight,  # [V, D]
-            bias if bias is not None else weight,  # [V] (dummy when None)
-            lse,  # [M] fp32
-            dz,  # [M, chunk]
-            M, V, D, v_begin, cols, ignore_index, x.stride(0), weight.stride(0), dz.stride(0),
-            HAS_BIAS=bias is not None,
-            INPUT_PRECISION=_input_precision(hidden.dtype),
-            DOT_IN_FP32=_INTERPRET and hidden.dtype == torch.bfloat16,
-            **blocks,
-        )
+        _write_dlogits(dz, x, targets, weight, bias, lse, v_begin, cols, ignore_index)
         dz_chunk = dz[:, :cols]
         torch.mm(dz_chunk.t(), x, out=dweight[v_begin : v_begin + cols])
         dbias[v_begin : v_begin + cols] = dz_chunk.sum(dim=0, dtype=torch.float32)
