@@ -8,7 +8,10 @@ change to the backward shows up here as bytes. Conventions:
   (ideal reuse inside one call: a GEMM operand read by many tiles counts once); nothing
   is assumed to stay in cache from one call to the next;
 * small vectors (targets, positions, lse, the valid-row count) are counted; the sort that
-  ``index_put_(accumulate=True)`` runs over the M positions is not (M int64, < 0.1 MB).
+  ``index_put_(accumulate=True)`` runs over the M positions is not (M int64, < 0.1 MB);
+* bf16/fp16 dX accumulates with ``torch.addmm(..., out_dtype=torch.float32)`` (cuBLAS
+  beta = 1). Where a torch build lacks it the backward falls back to a GEMM into an fp32
+  temporary plus an add, 2 x 4 x M x d more bytes per chunk after the first (not counted).
 
 ``python -m benchmarks.loss_bytes`` prints the table for the base shapes (16384 tokens,
 M = 2458, V = 28996, d = 768, bf16); ``bench_masked_lm_loss`` prints it too.
@@ -44,10 +47,10 @@ def backward_traffic(tokens: int, rows: int, vocab: int, d: int, element_bytes: 
     N, M, V, e = tokens, rows, vocab, element_bytes
     x = M * d * e  # the gathered rows, [M, d]
     dx32 = M * d * 4  # fp32 dX accumulator
+    db_groups = -(-M // mlm._DB_GROUP)  # the bias gradient's partial sums, one row per 64 rows of dz
     out: List[Traffic] = [
         Traffic("gather rows", "hidden[positions] -> x [M, d]", x + M * 8, x),
-        Traffic("scale", "targets -> valid count", M * 8 + M, M),
-        Traffic("dX init", "dx fp32 zeros [M, d]", 0, dx32),
+        Traffic("scale", "targets -> valid count -> s", M * 8 + M, M + 4),
     ]
     chunk = mlm._dlogits_chunk_cols(M, V, e)
     for v_begin in range(0, V, chunk):
@@ -55,18 +58,17 @@ def backward_traffic(tokens: int, rows: int, vocab: int, d: int, element_bytes: 
         dz_cols = M * cols * e  # the dz view the GEMMs read
         tag = f"[chunk {v_begin // chunk}: {cols} cols]"
         out += [
-            Traffic(f"dlogits kernel {tag}", "x, W[chunk], bias[chunk], lse, targets",
-                    x + cols * d * e + cols * e + M * 4 + M * 8, 0),
-            Traffic(f"dlogits kernel {tag}", "dz [M, padded cols]", 0, M * mlm._padded_cols(cols) * e),
+            Traffic(f"dlogits kernel {tag}", "x, W[chunk], bias[chunk], lse, targets, s",
+                    x + cols * d * e + cols * e + M * 4 + M * 8 + 4, 0),
+            Traffic(f"dlogits kernel {tag}", "s * dz [M, padded cols]", 0, M * mlm._padded_cols(cols) * e),
+            Traffic(f"dlogits kernel {tag}", "db partial sums fp32 [groups, cols]", 0,
+                    mlm._db_partial_rows(M) * cols * 4),
+            Traffic(f"db group sum {tag}", "partials -> db[chunk] fp32", db_groups * cols * 4, cols * 4),
             Traffic(f"dW GEMM {tag}", "dz, x -> dW[chunk]", dz_cols + x, cols * d * e),
-            Traffic(f"db column sum {tag}", "dz -> db[chunk] fp32", dz_cols, cols * 4),
-            Traffic(f"dX GEMM {tag}", "dz, W[chunk] -> fp32 temporary", dz_cols + cols * d * e, dx32),
-            Traffic(f"dX add {tag}", "dx += temporary", 2 * dx32, dx32),
+            Traffic(f"dX GEMM {tag}", "dz, W[chunk]" + ("" if v_begin == 0 else ", dx") + " -> dx fp32",
+                    dz_cols + cols * d * e + (0 if v_begin == 0 else dx32), dx32),
         ]
     out += [
-        Traffic("scale dW", "dW *= s", V * d * e, V * d * e),
-        Traffic("scale db", "db *= s", V * 4, V * 4),
-        Traffic("scale dX", "dx *= s", dx32, dx32),
         Traffic("dX cast", "dx fp32 -> input dtype", dx32, x),
         Traffic("dhidden init", "zeros [N, d]", 0, N * d * e),
         Traffic("scatter", "dhidden[positions] += dX", x + M * 8 + x, x),
