@@ -19,7 +19,9 @@ so the full-logits baseline is charged for the masked rows alone; ``MB`` is the 
 memory above what was allocated before the call (inputs excluded; gradients included),
 CUDA only. ``smoke=True`` runs a tiny case on CPU (the kernel under the Triton
 interpreter): it checks that the suite runs, not speed.
-``python -m benchmarks.bench_masked_lm_loss [--smoke] [--csv PATH]`` prints the rows.
+Before each case it prints the byte model of our backward (``benchmarks/loss_bytes.py``:
+bytes read and written per buffer, per call); ``--bytes`` prints only that, no GPU needed.
+``python -m benchmarks.bench_masked_lm_loss [--smoke] [--bytes] [--csv PATH]`` prints the rows.
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ from typing import Callable, Dict, List
 import torch
 import torch.nn.functional as F
 
+from benchmarks import loss_bytes
 from benchmarks.common import Result, bench_ms, interpret_without_cuda, kernel_module, peak_memory_mb, suite_main
 
 interpret_without_cuda()
@@ -91,7 +94,17 @@ def make_case(tokens: int, d: int, vocab: int, dtype, device):
     return hidden, targets, weight, bias, positions
 
 
-def run(smoke: bool) -> List[Result]:
+def print_byte_model(tokens: int, n_masked: int, vocab: int, d: int, element_bytes: int) -> None:
+    print(f"byte model of our backward, T{tokens}-M{n_masked}-V{vocab}-d{d}, {element_bytes}-byte elements "
+          "(benchmarks/loss_bytes.py):")
+    print(loss_bytes.format_table(loss_bytes.backward_traffic(tokens, n_masked, vocab, d, element_bytes)))
+
+
+def run(smoke: bool, bytes_only: bool = False) -> List[Result]:
+    if bytes_only:  # arithmetic: no GPU, nothing timed
+        for d in (768, 1024):
+            print_byte_model(16384, round(MASK_FRACTION * 16384), 28996, d, 2)
+        return []
     if smoke:  # tiny fp32 case; on a GPU machine on the GPU (the kernel needs CUDA tensors there)
         device, dtype = ("cuda" if torch.cuda.is_available() else "cpu"), torch.float32
         shapes = [(64, 32, 97)]
@@ -105,6 +118,7 @@ def run(smoke: bool) -> List[Result]:
         hidden, targets, weight, bias, positions = make_case(tokens, d, vocab, dtype, device)
         n_masked = positions.numel()
         case = f"T{tokens}-M{n_masked}-V{vocab}-d{d}"
+        print_byte_model(tokens, n_masked, vocab, d, hidden.element_size())
         flops = 6.0 * n_masked * d * vocab
         for impl, loss_fn in implementations(smoke).items():
 
@@ -123,7 +137,10 @@ def run(smoke: bool) -> List[Result]:
 
 
 def main(argv=None) -> None:
-    suite_main(run, __doc__.splitlines()[0], argv)
+    def add_arguments(parser):
+        parser.add_argument("--bytes", action="store_true", help="print the backward's byte model only (no GPU)")
+
+    suite_main(run, __doc__.splitlines()[0], argv, add_arguments, lambda args: {"bytes_only": args.bytes})
 
 
 if __name__ == "__main__":

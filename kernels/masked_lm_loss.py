@@ -41,15 +41,23 @@ so the backward recomputes each logit tile exactly once instead of keeping the
 ``[M, V]`` logits.
 
 Backward. V is cut into column chunks sized so that one ``[M, chunk]`` block of
-``softmax - onehot`` (in the input dtype, 64 MiB at most) is all that exists at a
+``s * (softmax - onehot)`` (in the input dtype, 64 MiB at most) is all that exists at a
 time. For each chunk a Triton kernel recomputes the logit tiles (tiling
 ``(M-blocks) x (V-blocks)``, no loop-carried state, so every SM is busy) and writes
-``P - Y``; two cuBLAS GEMMs then give ``dW[chunk] = (P - Y)^T X`` (complete: all M
-rows, fp32 accumulation inside the GEMM) and add ``(P - Y) W[chunk]`` to an fp32
-``dX [M, d]``. ``db`` is the fp32 column sum of the chunk. The scale ``s`` is
-applied at the end, so ``P - Y`` keeps its full range in fp16. No atomics: the
-scatter of ``dX`` back to ``hidden``'s rows is ``index_put_(accumulate=True)``,
-which PyTorch runs sort-based (deterministic) on CUDA.
+``dZ`` with the scale already applied, in rows padded to 64 columns (zeros past the
+chunk: the stores vectorise, and a GEMM reading past the view finds no garbage). The same
+kernel writes the fp32 column sums of each 64-row group of its tile; PyTorch sums the
+groups (a fixed-shape reduction, no atomics) into ``db``. Two cuBLAS GEMMs then give
+``dW[chunk] = dZ^T X`` (complete: all M rows, fp32 accumulation inside the GEMM) and
+``dX += dZ W[chunk]`` into an fp32 ``dX [M, d]`` (for bf16/fp16 one GEMM that reads the
+accumulator, ``addmm(..., out_dtype=float32)``, where torch has it). Folding ``s`` into
+``dZ`` saves a pass over ``dW``; in fp16, entries ``s * p`` below fp16's smallest subnormal
+(6e-8) round to zero, as in PyTorch's own fp16 logits gradient (GradScaler's large ``g``
+is what keeps them).
+No atomics: the scatter of ``dX`` back to ``hidden``'s rows is
+``index_put_(accumulate=True)``, which PyTorch runs sort-based (deterministic) on CUDA.
+Bytes moved per call, buffer by buffer: ``benchmarks/loss_bytes.py`` (0.69 GB at the
+shapes below, bf16).
 Why not Triton for the two backward GEMMs: a kernel owning a block of ``dW`` or
 ``dX`` rows must hold a ``[BLOCK, d]`` fp32 accumulator (d = 768, 1024), which does
 not fit in registers, and splitting d means recomputing the logits once per d-slice;
@@ -201,19 +209,24 @@ def _dlogits_kernel(
     W,  # [V, D] decoder weight
     B,  # [V] decoder bias, or dummy when not HAS_BIAS
     LSE,  # [M] fp32 log-sum-exp of each row's logits (from the forward)
-    DZ,  # [M, chunk] softmax - onehot for columns v_begin .. v_begin+chunk_cols, X's dtype
+    SCALE,  # [] fp32 s = grad_loss / max(n_valid, 1)
+    DZ,  # [M, >= padded_cols] s * (softmax - onehot) for columns v_begin .. v_begin+chunk_cols, X's dtype
+    DB_PARTIAL,  # [>= cdiv(M, DB_GROUP), >= chunk_cols] fp32 column sums of DZ per DB_GROUP rows, or dummy
     M,
     V,
     D,
     v_begin,
     chunk_cols,
+    padded_cols,  # columns written per row: chunk_cols rounded up; those past chunk_cols get 0
     ignore_index,
     stride_x,
     stride_w,
     stride_dz,
+    stride_db,
     HAS_BIAS: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
     DOT_IN_FP32: tl.constexpr,
+    DB_GROUP: tl.constexpr,  # rows per bias-gradient partial sum; divides BLOCK_M
     BLOCK_M: tl.constexpr,
     BLOCK_V: tl.constexpr,
     BLOCK_D: tl.constexpr,
@@ -232,26 +245,31 @@ def _dlogits_kernel(
     lse = tl.load(LSE + rows, mask=row_mask, other=0.0)
     targets = tl.load(T + rows, mask=row_mask, other=ignore_index)
     valid = row_mask & (targets != ignore_index)
-    dz = tl.exp(z - lse[:, None]) - tl.where(cols[None, :] == targets[:, None], 1.0, 0.0)
-    dz = tl.where(valid[:, None], dz, 0.0)
+    scale = tl.load(SCALE)
+    dz = scale * (tl.exp(z - lse[:, None]) - tl.where(cols[None, :] == targets[:, None], 1.0, 0.0))
+    dz = tl.where(valid[:, None] & col_mask[None, :], dz, 0.0)
+    # padded_cols is a multiple of 64 and the row stride of 16: the store vectorises
     dz_ptrs = DZ + rows.to(tl.int64)[:, None] * stride_dz + local_cols[None, :]
-    tl.store(dz_ptrs, dz.to(DZ.dtype.element_ty), mask=row_mask[:, None] & col_mask[None, :])
+    tl.store(dz_ptrs, dz.to(DZ.dtype.element_ty), mask=row_mask[:, None] & (local_cols < padded_cols)[None, :])
+    if HAS_BIAS:  # db: fp32 column sums of DB_GROUP-row groups, summed over groups in a fixed order later
+        group_in_tile = tl.arange(0, BLOCK_M) // DB_GROUP
+        for g in tl.static_range(BLOCK_M // DB_GROUP):
+            partial = tl.sum(tl.where((group_in_tile == g)[:, None], dz, 0.0), axis=0)
+            group_row = pid_m * (BLOCK_M // DB_GROUP) + g
+            tl.store(DB_PARTIAL + group_row * stride_db + local_cols, partial, mask=local_cols < chunk_cols)
 
 
 # Tuning choices, one list per kernel (BLOCK_M, BLOCK_V, BLOCK_D, warps, stages), for
 # H100-class GPUs. Under the interpreter instead one config with large blocks
 # (_interpreter_blocks): its cost is (programs x loop iterations) of numpy calls.
 _FORWARD_STATS_CONFIGS = [  # a GEMM whose epilogue keeps per-row running state
-    (128, 128, 64, 8, 3),  # 128 x 256 tiles spill registers (ptxas, sm_90)
-    (128, 128, 64, 8, 4),
+    (128, 128, 64, 8, 3),  # 128 x 256 tiles spill registers (ptxas, sm_90); so do 4-warp configs
+    (128, 128, 64, 8, 4),  # (64 x 128: 16 B, issue 13; 128 x 64: 16 B in fp16 with Triton 3.6)
     (128, 128, 128, 8, 3),
     (64, 256, 64, 8, 3),
-    (64, 128, 64, 4, 4),
-    (128, 64, 64, 4, 4),
 ]
 _DLOGITS_CONFIGS = [  # one output tile per program, stored in the input dtype
-    (128, 128, 64, 8, 3),
-    (128, 256, 64, 8, 3),
+    (128, 128, 64, 8, 3),  # 128 x 256 tiles spill registers (ptxas, sm_90, fp16 without bias)
     (128, 128, 64, 4, 4),
     (128, 128, 128, 8, 3),
     (64, 128, 64, 4, 4),
@@ -450,22 +468,88 @@ def _dlogits_chunk_cols(M: int, V: int, element_size: int) -> int:
     return min(cols, V)
 
 
-_MM_OUT_DTYPE_WORKS: dict = {}
+def _padded_cols(cols: int) -> int:
+    """Row length of the dlogits block: ``cols`` rounded up to 64 (128-byte rows in 16 bits)."""
+    return triton.cdiv(cols, 64) * 64
+
+
+# The bias gradient: the dlogits kernel writes fp32 column sums of each group of _DB_GROUP
+# rows (whatever BLOCK_M its config has), and the groups are summed in PyTorch.
+_DB_GROUP = 64
+_MAX_DLOGITS_BLOCK_M = 128
+assert all(c[0] % _DB_GROUP == 0 and c[0] <= _MAX_DLOGITS_BLOCK_M for c in _DLOGITS_CONFIGS + [(64,)])
+
+
+def _db_partial_rows(M: int) -> int:
+    """Rows of the partial-sum buffer: enough for the grid of any BLOCK_M (the last block of a
+    128-row config writes a group of padding rows, zeros, that is never summed)."""
+    return triton.cdiv(M, _MAX_DLOGITS_BLOCK_M) * (_MAX_DLOGITS_BLOCK_M // _DB_GROUP)
+
+
+def _write_dlogits(dz, db_partial, x, targets, weight, bias, lse, scale, v_begin: int, cols: int,
+                   ignore_index: int) -> None:
+    """``dz[:, :cols] = s * (softmax - onehot)`` of vocabulary columns ``v_begin .. v_begin + cols``
+    (0 for ignored rows), ``dz[:, cols:_padded_cols(cols)] = 0``, and with a bias
+    ``db_partial[g, :cols]`` = the fp32 sum of rows ``64 g .. 64 g + 63`` of it."""
+    M, D = x.shape
+    V = weight.shape[0]
+    padded_cols = _padded_cols(cols)
+    blocks = {}
+    if _INTERPRET:
+        blocks = _interpreter_blocks(M, padded_cols, D)
+        blocks["BLOCK_M"] = max(blocks["BLOCK_M"], _DB_GROUP)
+    grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]), triton.cdiv(padded_cols, meta["BLOCK_V"]))  # noqa: E731
+    _dlogits[grid](
+        x,  # [M, D]
+        targets,  # [M] int64
+        weight,  # [V, D]
+        bias if bias is not None else weight,  # [V] (dummy when None)
+        lse,  # [M] fp32
+        scale,  # [] fp32
+        dz,  # [M, >= padded_cols]
+        db_partial if db_partial is not None else lse,  # [groups, >= cols] fp32 (dummy when no bias)
+        M, V, D, v_begin, cols, padded_cols, ignore_index, x.stride(0), weight.stride(0), dz.stride(0),
+        db_partial.stride(0) if db_partial is not None else 0,
+        HAS_BIAS=bias is not None,
+        INPUT_PRECISION=_input_precision(x.dtype),
+        DOT_IN_FP32=_INTERPRET and x.dtype == torch.bfloat16,
+        DB_GROUP=_DB_GROUP,
+        **blocks,
+    )
+
+
+_MM_OUT_DTYPE_WORKS: dict = {}  # (device type, dtype, "mm" | "addmm") -> does torch take out_dtype there
+
+
+def _mm_out_dtype(name: str, a: torch.Tensor, call):
+    """``call()`` (a GEMM with ``out_dtype=torch.float32``) where this torch has it, else None."""
+    key = (a.device.type, a.dtype, name)
+    if not a.is_cuda or not _MM_OUT_DTYPE_WORKS.get(key, True):
+        return None
+    try:
+        out = call()
+    except (TypeError, RuntimeError, NotImplementedError):
+        _MM_OUT_DTYPE_WORKS[key] = False
+        return None
+    _MM_OUT_DTYPE_WORKS[key] = True
+    return out
 
 
 def _matmul_fp32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``a @ b`` with an fp32 result; bf16/fp16 inputs keep fp32 out of cuBLAS when torch can."""
     if a.dtype == torch.float32:
         return torch.mm(a, b)
-    key = (a.device.type, a.dtype)
-    if _MM_OUT_DTYPE_WORKS.get(key, True) and a.is_cuda:
-        try:
-            out = torch.mm(a, b, out_dtype=torch.float32)
-            _MM_OUT_DTYPE_WORKS[key] = True
-            return out
-        except (TypeError, RuntimeError, NotImplementedError):
-            _MM_OUT_DTYPE_WORKS[key] = False
-    return torch.mm(a, b).float()
+    out = _mm_out_dtype("mm", a, lambda: torch.mm(a, b, out_dtype=torch.float32))
+    return out if out is not None else torch.mm(a, b).float()
+
+
+def _add_matmul_fp32(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``acc + a @ b`` for an fp32 ``acc``: one GEMM that reads ``acc`` (cuBLAS beta = 1) where
+    torch can, else a GEMM into an fp32 temporary and an add."""
+    if a.dtype == torch.float32:
+        return acc.addmm_(a, b)
+    out = _mm_out_dtype("addmm", a, lambda: torch.addmm(acc, a, b, out_dtype=torch.float32))
+    return out if out is not None else acc.add_(_matmul_fp32(a, b))
 
 
 def masked_lm_loss_backward(
@@ -491,39 +575,31 @@ def masked_lm_loss_backward(
     x = hidden if positions is None else hidden.index_select(0, positions)  # [M, D]
     x = x.contiguous()
     valid = targets != ignore_index
-    scale = grad_loss.float() / valid.sum().clamp(min=1)  # [] fp32, no sync
+    scale = (grad_loss.float() / valid.sum().clamp(min=1)).reshape(())  # [] fp32, no sync
 
     chunk = _dlogits_chunk_cols(M, V, hidden.element_size())
-    # [M, chunk] softmax - onehot; rows padded to 64 columns so every row starts 128-byte aligned
-    dz = torch.empty(M, triton.cdiv(chunk, 64) * 64, dtype=hidden.dtype, device=device)[:, :chunk]
+    # [M, chunk] s * (softmax - onehot); rows padded to 64 columns so that every row starts
+    # 128-byte aligned and the stores vectorise. The kernel writes each chunk's columns
+    # rounded up to 64 (zeros past the chunk): a CPU bf16 GEMM (oneDNN's AMX brgemm) reads
+    # its K-tail past the view's columns, so NaN/Inf left there by an earlier allocation
+    # would poison whole rows of dX.
+    dz = torch.empty(M, _padded_cols(chunk), dtype=hidden.dtype, device=device)
+    db_partial = None if bias is None else torch.empty(_db_partial_rows(M), chunk, dtype=torch.float32, device=device)
+    db_groups = triton.cdiv(M, _DB_GROUP)
     dweight = torch.empty_like(weight, memory_format=torch.contiguous_format)
-    dbias = torch.empty(V, dtype=torch.float32, device=device)
-    dx = torch.zeros(M, D, dtype=torch.float32, device=device)
-    blocks = _interpreter_blocks(M, chunk, D) if _INTERPRET else {}
+    dbias = torch.zeros(V, dtype=torch.float32, device=device) if bias is None else torch.empty(
+        V, dtype=torch.float32, device=device)
+    dx = None  # fp32 [M, D], the sum over chunks of dz @ W[chunk]
     for v_begin in range(0, V, chunk):
         cols = min(chunk, V - v_begin)
-        grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]), triton.cdiv(cols, meta["BLOCK_V"]))  # noqa: E731
-        _dlogits[grid](
-            x,  # [M, D]
-            targets,  # [M] int64
-            weight,  # [V, D]
-            bias if bias is not None else weight,  # [V] (dummy when None)
-            lse,  # [M] fp32
-            dz,  # [M, chunk]
-            M, V, D, v_begin, cols, ignore_index, x.stride(0), weight.stride(0), dz.stride(0),
-            HAS_BIAS=bias is not None,
-            INPUT_PRECISION=_input_precision(hidden.dtype),
-            DOT_IN_FP32=_INTERPRET and hidden.dtype == torch.bfloat16,
-            **blocks,
-        )
+        _write_dlogits(dz, db_partial, x, targets, weight, bias, lse, scale, v_begin, cols, ignore_index)
         dz_chunk = dz[:, :cols]
         torch.mm(dz_chunk.t(), x, out=dweight[v_begin : v_begin + cols])
-        dbias[v_begin : v_begin + cols] = dz_chunk.sum(dim=0, dtype=torch.float32)
-        dx += _matmul_fp32(dz_chunk, weight[v_begin : v_begin + cols])
-    del dz, dz_chunk  # free the chunk before dhidden [N, d] is allocated (lower peak)
-    dweight.mul_(scale)
-    dbias.mul_(scale)
-    dx.mul_(scale)
+        if db_partial is not None:  # the groups in order: the same sum every run
+            torch.sum(db_partial[:db_groups, :cols], dim=0, out=dbias[v_begin : v_begin + cols])
+        w_chunk = weight[v_begin : v_begin + cols]
+        dx = _matmul_fp32(dz_chunk, w_chunk) if dx is None else _add_matmul_fp32(dx, dz_chunk, w_chunk)
+    del dz, dz_chunk, db_partial  # free the chunk before dhidden [N, d] is allocated (lower peak)
     if positions is None:
         return dx.to(hidden.dtype), dweight, dbias
     dhidden = torch.zeros_like(hidden, memory_format=torch.contiguous_format)

@@ -8,11 +8,11 @@ import importlib
 import math
 
 
-
-def test_bench_masked_lm_loss_smoke_rows(tmp_path):
+def test_bench_masked_lm_loss_smoke_rows(tmp_path, capsys):
     bench = importlib.import_module("benchmarks.bench_masked_lm_loss")
     common = importlib.import_module("benchmarks.common")
     rows = bench.run(smoke=True)
+    assert "byte model of our backward, T64-M10-V97-d32" in capsys.readouterr().out
     assert {r.impl for r in rows} >= {"ours", "ours+validate", "full-logits+CE", "gather+CE"}
     for r in rows:
         assert r.suite == "masked_lm_loss" and r.mode == "fwd+bwd", r
@@ -22,3 +22,25 @@ def test_bench_masked_lm_loss_smoke_rows(tmp_path):
     path = common.write_csv(rows, str(tmp_path / "mlm.csv"))
     with open(path) as f:
         assert len(list(csv.DictReader(f))) == len(rows)
+
+
+def test_bench_masked_lm_loss_prints_the_byte_model_without_a_gpu(capsys):
+    bench = importlib.import_module("benchmarks.bench_masked_lm_loss")
+    assert bench.run(smoke=False, bytes_only=True) == []
+    out = capsys.readouterr().out
+    assert "T16384-M2458-V28996-d768" in out and "T16384-M2458-V28996-d1024" in out
+    assert out.count("GB per backward call") == 2
+
+
+def test_byte_model_of_the_backward_at_the_base_shapes():
+    """Issue 15: the backward moves 0.69 GB a call at T16384 M2458 V28996 d768 bf16 (it moved
+    0.985 GB before the scale, the bias gradient and the dX accumulation were folded in);
+    dz is written once and read by the two GEMMs only, in chunks, never as [M, V]."""
+    loss_bytes = importlib.import_module("benchmarks.loss_bytes")
+    mlm = importlib.import_module("spanbert_fast.kernels.masked_lm_loss")
+    traffic = loss_bytes.backward_traffic(**loss_bytes.BASE_SHAPE)
+    assert loss_bytes.total_bytes(traffic) <= 0.69e9
+    steps = {t.step.split(" [")[0] for t in traffic}
+    assert steps.isdisjoint({"scale dW", "scale dX", "db column sum", "dX add"}), steps
+    dz_written = [t.written for t in traffic if t.buffer.startswith("s * dz")]
+    assert len(dz_written) == 3 and max(dz_written) <= mlm.DLOGITS_CHUNK_BYTES

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from spanbert_fast import ops
 from spanbert_fast.kernels import masked_lm_loss as mlm
 from helpers import DEVICE, FP32_REDUCTION_TOL, FP32_TOL, assert_close_fp32, assert_close_lowp
+from poison import poisoned_allocations
 
 IGNORE = -100
 
@@ -99,6 +100,42 @@ def test_backward_in_several_vocabulary_chunks(monkeypatch):
     assert_parity(
         loss_and_grads(mlm.masked_lm_loss, *inputs), loss_and_grads(ops.masked_lm_loss_torch, *inputs), FP32_TOL
     )
+
+
+def mm_reading_the_k_tail(original_mm):
+    """``torch.mm`` as oneDNN's AMX bf16 brgemm computes it (uxlfoundation/oneDNN#5717): for a
+    row-major ``a`` whose rows are padded (``a.stride(0) > K``) it reads the K-tail up to a
+    multiple of 32, past the view's columns, and multiplies those by B's zero padding."""
+
+    def mm(a, b, *, out=None):
+        k = a.shape[1]
+        k_read = min(-(-k // 32) * 32, a.stride(0)) if a.dim() == 2 and a.stride(1) == 1 else k
+        if k_read > k:
+            a = a.as_strided((a.shape[0], k_read), a.stride())
+            b = torch.cat([b, b.new_zeros(k_read - k, b.shape[1])])
+        return original_mm(a, b) if out is None else original_mm(a, b, out=out)
+
+    return mm
+
+
+@pytest.mark.parametrize("chunks", ["one-chunk", "chunks-of-256"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=["fp32", "bf16", "fp16"])
+def test_backward_independent_of_a_gemm_reading_row_padding(monkeypatch, dtype, chunks):
+    """Issue 20: the dlogits block's rows are padded (1000 columns in rows of 1024), and a
+    GEMM that reads past the view's columns (oneDNN's AMX bf16 kernel does) must find zeros
+    there, not what an earlier allocation left (here NaN, from the poison)."""
+    if chunks == "chunks-of-256":  # four chunks, the last one partial (232 columns)
+        monkeypatch.setattr(mlm, "DLOGITS_CHUNK_BYTES", 300 * 256 * torch.tensor([], dtype=dtype).element_size())
+    inputs = make_inputs(330, 64, 1000, 300, duplicates=True, ignore_every=6)
+    inputs = [t.to(dtype) if t is not None and t.is_floating_point() else t for t in inputs]
+    plain = loss_and_grads(mlm.masked_lm_loss, *inputs)
+    monkeypatch.setattr(torch, "mm", mm_reading_the_k_tail(torch.mm))
+    with poisoned_allocations():
+        tail_reading = loss_and_grads(mlm.masked_lm_loss, *inputs)
+    tol = FP32_TOL if dtype == torch.float32 else 1e-2
+    for name, a, b in zip(("loss", "n_correct", "d hidden", "d weight", "d bias"), tail_reading, plain):
+        assert torch.isfinite(a.float()).all(), f"{name} is not finite"
+        assert_close_fp32(a, b, tol, name=name)
 
 
 @pytest.mark.parametrize("ignore_index", [IGNORE, 3], ids=["ignore-100", "ignore3"])
