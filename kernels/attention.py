@@ -117,14 +117,15 @@ def _configs(shapes):
 
 # H100, head dims 32-128. BLOCK_M: query tile, BLOCK_N: key tile. No config may spill registers
 # (benchmarks/notes/attention_static.md): gone are fwd 128x64 w4 (spilled with dropout), dK/dV
-# 32x128 w4 (spilled), dQ 128x32 w4 and 64x128 w8 (spilled under Triton 3.6's ptxas).
+# 32x128 w4 (spilled), dK/dV 64x64 w4 (the single-pass backward spilled with dropout under
+# Triton 3.6), dQ 128x32 w4 and 64x128 w8 (spilled under Triton 3.6's ptxas).
 FWD_CONFIGS = _configs([
     (128, 64, 8, 3), (128, 128, 8, 2), (128, 128, 8, 3), (64, 64, 4, 3), (64, 128, 4, 3), (128, 32, 4, 4),
 ])
 # dK/dV kernel: a key tile of BLOCK_N rows stays resident, query tiles of BLOCK_M stream past.
 # The single-pass backward (ACCUMULATE_DQ) tunes the same list.
 BWD_DKDV_CONFIGS = _configs([
-    (64, 128, 8, 2), (64, 128, 8, 3), (64, 64, 4, 3), (32, 64, 4, 3), (64, 64, 8, 2),
+    (64, 128, 8, 2), (64, 128, 8, 3), (32, 64, 4, 3), (64, 64, 8, 2),
 ])
 # dQ kernel: a query tile of BLOCK_M rows stays resident, key tiles of BLOCK_N stream past.
 BWD_DQ_CONFIGS = _configs([
