@@ -347,7 +347,8 @@ def _fwd_loop(
         alpha = tl.exp2(m_i - m_use)
         l_i = l_i * alpha + tl.sum(p, 1)
         if HAS_DROPOUT:
-            p = tl.where(_dropout_keep(row_keys, n0, multiplier, threshold, BLOCK_N), p, 0.0)
+            # a product with 0/1 rather than a select: a select after the bf16 conversion costs a byte permute
+            p = p * _dropout_keep(row_keys, n0, multiplier, threshold, BLOCK_N).to(tl.float32)
         if MASKED:
             v = tl.load(v_ptrs, mask=offs_n[:, None] < length, other=0.0)
         else:
@@ -611,7 +612,7 @@ def _dq_loop(
         dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
         if HAS_DROPOUT:
             keep = _dropout_keep(row_keys, n0, multiplier, threshold, BLOCK_N)
-            ds = p * (tl.where(keep, dp, 0.0) * inv_keep - delta[:, None])
+            ds = p * (dp * tl.where(keep, inv_keep, 0.0) - delta[:, None])
         else:
             ds = p * (dp - delta[:, None])
         dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION)
