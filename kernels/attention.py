@@ -137,7 +137,7 @@ FP32_FWD = fp32_tunes_one_config(triton.Config({"BLOCK_M": 64, "BLOCK_N": 32}, n
 FP32_BWD_DKDV = fp32_tunes_one_config(triton.Config({"BLOCK_M": 32, "BLOCK_N": 64}, num_warps=4, num_stages=2), "Q")
 FP32_BWD_DQ = fp32_tunes_one_config(triton.Config({"BLOCK_M": 64, "BLOCK_N": 32}, num_warps=4, num_stages=2), "Q")
 PREPROCESS_BLOCK_M = 64
-KEEP_MASK_BLOCK = 64
+KEEP_MASK_BLOCK = 128 if _INTERPRET else 64  # under the interpreter: fewer, larger programs
 
 
 # --------------------------------------------------------------------------- Triton helpers
