@@ -8,13 +8,19 @@ masked tiles shows it.
 
 Cases (GPU, bf16):
 
-* dense ``B32 H12 S512``, ``B32 H16 S512``, ``B8 H12 S2048`` (D = 64): ours vs SDPA (flash);
+* dense ``B32 H12 S512``, ``B32 H16 S512``, ``B8 H12 S2048`` (D = 64): ours vs SDPA with the
+  flash backend; the training shape ``B32 H12 S512`` also at attention dropout 0.1 (BERT's
+  ``attention_probs_dropout_prob``), SDPA with the same ``dropout_p``;
 * the same shapes with right padding, lengths uniform in ``[S/4, S]``: ours with
   ``seq_lens``, ours through ``ops.attention(..., backend="triton")`` (unpad -> varlen ->
   repad, what the model runs), SDPA with a boolean key-padding mask;
-* varlen: 32 sequences, lengths uniform in [128, 512], 12 heads: ours packed vs SDPA on the
-  padded batch with a key-padding mask;
+* varlen: 32 sequences, lengths uniform in [128, 512], 12 heads, dropout 0 and 0.1: ours packed
+  vs SDPA on the padded batch with a key-padding mask and the same dropout;
 * sliding windows 64 and 128 at ``B32 H12 S512``: ours vs SDPA with a band mask.
+
+Every "ours" row uses the default deterministic two-kernel backward; "ours single-pass" rows
+(dense and varlen) use ``deterministic=False`` (dQ by fp32 atomics), to choose the default by
+measurement.
 
 ``smoke=True`` runs tiny shapes (on a machine without a GPU: on CPU through the Triton interpreter; importing this module
 there sets ``TRITON_INTERPRET=1`` when Triton is not yet imported): it checks that the suite runs,
@@ -81,6 +87,20 @@ def _measure(rows: List[Result], case: str, impl: str, fwd: Callable[[], torch.T
         t.grad = None
 
 
+def _sdpa_flash(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float) -> torch.Tensor:
+    """SDPA restricted to its flash backend on a GPU (the dense baseline); any backend on CPU."""
+    if not q.is_cuda:
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
+
+
+def _dropout_tag(dropout_p: float) -> str:
+    return f"-p{dropout_p:g}" if dropout_p else ""
+
+
 def _random_lengths(batch: int, low: int, high: int, generator: torch.Generator) -> List[int]:
     return torch.randint(low, high + 1, (batch,), generator=generator).tolist()
 
@@ -106,13 +126,19 @@ def run(smoke: bool = False) -> List[Result]:
         return torch.randn(*shape, generator=generator).to(device=device, dtype=dtype)
 
     rows: List[Result] = []
-    for batch, heads, seq_len, head_dim in dense_shapes:
+    for index, (batch, heads, seq_len, head_dim) in enumerate(dense_shapes):
         q, k, v = randn(batch, heads, seq_len, head_dim), randn(batch, heads, seq_len, head_dim), \
             randn(batch, heads, seq_len, head_dim)
-        case = f"B{batch}-H{heads}-S{seq_len}-D{head_dim}"
         flops = attention_flops(heads, head_dim, [seq_len] * batch)
-        _measure(rows, case, "ours", lambda: kernel.attention(q, k, v), [q, k, v], flops, smoke)
-        _measure(rows, case, "sdpa", lambda: F.scaled_dot_product_attention(q, k, v), [q, k, v], flops, smoke)
+        # the first shape is the training one: it also runs with dropout, and the single-pass backward
+        for p in (0.0, 0.1) if index == 0 else (0.0,):
+            case = f"B{batch}-H{heads}-S{seq_len}-D{head_dim}{_dropout_tag(p)}"
+            _measure(rows, case, "ours", lambda: kernel.attention(q, k, v, dropout_p=p), [q, k, v], flops, smoke)
+            if index == 0:
+                _measure(rows, case, "ours single-pass",
+                         lambda: kernel.attention(q, k, v, dropout_p=p, deterministic=False), [q, k, v], flops, smoke)
+            _measure(rows, case, "sdpa flash", lambda: _sdpa_flash(q, k, v, p), [q, k, v], flops, smoke)
+        case = f"B{batch}-H{heads}-S{seq_len}-D{head_dim}"
 
         # Right padding, lengths uniform in [S/4, S].
         lengths = _random_lengths(batch, seq_len // 4, seq_len, generator)
@@ -140,14 +166,21 @@ def run(smoke: bool = False) -> List[Result]:
         randn(total, varlen_heads, head_dim)
     mask = _lengths_mask(lengths, max_seqlen, device)
     q, k, v = (randn(varlen_batch, varlen_heads, max_seqlen, head_dim) for _ in range(3))
-    case = f"varlen-B{varlen_batch}-H{varlen_heads}-L{varlen_range[0]}..{varlen_range[1]}-D{head_dim}"
     flops = attention_flops(varlen_heads, head_dim, lengths)
     extra = f"T={total}, max_seqlen={max_seqlen}, flops of real tokens"
-    _measure(rows, case, "ours varlen", lambda: kernel.attention_varlen(qp, kp, vp, cu_seqlens, max_seqlen),
-             [qp, kp, vp], flops, smoke, extra)
     sdpa_mask = mask[:, None, None, :]
-    _measure(rows, case, "sdpa mask (padded)",
-             lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=sdpa_mask), [q, k, v], flops, smoke, extra)
+    for p in (0.0, 0.1):
+        case = (f"varlen-B{varlen_batch}-H{varlen_heads}-L{varlen_range[0]}..{varlen_range[1]}-D{head_dim}"
+                f"{_dropout_tag(p)}")
+        _measure(rows, case, "ours varlen",
+                 lambda: kernel.attention_varlen(qp, kp, vp, cu_seqlens, max_seqlen, dropout_p=p),
+                 [qp, kp, vp], flops, smoke, extra)
+        _measure(rows, case, "ours varlen single-pass",
+                 lambda: kernel.attention_varlen(qp, kp, vp, cu_seqlens, max_seqlen, dropout_p=p, deterministic=False),
+                 [qp, kp, vp], flops, smoke, extra)
+        _measure(rows, case, "sdpa mask (padded)",
+                 lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=sdpa_mask, dropout_p=p), [q, k, v], flops,
+                 smoke, extra)
 
     # Sliding windows vs SDPA with a band mask.
     batch, heads, seq_len, head_dim = window_shape

@@ -1,11 +1,11 @@
-"""Fused bidirectional attention (flash-style) in Triton: forward and deterministic backward.
+"""Fused bidirectional attention (flash-style) in Triton: forward, and a deterministic or a single-pass backward.
 
 Math (one sequence b, one head h; L = its length, i a query position, j a key position)::
 
     S_ij = scale * q_i . k_j                          scale = softmax_scale or 1/sqrt(D)
     allowed_ij = j < L  and  (|i - j| <= window  if window is not None)
     P_ij = softmax_j(S_ij over allowed j)            in fp32, online (running max m, sum l)
-    Z_ij = keep bit of Philox(seed, b, h, i, j)       only when dropout_p > 0
+    Z_ij = keep bit of hash(seed, b * H + h, i, j)    only when dropout_p > 0 (see Dropout)
     O_i  = sum_j P_ij * Z_ij / (1 - p) * v_j          padded query rows (i >= L) are zeros
 
 Backward (the usual flash-attention recurrences; Z/(1-p) = 1 without dropout)::
@@ -32,9 +32,19 @@ the ``[S, S]`` probabilities. The backward recomputes ``P = exp2(S * log2(e) - l
 tile, which costs one extra ``q k^T`` but keeps memory linear in S. O is kept for
 ``Delta = rowsum(dO * O)``, computed once by a small preprocessing kernel.
 
-The backward is deterministic: one kernel owns a key tile and loops over query tiles to
-accumulate dK and dV; a second kernel owns a query tile and loops over key tiles for dQ.
-No atomics, so the same inputs always give bit-identical gradients.
+Two backwards, chosen by ``deterministic`` (default True):
+
+* deterministic: one kernel owns a key tile and loops over query tiles to accumulate dK and dV;
+  a second kernel owns a query tile and loops over key tiles for dQ. No atomics, so the same
+  inputs always give bit-identical gradients. Seven tile matmuls per (query, key) tile pair
+  (dK/dV: q k^T, v dO^T, P^T dO, dS^T q; dQ: q k^T, dO v^T, dS k), and exp2/dropout twice.
+* single-pass (``deterministic=False``, as FlashAttention-2): the dK/dV kernel also computes
+  each query tile's ``dS k`` and adds it into a zeroed fp32 dQ buffer with atomics; five
+  matmuls per tile pair and one kernel fewer, but the fp32 sums' order (so their last bits)
+  varies from run to run, and the buffer costs 4 bytes per dQ element.
+
+The softmax scale is folded into the exp2 argument: ``exp2(qk * scale * log2(e) - m)`` is one
+FMA per score (the forward's running max is taken on the raw ``q k^T`` tile, then scaled).
 
 Local attention: with ``window = w`` a query tile [m0, m0 + BLOCK_M) only visits key tiles
 that intersect [m0 - w, m0 + BLOCK_M - 1 + w] (and symmetrically in the dK/dV kernel), so the
@@ -42,16 +52,24 @@ cost falls linearly with the window. In every kernel the tiles where all pairs a
 (both tiles inside the sequence and inside the window) run in a loop without masks; only the
 edge tiles pay for the masking (``_visit_ranges``).
 
-Dropout: the keep bit of element (b, h, i, j) is ``u >= p * 65536`` where ``u`` is a 16-bit
-word of Philox-4x32-7 with key ``seed`` and counter ``(i * ceil(S_mask / 8) + j // 8, b * H + h,
-0, 0)``: its four 32-bit outputs r0..r3 give eight 16-bit words, and key j takes word ``j % 8`` of
-(r0 lo, r2 lo, r1 lo, r3 lo, r0 hi, r2 hi, r1 hi, r3 hi). So one Philox call serves 8 keys, and the keep probability is
-1 - p to within 2^-16 (tiles are multiples of 8 keys; counters stay unique for S_mask < 185k).
-``S_mask`` is the padded length S, or ``max_seqlen`` for varlen input. So the
-mask of a varlen call is ``attention_dropout_keep_mask(B, H, max_seqlen, p, seed)[b, :, :L, :L]``
-for sequence b, and a padded call with ``seq_lens`` uses the same bits as an unmasked call.
-The backward regenerates the same bits; nothing of the mask is stored. The seed is a
-one-element int64 tensor that the kernels load, so a fresh one costs no host sync
+Dropout: the keep bit of element (b, h, i, j) (i, j local to the sequence) is a pure function of
+(seed, b * H + h, i, j), computed in registers in the layout the score tile already has::
+
+    key, mult = lowbias32 chain of (seed low word, seed high word, b * H + h); mult odd
+    pair(j)   = (j // 16) * 8 + j % 8            keys j and j + 8 (j % 16 < 8) share a hash
+    x         = ((i << 16) ^ key ^ pair(j)) * mult, then  x ^= x >> 16; x *= 0x7FEB352D;
+                x ^= x >> 15; x *= 0x846CA68B          (all uint32)
+    u         = low 16 bits of x for j % 16 < 8, high 16 bits for the other key of the pair
+    Z_ij      = u >= ceil(p * 65536)                   (p rounded up to a multiple of 2^-16)
+
+In the wgmma accumulator layout one thread holds columns j and j + 8 of a [queries, keys]
+tile, and rows j and j + 8 of the transposed [keys, queries] tile of the dK/dV kernel, so
+each 32-bit hash is computed once, by the thread that uses both of its halves, and no random
+bit is moved between threads or through shared memory. Rows are unique for i < 65536.
+Nothing depends on tile sizes or on the sequence length, so the mask of sequence b of length L
+(padded with ``seq_lens`` or varlen) is ``attention_dropout_keep_mask(B, H, S, p, seed)[b, :, :L, :L]``
+for any S >= L. The backward regenerates the same bits; nothing of the mask is stored. The
+seed is a one-element int64 tensor that the kernels load, so a fresh one costs no host sync
 (:mod:`._dropout_seed`). With ``p = 0`` the
 dropout code is removed at compile time (``HAS_DROPOUT`` constexpr).
 """
@@ -97,18 +115,21 @@ def _configs(shapes):
     ]
 
 
-# H100, head dims 32-128. BLOCK_M: query tile, BLOCK_N: key tile.
+# H100, head dims 32-128. BLOCK_M: query tile, BLOCK_N: key tile. No config may spill registers
+# (benchmarks/notes/attention_static.md): gone are fwd 128x64 w4 (spilled with dropout), dK/dV
+# 32x128 w4 (spilled), dK/dV 64x64 w4 (the single-pass backward spilled with dropout under
+# Triton 3.6), dQ 128x32 w4 and 64x128 w8 (spilled under Triton 3.6's ptxas).
 FWD_CONFIGS = _configs([
-    (128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 2), (128, 128, 8, 3),
-    (64, 64, 4, 3), (64, 128, 4, 3), (128, 32, 4, 4),
+    (128, 64, 8, 3), (128, 128, 8, 2), (128, 128, 8, 3), (64, 64, 4, 3), (64, 128, 4, 3), (128, 32, 4, 4),
 ])
 # dK/dV kernel: a key tile of BLOCK_N rows stays resident, query tiles of BLOCK_M stream past.
+# The single-pass backward (ACCUMULATE_DQ) tunes the same list.
 BWD_DKDV_CONFIGS = _configs([
-    (32, 128, 4, 3), (64, 128, 8, 2), (64, 128, 8, 3), (64, 64, 4, 3), (32, 64, 4, 3), (64, 64, 8, 2),
+    (64, 128, 8, 2), (64, 128, 8, 3), (32, 64, 4, 3), (64, 64, 8, 2),
 ])
 # dQ kernel: a query tile of BLOCK_M rows stays resident, key tiles of BLOCK_N stream past.
 BWD_DQ_CONFIGS = _configs([
-    (128, 32, 4, 3), (128, 64, 8, 2), (128, 64, 8, 3), (64, 64, 4, 3), (64, 32, 4, 3), (64, 128, 8, 2),
+    (128, 64, 8, 2), (128, 64, 8, 3), (64, 64, 4, 3), (64, 32, 4, 3),
 ])
 AUTOTUNE_KEY = ["HEAD_DIM", "SEQ_BUCKET", "MODE", "HAS_WINDOW", "HAS_DROPOUT", "DOT_PRECISION"]
 # fp32 inputs (parity tests) are not tuned: one small config each (see _autotune).
@@ -116,7 +137,7 @@ FP32_FWD = fp32_tunes_one_config(triton.Config({"BLOCK_M": 64, "BLOCK_N": 32}, n
 FP32_BWD_DKDV = fp32_tunes_one_config(triton.Config({"BLOCK_M": 32, "BLOCK_N": 64}, num_warps=4, num_stages=2), "Q")
 FP32_BWD_DQ = fp32_tunes_one_config(triton.Config({"BLOCK_M": 64, "BLOCK_N": 32}, num_warps=4, num_stages=2), "Q")
 PREPROCESS_BLOCK_M = 64
-KEEP_MASK_BLOCK = 64
+KEEP_MASK_BLOCK = 128 if _INTERPRET else 64  # under the interpreter: fewer, larger programs
 
 
 # --------------------------------------------------------------------------- Triton helpers
@@ -144,27 +165,75 @@ def _tile_and_head(seq_len, TILE: tl.constexpr):
 
 
 @triton.jit
-def _dropout_keep(seed, bh, offs_m, n0, mask_seq_len, dropout_p, BLOCK_N: tl.constexpr):
-    """[BLOCK_M, BLOCK_N] keep bits for queries ``offs_m`` x keys ``n0 .. n0 + BLOCK_N``.
+def _mix32(x):
+    """A bijection of uint32 in which every output bit depends on every input bit: xorshift-multiply
+    rounds with the multipliers of the "lowbias32" integer hash. Used for the per-program keys."""
+    x ^= x >> 16
+    x *= 0x7FEB352D
+    x ^= x >> 15
+    x *= 0x846CA68B
+    x ^= x >> 16
+    return x
 
-    One Philox-4x32-7 call gives 128 bits = eight 16-bit uniforms, used for 8 consecutive
-    keys (n0 is a multiple of 8): 8x fewer Philox rounds than one call per element.
+
+@triton.jit
+def _dropout_keys(seed, bh, dropout_p):
+    """Per program: (key, odd multiplier) of the keep-bit hash of head ``bh`` under ``seed`` (int64),
+    and the keep threshold ``T << 16`` with ``T = ceil(p * 65536)`` (at most 65535)."""
+    seed64 = seed.to(tl.uint64)
+    low = (seed64 & 0xFFFFFFFF).to(tl.uint32)
+    high = (seed64 >> 32).to(tl.uint32)
+    key = _mix32(low ^ _mix32(high ^ _mix32(bh.to(tl.uint32) + 0x9E3779B9)))
+    multiplier = _mix32(key + 0x6A09E667) | 1
+    threshold = tl.minimum(tl.ceil(dropout_p * 65536.0), 65535.0).to(tl.uint32) << 16
+    return key, multiplier, threshold
+
+
+@triton.jit
+def _dropout_row_keys(offs_m, key):
+    """``(i << 16) ^ key`` of query rows ``offs_m``: the row half of the hash input (uint32)."""
+    return (offs_m.to(tl.uint32) << 16) ^ key
+
+
+@triton.jit
+def _dropout_bits(row_keys, pairs, multiplier):
+    """32 random bits of (query row, key pair), broadcast over the shapes given: a multiply by
+    the head's odd key, then two xorshift-multiply rounds. The low and high 16-bit halves are
+    the uniforms of the pair's two keys (``_dropout_keep``)."""
+    x = (row_keys ^ pairs.to(tl.uint32)) * multiplier
+    x ^= x >> 16
+    x *= 0x7FEB352D
+    x ^= x >> 15
+    return x * 0x846CA68B
+
+
+@triton.jit
+def _dropout_keep(row_keys, n0, multiplier, threshold, BLOCK_N: tl.constexpr):
+    """[BLOCK_M, BLOCK_N] keep bits of query rows (``row_keys``, [BLOCK_M]) x keys
+    ``n0 .. n0 + BLOCK_N`` (n0 a multiple of 16).
+
+    Keys j and j + 8 (j % 16 < 8) share one 32-bit hash, pair ``(j // 16) * 8 + j % 8``: j takes
+    its low half, j + 8 its high half. In the wgmma accumulator layout one thread holds both
+    columns j and j + 8, and in the transposed tile of the dK/dV kernel both rows j and j + 8,
+    so every hash is computed once, by the thread that uses it, and no bit crosses threads.
     """
-    GROUPS: tl.constexpr = BLOCK_N // 8
-    groups = n0 // 8 + tl.arange(0, GROUPS)
-    groups_per_row = (mask_seq_len + 7) // 8
-    counter = (offs_m[:, None].to(tl.int64) * groups_per_row + groups[None, :]).to(tl.uint32)
-    zero = counter * 0
-    r0, r1, r2, r3 = tl.philox(seed, counter, zero + bh.to(tl.uint32), zero, zero, 7)
-    # Key n0 + 8 g + e takes the e-th of (r0 lo, r2 lo, r1 lo, r3 lo, r0 hi, r2 hi, r1 hi, r3 hi):
-    # tl.join stacks on a new last axis, so the reshape reads the halves in that order.
-    pair0 = tl.join(r0 & 0xFFFF, r0 >> 16)
-    pair1 = tl.join(r1 & 0xFFFF, r1 >> 16)
-    pair2 = tl.join(r2 & 0xFFFF, r2 >> 16)
-    pair3 = tl.join(r3 & 0xFFFF, r3 >> 16)
-    eight = tl.join(tl.join(pair0, pair1), tl.join(pair2, pair3))  # [BLOCK_M, GROUPS, 2, 2, 2]
-    bits = tl.reshape(eight, (offs_m.shape[0], BLOCK_N))
-    return bits.to(tl.float32) >= dropout_p * 65536.0
+    GROUPS: tl.constexpr = BLOCK_N // 16
+    pairs = (n0 // 2 + tl.arange(0, GROUPS * 8)).reshape(GROUPS, 8)
+    bits = _dropout_bits(row_keys[:, None, None], pairs[None, :, :], multiplier)  # [BLOCK_M, GROUPS, 8]
+    # each key's 16 bits at the top of a word: [BLOCK_M, GROUPS, (j, j + 8), 8] -> [BLOCK_M, BLOCK_N]
+    halves = tl.permute(tl.join(bits << 16, bits), (0, 1, 3, 2))
+    return tl.reshape(halves, (row_keys.shape[0], BLOCK_N)) >= threshold
+
+
+@triton.jit
+def _dropout_keep_transposed(row_keys, n0, multiplier, threshold, BLOCK_N: tl.constexpr):
+    """[BLOCK_N, BLOCK_M] keep bits of keys ``n0 .. n0 + BLOCK_N`` (rows) x query rows
+    (``row_keys``, columns): the transpose of :func:`_dropout_keep`, built in this orientation."""
+    GROUPS: tl.constexpr = BLOCK_N // 16
+    pairs = (n0 // 2 + tl.arange(0, GROUPS * 8)).reshape(GROUPS, 8)
+    bits = _dropout_bits(row_keys[None, None, :], pairs[:, :, None], multiplier)  # [GROUPS, 8, BLOCK_M]
+    halves = tl.permute(tl.join(bits << 16, bits), (0, 3, 1, 2))  # [GROUPS, (j, j + 8), 8, BLOCK_M]
+    return tl.reshape(halves, (BLOCK_N, row_keys.shape[0])) >= threshold
 
 
 @triton.jit
@@ -204,15 +273,59 @@ def _visit_ranges(tile_start, TILE: tl.constexpr, length, window, OTHER_TILE: tl
     return lo, full_lo, full_hi, hi
 
 
+@triton.jit
+def _dropout_setup(SEED, bh, dropout_p, HAS_DROPOUT: tl.constexpr):
+    """(key, multiplier, threshold) of the keep-bit hash of head ``bh``; unused zeros without dropout."""
+    key = 0
+    multiplier = 0
+    threshold = 0
+    if HAS_DROPOUT:
+        key, multiplier, threshold = _dropout_keys(load_seed(SEED, HAS_DROPOUT), bh, dropout_p)
+    return key, multiplier, threshold
+
+
+@triton.jit
+def _program_start(
+    Q, K, V, SEQ_INFO, SEED,
+    stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_ks, stride_vb, stride_vh, stride_vs,
+    stride_ob, stride_oh, stride_os, stride_lb, stride_lh,
+    num_heads, seq_len, dropout_p,
+    TILE: tl.constexpr, MODE: tl.constexpr, HAS_DROPOUT: tl.constexpr,
+):
+    """What every attention program (forward and backward) starts with.
+
+    Returns (its tile index along its own axis, the sequence's length, the q/k/v bases of its
+    (sequence, head), the offsets of its rows in the O-like ([B, H, S, D] / [T, H, D] contiguous)
+    and LSE-like tensors, and the dropout hash's key, multiplier and threshold).
+    """
+    pid_tile, pid_bh = _tile_and_head(seq_len, TILE)
+    b = pid_bh // num_heads
+    h = pid_bh % num_heads
+    start, length = _sequence_bounds(SEQ_INFO, b, seq_len, MODE)
+    key, multiplier, threshold = _dropout_setup(SEED, pid_bh, dropout_p, HAS_DROPOUT)
+    b64 = b.to(tl.int64)
+    h64 = h.to(tl.int64)
+    q_base = Q + b64 * stride_qb + h64 * stride_qh + start * stride_qs
+    k_base = K + b64 * stride_kb + h64 * stride_kh + start * stride_ks
+    v_base = V + b64 * stride_vb + h64 * stride_vh + start * stride_vs
+    o_offset = b64 * stride_ob + h64 * stride_oh + start * stride_os
+    lse_offset = b64 * stride_lb + h64 * stride_lh + start
+    return pid_tile, length, q_base, k_base, v_base, o_offset, lse_offset, key, multiplier, threshold
+
+
 # --------------------------------------------------------------------------- forward kernel
 @triton.jit
 def _fwd_loop(
     acc, l_i, m_i, q, k_base, v_base, stride_ks, stride_vs, offs_m, offs_d, n_start, n_end,
-    length, window, qk_scale, dropout_p, seed, pid_bh, seq_len,
+    length, window, qk_scale, row_keys, multiplier, threshold,
     MASKED: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
-    """Online-softmax update of (acc, l_i, m_i) over key tiles [n_start, n_end)."""
+    """Online-softmax update of (acc, l_i, m_i) over key tiles [n_start, n_end).
+
+    The running max is kept in the scaled log2 domain; the scale is applied to the tile max and
+    inside the exp2 argument (one FMA per score) rather than to every score first.
+    """
     for n0 in range(n_start, n_end, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         k_ptrs = k_base + offs_n[None, :] * stride_ks + offs_d[:, None]  # [D, BLOCK_N]
@@ -221,21 +334,21 @@ def _fwd_loop(
             k_t = tl.load(k_ptrs, mask=offs_n[None, :] < length, other=0.0)
         else:
             k_t = tl.load(k_ptrs)
-        scores = tl.dot(q, k_t, input_precision=DOT_PRECISION) * qk_scale  # [BLOCK_M, BLOCK_N]
+        qk = tl.dot(q, k_t, input_precision=DOT_PRECISION)  # [BLOCK_M, BLOCK_N], unscaled
         if MASKED:
             allowed = _allowed(offs_m[:, None], offs_n[None, :], length, window, HAS_WINDOW)
-            scores = tl.where(allowed, scores, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(scores, 1))
+            qk = tl.where(allowed, qk, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
             m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing allowed yet
         else:
-            m_new = tl.maximum(m_i, tl.max(scores, 1))
+            m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
             m_use = m_new
-        p = tl.exp2(scores - m_use[:, None])
+        p = tl.exp2(qk * qk_scale - m_use[:, None])
         alpha = tl.exp2(m_i - m_use)
         l_i = l_i * alpha + tl.sum(p, 1)
         if HAS_DROPOUT:
-            keep = _dropout_keep(seed, pid_bh, offs_m, n0, seq_len, dropout_p, BLOCK_N)
-            p = tl.where(keep, p, 0.0)
+            # a product with 0/1 rather than a select: a select after the bf16 conversion costs a byte permute
+            p = p * _dropout_keep(row_keys, n0, multiplier, threshold, BLOCK_N).to(tl.float32)
         if MASKED:
             v = tl.load(v_ptrs, mask=offs_n[:, None] < length, other=0.0)
         else:
@@ -264,7 +377,7 @@ def _attention_fwd_kernel(
     window,  # |i - j| <= window (only read when HAS_WINDOW)
     qk_scale,  # softmax_scale * log2(e)
     dropout_p,
-    SEED,  # [1] int64 Philox key; read only when HAS_DROPOUT
+    SEED,  # [1] int64 dropout seed; read only when HAS_DROPOUT
     SEQ_BUCKET,  # next power of two of seq_len: autotune key only
     MODE: tl.constexpr,
     HEAD_DIM: tl.constexpr,
@@ -274,21 +387,15 @@ def _attention_fwd_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
-    pid_m, pid_bh = _tile_and_head(seq_len, BLOCK_M)
-    b = pid_bh // num_heads
-    h = pid_bh % num_heads
-    start, length = _sequence_bounds(SEQ_INFO, b, seq_len, MODE)
-    seed = load_seed(SEED, HAS_DROPOUT)
-    b64 = b.to(tl.int64)
-    h64 = h.to(tl.int64)
-    q_base = Q + b64 * stride_qb + h64 * stride_qh + start * stride_qs
-    k_base = K + b64 * stride_kb + h64 * stride_kh + start * stride_ks
-    v_base = V + b64 * stride_vb + h64 * stride_vh + start * stride_vs
-
+    pid_m, length, q_base, k_base, v_base, o_offset, lse_offset, key, multiplier, threshold = _program_start(
+        Q, K, V, SEQ_INFO, SEED, stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_ks,
+        stride_vb, stride_vh, stride_vs, stride_ob, stride_oh, stride_os, stride_lb, stride_lh,
+        num_heads, seq_len, dropout_p, BLOCK_M, MODE, HAS_DROPOUT)
     m0 = pid_m * BLOCK_M
     offs_m = m0 + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
     q = tl.load(q_base + offs_m[:, None] * stride_qs + offs_d[None, :], mask=offs_m[:, None] < length, other=0.0)
+    row_keys = _dropout_row_keys(offs_m, key) if HAS_DROPOUT else offs_m
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -296,13 +403,13 @@ def _attention_fwd_kernel(
     lo, full_lo, full_hi, hi = _visit_ranges(m0, BLOCK_M, length, window, BLOCK_N, HAS_WINDOW)
     # Interior tiles first (no masks), then the masked edges; the online softmax is order-free.
     acc, l_i, m_i = _fwd_loop(acc, l_i, m_i, q, k_base, v_base, stride_ks, stride_vs, offs_m, offs_d,
-                              full_lo, full_hi, length, window, qk_scale, dropout_p, seed, pid_bh, seq_len,
+                              full_lo, full_hi, length, window, qk_scale, row_keys, multiplier, threshold,
                               False, HAS_WINDOW, HAS_DROPOUT, DOT_PRECISION, BLOCK_N)
     acc, l_i, m_i = _fwd_loop(acc, l_i, m_i, q, k_base, v_base, stride_ks, stride_vs, offs_m, offs_d,
-                              lo, full_lo, length, window, qk_scale, dropout_p, seed, pid_bh, seq_len,
+                              lo, full_lo, length, window, qk_scale, row_keys, multiplier, threshold,
                               True, HAS_WINDOW, HAS_DROPOUT, DOT_PRECISION, BLOCK_N)
     acc, l_i, m_i = _fwd_loop(acc, l_i, m_i, q, k_base, v_base, stride_ks, stride_vs, offs_m, offs_d,
-                              full_hi, hi, length, window, qk_scale, dropout_p, seed, pid_bh, seq_len,
+                              full_hi, hi, length, window, qk_scale, row_keys, multiplier, threshold,
                               True, HAS_WINDOW, HAS_DROPOUT, DOT_PRECISION, BLOCK_N)
 
     row_real = offs_m < length
@@ -315,11 +422,9 @@ def _attention_fwd_kernel(
     lse = tl.where(row_real & (l_i > 0.0), m_i + tl.log2(l_safe), 0.0)
     # Padded layouts own all S rows (zeros past the length); packed ones only their own.
     rows_owned = seq_len if MODE != 2 else length
-    o_base = O + b64 * stride_ob + h64 * stride_oh + start * stride_os
-    tl.store(o_base + offs_m[:, None] * stride_os + offs_d[None, :], out.to(O.dtype.element_ty),
+    tl.store(O + o_offset + offs_m[:, None] * stride_os + offs_d[None, :], out.to(O.dtype.element_ty),
              mask=offs_m[:, None] < rows_owned)
-    lse_base = LSE + b64 * stride_lb + h64 * stride_lh + start
-    tl.store(lse_base + offs_m, lse, mask=offs_m < rows_owned)
+    tl.store(LSE + lse_offset + offs_m, lse, mask=offs_m < rows_owned)
 
 
 # --------------------------------------------------------------------------- backward kernels
@@ -356,12 +461,16 @@ def _attention_bwd_preprocess_kernel(
 
 @triton.jit
 def _dkdv_loop(
-    dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qs, stride_os, n0, offs_n, offs_d, m_start, m_end,
-    length, window, qk_scale, dropout_p, seed, pid_bh, seq_len,
+    dk, dv, k, v, q_base, do_base, lse_base, delta_base, dq_base, stride_qs, stride_os, n0, offs_n, offs_d,
+    m_start, m_end, length, window, qk_scale, inv_keep, key, multiplier, threshold,
     MASKED: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    ACCUMULATE_DQ: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    """Accumulate dK, dV of one key tile over query tiles [m_start, m_end)."""
+    """Accumulate dK, dV of one key tile over query tiles [m_start, m_end); with ``ACCUMULATE_DQ``
+    also add each query tile's share ``dS K`` of dQ (unscaled, fp32) into ``dq_base`` atomically.
+
+    With dropout, dV collects ``P * Z`` here and is scaled by ``1 / (1 - p)`` once at the end.
+    """
     for m0 in range(m_start, m_end, BLOCK_M):
         offs_m = m0 + tl.arange(0, BLOCK_M)
         q_ptrs = q_base + offs_m[:, None] * stride_qs + offs_d[None, :]
@@ -378,26 +487,32 @@ def _dkdv_loop(
             lse = tl.load(lse_base + offs_m)
             delta = tl.load(delta_base + offs_m)
         # Transposed tiles [BLOCK_N, BLOCK_M]: rows are keys, columns are queries.
-        scores_t = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION) * qk_scale
-        p_t = tl.exp2(scores_t - lse[None, :])
+        qk_t = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION)
+        p_t = tl.exp2(qk_t * qk_scale - lse[None, :])
         if MASKED:
             allowed_t = _allowed(offs_m[None, :], offs_n[:, None], length, window, HAS_WINDOW)
             p_t = tl.where(allowed_t, p_t, 0.0)
         dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
         if HAS_DROPOUT:
-            keep_t = tl.trans(_dropout_keep(seed, pid_bh, offs_m, n0, seq_len, dropout_p, BLOCK_N))
-            inv_keep = 1.0 / (1.0 - dropout_p)
-            p_dropped_t = tl.where(keep_t, p_t * inv_keep, 0.0)
-            dp_t = tl.where(keep_t, dp_t * inv_keep, 0.0)
+            keep_t = _dropout_keep_transposed(_dropout_row_keys(offs_m, key), n0, multiplier, threshold, BLOCK_N)
+            p_kept_t = tl.where(keep_t, p_t, 0.0)
+            ds_t = p_t * (tl.where(keep_t, dp_t, 0.0) * inv_keep - delta[None, :])
         else:
-            p_dropped_t = p_t
-        dv += tl.dot(p_dropped_t.to(do.dtype), do, input_precision=DOT_PRECISION)
-        ds_t = p_t * (dp_t - delta[None, :])
+            p_kept_t = p_t
+            ds_t = p_t * (dp_t - delta[None, :])
+        dv += tl.dot(p_kept_t.to(do.dtype), do, input_precision=DOT_PRECISION)
         dk += tl.dot(ds_t.to(q.dtype), q, input_precision=DOT_PRECISION)
+        if ACCUMULATE_DQ:
+            dq_part = tl.dot(tl.trans(ds_t).to(k.dtype), k, input_precision=DOT_PRECISION)  # [BLOCK_M, D]
+            dq_ptrs = dq_base + offs_m[:, None] * stride_os + offs_d[None, :]
+            if MASKED:
+                tl.atomic_add(dq_ptrs, dq_part, mask=offs_m[:, None] < length, sem="relaxed")
+            else:
+                tl.atomic_add(dq_ptrs, dq_part, sem="relaxed")
     return dk, dv
 
 
-@triton.autotune(configs=BWD_DKDV_CONFIGS, key=AUTOTUNE_KEY, prune_configs_by=FP32_BWD_DKDV)
+@triton.autotune(configs=BWD_DKDV_CONFIGS, key=AUTOTUNE_KEY + ["ACCUMULATE_DQ"], prune_configs_by=FP32_BWD_DKDV)
 @triton.jit
 def _attention_bwd_dkdv_kernel(
     Q,  # [B, H, S, D] or [T, H, D]
@@ -408,6 +523,7 @@ def _attention_bwd_dkdv_kernel(
     DELTA,  # [B, H, S] or [H, T] fp32 from the preprocess kernel
     DK,  # like DO, out
     DV,  # like DO, out
+    DQ_ACC,  # like DO but fp32, zeroed, out (+=): unscaled dQ; read only when ACCUMULATE_DQ
     SEQ_INFO,
     stride_qb, stride_qh, stride_qs,
     stride_kb, stride_kh, stride_ks,
@@ -420,29 +536,21 @@ def _attention_bwd_dkdv_kernel(
     qk_scale,  # softmax_scale * log2(e)
     softmax_scale,
     dropout_p,
-    SEED,  # [1] int64 Philox key; read only when HAS_DROPOUT
+    SEED,  # [1] int64 dropout seed; read only when HAS_DROPOUT
     SEQ_BUCKET,
     MODE: tl.constexpr,
     HEAD_DIM: tl.constexpr,
     HAS_WINDOW: tl.constexpr,
     HAS_DROPOUT: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
+    ACCUMULATE_DQ: tl.constexpr,  # single-pass backward: dQ by fp32 atomics, no dQ kernel
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
-    pid_n, pid_bh = _tile_and_head(seq_len, BLOCK_N)
-    b = pid_bh // num_heads
-    h = pid_bh % num_heads
-    start, length = _sequence_bounds(SEQ_INFO, b, seq_len, MODE)
-    seed = load_seed(SEED, HAS_DROPOUT)
-    b64 = b.to(tl.int64)
-    h64 = h.to(tl.int64)
-    q_base = Q + b64 * stride_qb + h64 * stride_qh + start * stride_qs
-    k_base = K + b64 * stride_kb + h64 * stride_kh + start * stride_ks
-    v_base = V + b64 * stride_vb + h64 * stride_vh + start * stride_vs
-    o_offset = b64 * stride_ob + h64 * stride_oh + start * stride_os
-    lse_offset = b64 * stride_lb + h64 * stride_lh + start
-
+    pid_n, length, q_base, k_base, v_base, o_offset, lse_offset, key, multiplier, threshold = _program_start(
+        Q, K, V, SEQ_INFO, SEED, stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_ks,
+        stride_vb, stride_vh, stride_vs, stride_ob, stride_oh, stride_os, stride_lb, stride_lh,
+        num_heads, seq_len, dropout_p, BLOCK_N, MODE, HAS_DROPOUT)
     n0 = pid_n * BLOCK_N
     offs_n = n0 + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
@@ -451,22 +559,26 @@ def _attention_bwd_dkdv_kernel(
     v = tl.load(v_base + offs_n[:, None] * stride_vs + offs_d[None, :], mask=key_rows, other=0.0)
     dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
+    inv_keep = 1.0 / (1.0 - dropout_p)
 
     lo, full_lo, full_hi, hi = _visit_ranges(n0, BLOCK_N, length, window, BLOCK_M, HAS_WINDOW)
-    dk, dv = _dkdv_loop(dk, dv, k, v, q_base, DO + o_offset, LSE + lse_offset, DELTA + lse_offset,
-                        stride_qs, stride_os, n0, offs_n, offs_d, full_lo, full_hi,
-                        length, window, qk_scale, dropout_p, seed, pid_bh, seq_len,
-                        False, HAS_WINDOW, HAS_DROPOUT, DOT_PRECISION, BLOCK_M, BLOCK_N)
-    dk, dv = _dkdv_loop(dk, dv, k, v, q_base, DO + o_offset, LSE + lse_offset, DELTA + lse_offset,
-                        stride_qs, stride_os, n0, offs_n, offs_d, lo, full_lo,
-                        length, window, qk_scale, dropout_p, seed, pid_bh, seq_len,
-                        True, HAS_WINDOW, HAS_DROPOUT, DOT_PRECISION, BLOCK_M, BLOCK_N)
-    dk, dv = _dkdv_loop(dk, dv, k, v, q_base, DO + o_offset, LSE + lse_offset, DELTA + lse_offset,
-                        stride_qs, stride_os, n0, offs_n, offs_d, full_hi, hi,
-                        length, window, qk_scale, dropout_p, seed, pid_bh, seq_len,
-                        True, HAS_WINDOW, HAS_DROPOUT, DOT_PRECISION, BLOCK_M, BLOCK_N)
+    do_base = DO + o_offset
+    lse_base = LSE + lse_offset
+    delta_base = DELTA + lse_offset
+    dq_base = DQ_ACC + o_offset
+    dk, dv = _dkdv_loop(dk, dv, k, v, q_base, do_base, lse_base, delta_base, dq_base, stride_qs, stride_os,
+                        n0, offs_n, offs_d, full_lo, full_hi, length, window, qk_scale, inv_keep, key, multiplier,
+                        threshold, False, HAS_WINDOW, HAS_DROPOUT, DOT_PRECISION, ACCUMULATE_DQ, BLOCK_M, BLOCK_N)
+    dk, dv = _dkdv_loop(dk, dv, k, v, q_base, do_base, lse_base, delta_base, dq_base, stride_qs, stride_os,
+                        n0, offs_n, offs_d, lo, full_lo, length, window, qk_scale, inv_keep, key, multiplier,
+                        threshold, True, HAS_WINDOW, HAS_DROPOUT, DOT_PRECISION, ACCUMULATE_DQ, BLOCK_M, BLOCK_N)
+    dk, dv = _dkdv_loop(dk, dv, k, v, q_base, do_base, lse_base, delta_base, dq_base, stride_qs, stride_os,
+                        n0, offs_n, offs_d, full_hi, hi, length, window, qk_scale, inv_keep, key, multiplier,
+                        threshold, True, HAS_WINDOW, HAS_DROPOUT, DOT_PRECISION, ACCUMULATE_DQ, BLOCK_M, BLOCK_N)
 
     dk = dk * softmax_scale
+    if HAS_DROPOUT:
+        dv = dv * inv_keep
     rows_owned = seq_len if MODE != 2 else length  # padded layouts: zeros for padded keys
     out_ptrs = o_offset + offs_n[:, None] * stride_os + offs_d[None, :]
     tl.store(DK + out_ptrs, dk.to(DK.dtype.element_ty), mask=offs_n[:, None] < rows_owned)
@@ -476,7 +588,7 @@ def _attention_bwd_dkdv_kernel(
 @triton.jit
 def _dq_loop(
     dq, q, do, lse, delta, k_base, v_base, stride_ks, stride_vs, offs_m, offs_d, n_start, n_end,
-    length, window, qk_scale, dropout_p, seed, pid_bh, seq_len,
+    length, window, qk_scale, inv_keep, row_keys, multiplier, threshold,
     MASKED: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
@@ -492,16 +604,17 @@ def _dq_loop(
         else:
             k = tl.load(k_ptrs)
             v = tl.load(v_ptrs)
-        scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # [BLOCK_M, BLOCK_N]
-        p = tl.exp2(scores - lse[:, None])
+        qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)  # [BLOCK_M, BLOCK_N]
+        p = tl.exp2(qk * qk_scale - lse[:, None])
         if MASKED:
             allowed = _allowed(offs_m[:, None], offs_n[None, :], length, window, HAS_WINDOW)
             p = tl.where(allowed, p, 0.0)
         dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
         if HAS_DROPOUT:
-            keep = _dropout_keep(seed, pid_bh, offs_m, n0, seq_len, dropout_p, BLOCK_N)
-            dp = tl.where(keep, dp * (1.0 / (1.0 - dropout_p)), 0.0)
-        ds = p * (dp - delta[:, None])
+            keep = _dropout_keep(row_keys, n0, multiplier, threshold, BLOCK_N)
+            ds = p * (dp * tl.where(keep, inv_keep, 0.0) - delta[:, None])
+        else:
+            ds = p * (dp - delta[:, None])
         dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION)
     return dq
 
@@ -528,7 +641,7 @@ def _attention_bwd_dq_kernel(
     qk_scale,
     softmax_scale,
     dropout_p,
-    SEED,  # [1] int64 Philox key; read only when HAS_DROPOUT
+    SEED,  # [1] int64 dropout seed; read only when HAS_DROPOUT
     SEQ_BUCKET,
     MODE: tl.constexpr,
     HEAD_DIM: tl.constexpr,
@@ -538,19 +651,10 @@ def _attention_bwd_dq_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
-    pid_m, pid_bh = _tile_and_head(seq_len, BLOCK_M)
-    b = pid_bh // num_heads
-    h = pid_bh % num_heads
-    start, length = _sequence_bounds(SEQ_INFO, b, seq_len, MODE)
-    seed = load_seed(SEED, HAS_DROPOUT)
-    b64 = b.to(tl.int64)
-    h64 = h.to(tl.int64)
-    q_base = Q + b64 * stride_qb + h64 * stride_qh + start * stride_qs
-    k_base = K + b64 * stride_kb + h64 * stride_kh + start * stride_ks
-    v_base = V + b64 * stride_vb + h64 * stride_vh + start * stride_vs
-    o_offset = b64 * stride_ob + h64 * stride_oh + start * stride_os
-    lse_offset = b64 * stride_lb + h64 * stride_lh + start
-
+    pid_m, length, q_base, k_base, v_base, o_offset, lse_offset, key, multiplier, threshold = _program_start(
+        Q, K, V, SEQ_INFO, SEED, stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_ks,
+        stride_vb, stride_vh, stride_vs, stride_ob, stride_oh, stride_os, stride_lb, stride_lh,
+        num_heads, seq_len, dropout_p, BLOCK_M, MODE, HAS_DROPOUT)
     m0 = pid_m * BLOCK_M
     offs_m = m0 + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
@@ -560,16 +664,18 @@ def _attention_bwd_dq_kernel(
     lse = tl.load(LSE + lse_offset + offs_m, mask=offs_m < length, other=0.0)
     delta = tl.load(DELTA + lse_offset + offs_m, mask=offs_m < length, other=0.0)
     dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    row_keys = _dropout_row_keys(offs_m, key) if HAS_DROPOUT else offs_m
+    inv_keep = 1.0 / (1.0 - dropout_p)
 
     lo, full_lo, full_hi, hi = _visit_ranges(m0, BLOCK_M, length, window, BLOCK_N, HAS_WINDOW)
     dq = _dq_loop(dq, q, do, lse, delta, k_base, v_base, stride_ks, stride_vs, offs_m, offs_d, full_lo, full_hi,
-                  length, window, qk_scale, dropout_p, seed, pid_bh, seq_len,
+                  length, window, qk_scale, inv_keep, row_keys, multiplier, threshold,
                   False, HAS_WINDOW, HAS_DROPOUT, DOT_PRECISION, BLOCK_N)
     dq = _dq_loop(dq, q, do, lse, delta, k_base, v_base, stride_ks, stride_vs, offs_m, offs_d, lo, full_lo,
-                  length, window, qk_scale, dropout_p, seed, pid_bh, seq_len,
+                  length, window, qk_scale, inv_keep, row_keys, multiplier, threshold,
                   True, HAS_WINDOW, HAS_DROPOUT, DOT_PRECISION, BLOCK_N)
     dq = _dq_loop(dq, q, do, lse, delta, k_base, v_base, stride_ks, stride_vs, offs_m, offs_d, full_hi, hi,
-                  length, window, qk_scale, dropout_p, seed, pid_bh, seq_len,
+                  length, window, qk_scale, inv_keep, row_keys, multiplier, threshold,
                   True, HAS_WINDOW, HAS_DROPOUT, DOT_PRECISION, BLOCK_N)
 
     dq = dq * softmax_scale
@@ -583,16 +689,16 @@ def _dropout_keep_mask_kernel(
     KEEP,  # [B, H, S, S] int8 (1 = kept), contiguous
     seq_len,
     dropout_p,
-    SEED,  # [1] int64 Philox key
+    SEED,  # [1] int64 dropout seed
     BLOCK: tl.constexpr,
 ):
-    seed = tl.load(SEED)
     pid_bh = tl.program_id(0)
     pid_m = tl.program_id(1)
     pid_n = tl.program_id(2)
+    key, multiplier, threshold = _dropout_keys(tl.load(SEED), pid_bh, dropout_p)
     offs_m = pid_m * BLOCK + tl.arange(0, BLOCK)
     offs_n = pid_n * BLOCK + tl.arange(0, BLOCK)
-    keep = _dropout_keep(seed, pid_bh, offs_m, pid_n * BLOCK, seq_len, dropout_p, BLOCK)
+    keep = _dropout_keep(_dropout_row_keys(offs_m, key), pid_n * BLOCK, multiplier, threshold, BLOCK)
     base = KEEP + pid_bh.to(tl.int64) * seq_len * seq_len
     mask = (offs_m[:, None] < seq_len) & (offs_n[None, :] < seq_len)
     tl.store(base + offs_m[:, None].to(tl.int64) * seq_len + offs_n[None, :], keep.to(tl.int8), mask=mask)
@@ -732,8 +838,11 @@ def _attention_backward_launch(
     dropout_p: float,
     seed: Optional[torch.Tensor],  # the forward's
     softmax_scale: float,
+    deterministic: bool = True,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Preprocess (Delta), then the dK/dV and dQ kernels; returns contiguous (dq, dk, dv)."""
+    """Preprocess (Delta), then the dK/dV and dQ kernels, or with ``deterministic=False`` the
+    single-pass dK/dV kernel that also adds dQ into an fp32 buffer by atomics; returns contiguous
+    (dq, dk, dv)."""
     _check_qkv(q, k, v, packed=q.dim() == 3, fn="attention backward")
     _check_seq_info(q, seq_info, fn="attention backward")
     q, k, v = _unit_last_stride(q), _unit_last_stride(k), _unit_last_stride(v)
@@ -762,8 +871,16 @@ def _attention_backward_launch(
                _seed_arg(seed, q), triton.next_power_of_2(seq_len))
     strides = (*_bhs_strides(q), *_bhs_strides(k), *_bhs_strides(v), *o_strides, *l_strides)
     grid_kv = lambda meta: (triton.cdiv(seq_len, meta["BLOCK_N"]) * batch * heads,)  # noqa: E731
+    if not deterministic:
+        dq_acc = torch.zeros(q.shape, dtype=torch.float32, device=q.device)  # strides of out
+        _attention_bwd_dkdv_kernel[grid_kv](
+            q, k, v, grad_out, lse, delta, dk, dv, dq_acc, seq_info_arg, *strides, *scalars, **common,
+            ACCUMULATE_DQ=True,
+        )
+        return dq_acc.mul_(softmax_scale).to(q.dtype), dk, dv
     _attention_bwd_dkdv_kernel[grid_kv](
-        q, k, v, grad_out, lse, delta, dk, dv, seq_info_arg, *strides, *scalars, **common,
+        q, k, v, grad_out, lse, delta, dk, dv, dk, seq_info_arg, *strides, *scalars, **common,
+        ACCUMULATE_DQ=False,
     )
     grid_q = lambda meta: (triton.cdiv(seq_len, meta["BLOCK_M"]) * batch * heads,)  # noqa: E731
     _attention_bwd_dq_kernel[grid_q](
@@ -784,14 +901,17 @@ def attention_forward_op(
     dropout_p: float,
     seed: Optional[torch.Tensor],
     softmax_scale: float,
+    deterministic: bool = True,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """(O, LSE) of fused attention. ``q.dim() == 3``: packed with ``seq_info = cu_seqlens``;
-    else padded with ``seq_info = seq_lens`` or None. ``window < 0``: no window."""
+    else padded with ``seq_info = seq_lens`` or None. ``window < 0``: no window.
+    ``deterministic`` chooses the backward (see :func:`attention`); the forward ignores it."""
     return _attention_forward_launch(q, k, v, seq_info, max_seqlen, window, dropout_p, seed, softmax_scale)
 
 
 @attention_forward_op.register_fake
-def _attention_forward_fake(q, k, v, seq_info, max_seqlen, window, dropout_p, seed, softmax_scale):
+def _attention_forward_fake(q, k, v, seq_info, max_seqlen, window, dropout_p, seed, softmax_scale,
+                            deterministic=True):
     out = q.new_empty(q.shape)
     lse = q.new_empty(_lse_shape(q), dtype=torch.float32)
     return out, lse
@@ -811,47 +931,50 @@ def attention_backward_op(
     dropout_p: float,
     seed: Optional[torch.Tensor],
     softmax_scale: float,
+    deterministic: bool = True,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(dQ, dK, dV) of :func:`attention_forward_op`, deterministic."""
+    """(dQ, dK, dV) of :func:`attention_forward_op`; bit-reproducible when ``deterministic``."""
     return _attention_backward_launch(
-        grad_out, q, k, v, out, lse, seq_info, max_seqlen, window, dropout_p, seed, softmax_scale
+        grad_out, q, k, v, out, lse, seq_info, max_seqlen, window, dropout_p, seed, softmax_scale, deterministic
     )
 
 
 @attention_backward_op.register_fake
 def _attention_backward_fake(grad_out, q, k, v, out, lse, seq_info, max_seqlen, window, dropout_p, seed,
-                             softmax_scale):
+                             softmax_scale, deterministic=True):
     return q.new_empty(q.shape), q.new_empty(q.shape), q.new_empty(q.shape)
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, seq_info, max_seqlen, window, dropout_p, seed, softmax_scale = inputs
+    q, k, v, seq_info, max_seqlen, window, dropout_p, seed, softmax_scale, *rest = inputs
     out, lse = output
     ctx.save_for_backward(q, k, v, out, lse, seed)
     ctx.seq_info = seq_info
-    ctx.options = (max_seqlen, window, dropout_p, softmax_scale)
+    ctx.options = (max_seqlen, window, dropout_p, softmax_scale, rest[0] if rest else True)
     ctx.mark_non_differentiable(lse)
 
 
 def _backward(ctx, grad_out, grad_lse):
     q, k, v, out, lse, seed = ctx.saved_tensors
-    max_seqlen, window, dropout_p, softmax_scale = ctx.options
+    max_seqlen, window, dropout_p, softmax_scale, deterministic = ctx.options
     dq, dk, dv = attention_backward_op(
-        grad_out, q, k, v, out, lse, ctx.seq_info, max_seqlen, window, dropout_p, seed, softmax_scale
+        grad_out, q, k, v, out, lse, ctx.seq_info, max_seqlen, window, dropout_p, seed, softmax_scale, deterministic
     )
-    return dq, dk, dv, None, None, None, None, None, None
+    return dq, dk, dv, None, None, None, None, None, None, None
 
 
 attention_forward_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 # --------------------------------------------------------------------------- functional API
-def _check_options(fn: str, window, dropout_p, seed, softmax_scale) -> None:
+def _check_options(fn: str, window, dropout_p, seed, softmax_scale, deterministic=True) -> None:
     if window is not None and (not is_int(window) or window < 0):
         raise ValueError(f"{fn}: window must be None or an int >= 0 (keys with |i - j| <= window), got {window!r}")
     if not isinstance(dropout_p, numbers.Real) or not (0.0 <= float(dropout_p) < 1.0):
         raise ValueError(f"{fn}: dropout_p must be a float in [0, 1), got {dropout_p!r}")
     check_seed(seed, fn)
+    if not isinstance(deterministic, bool):
+        raise ValueError(f"{fn}: deterministic must be True or False, got {deterministic!r}")
     if softmax_scale is not None and not (
         isinstance(softmax_scale, numbers.Real) and math.isfinite(softmax_scale) and softmax_scale > 0
     ):
@@ -868,6 +991,7 @@ def attention(
     dropout_p: float = 0.0,
     seed: SeedLike = None,
     softmax_scale: Optional[float] = None,
+    deterministic: bool = True,
 ) -> torch.Tensor:
     """Fused attention on padded ``[B, H, S, D]``; returns ``[B, H, S, D]`` in q's dtype.
 
@@ -875,11 +999,13 @@ def attention(
     ``window``: query i sees keys j with ``|i - j| <= window``. ``dropout_p``/``seed``: see
     :func:`attention_dropout_keep_mask`; ``seed=None`` draws a fresh one on q's device from
     torch's generator, an int or a one-element int64 tensor fixes the mask.
-    ``softmax_scale`` defaults to ``1/sqrt(D)``.
+    ``softmax_scale`` defaults to ``1/sqrt(D)``. ``deterministic=True`` (default): the two-kernel
+    backward, bit-reproducible; ``False``: the single-pass backward (one kernel, five matmuls per
+    tile pair instead of seven, dQ summed by fp32 atomics in a run-dependent order).
     """
     fn = "attention"
     _check_qkv(q, k, v, packed=False, fn=fn)
-    _check_options(fn, window, dropout_p, seed, softmax_scale)
+    _check_options(fn, window, dropout_p, seed, softmax_scale, deterministic)
     batch, _, seq_len, head_dim = q.shape
     seq_info = None
     if seq_lens is not None:
@@ -896,7 +1022,8 @@ def attention(
     scale = float(softmax_scale) if softmax_scale is not None else 1.0 / math.sqrt(head_dim)
     seed = seed_tensor(seed, float(dropout_p), q.device, fn)
     out, _ = attention_forward_op(
-        q, k, v, seq_info, seq_len, -1 if window is None else int(window), float(dropout_p), seed, scale
+        q, k, v, seq_info, seq_len, -1 if window is None else int(window), float(dropout_p), seed, scale,
+        bool(deterministic),
     )
     return out
 
@@ -913,17 +1040,19 @@ def attention_varlen(
     seed: SeedLike = None,
     softmax_scale: Optional[float] = None,
     validate: bool = True,
+    deterministic: bool = True,
 ) -> torch.Tensor:
     """Fused attention on packed sequences; returns ``[T, H, D]`` in q's dtype.
 
     Sequence b is rows ``cu_seqlens[b]:cu_seqlens[b + 1]`` and attends only to itself.
     Zero-length sequences are allowed (repeat an offset), e.g. to keep shapes fixed.
     ``validate=False`` skips the value checks of ``cu_seqlens`` (one host sync) for callers
-    that built it themselves, as the model does when it unpads.
+    that built it themselves, as the model does when it unpads. ``deterministic``: as in
+    :func:`attention`.
     """
     fn = "attention_varlen"
     _check_qkv(q, k, v, packed=True, fn=fn)
-    _check_options(fn, window, dropout_p, seed, softmax_scale)
+    _check_options(fn, window, dropout_p, seed, softmax_scale, deterministic)
     if not isinstance(cu_seqlens, torch.Tensor) or cu_seqlens.dim() != 1 or cu_seqlens.numel() < 1:
         shape = tuple(cu_seqlens.shape) if isinstance(cu_seqlens, torch.Tensor) else type(cu_seqlens).__name__
         raise ValueError(f"{fn}: cu_seqlens must be a [B + 1] int32 tensor of offsets, got {shape}")
@@ -951,7 +1080,7 @@ def attention_varlen(
     scale = float(softmax_scale) if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
     out, _ = attention_forward_op(
         q, k, v, cu_seqlens.contiguous(), int(max_seqlen), -1 if window is None else int(window),
-        float(dropout_p), seed_tensor(seed, float(dropout_p), q.device, fn), scale,
+        float(dropout_p), seed_tensor(seed, float(dropout_p), q.device, fn), scale, bool(deterministic),
     )
     return out
 
@@ -966,10 +1095,10 @@ def attention_dropout_keep_mask(
 ) -> torch.Tensor:
     """``[B, H, S, S]`` bool, True where the kernels keep probability (b, h, i, j).
 
-    The same Philox bits as the attention kernels (``_dropout_keep``). Padded calls use
-    ``seq_len = S`` (with or without ``seq_lens``). For :func:`attention_varlen`, call this with
-    ``seq_len = max_seqlen`` and ``batch = len(cu_seqlens) - 1``: sequence b of length L uses
-    ``mask[b, :, :L, :L]`` (positions are local to the sequence). Pass it to
+    The same bits as the attention kernels (``_dropout_keep``; the module docstring gives the
+    function). They do not depend on S: padded calls (with or without ``seq_lens``) and
+    :func:`attention_varlen` (with ``batch = len(cu_seqlens) - 1``) use ``mask[b, :, :L, :L]``
+    for sequence b of length L, for any ``seq_len >= L`` (positions are local to the sequence). Pass it to
     ``ops.attention_torch(..., dropout_mask=mask)`` to reproduce the kernel with the reference.
     """
     fn = "attention_dropout_keep_mask"

@@ -1,7 +1,8 @@
 """The attention benchmark suite runs end to end (tiny CPU shapes, Triton interpreter).
 
 It checks that every case yields both modes for ours and the SDPA baseline with positive
-times and TFLOP/s, and that the rows write to CSV; it says nothing about speed.
+times and TFLOP/s, that dropout 0.1 and the single-pass backward are among the cases, and that
+the rows write to CSV; it says nothing about speed.
 """
 import csv
 import importlib
@@ -19,6 +20,10 @@ def test_bench_attention_smoke_rows(tmp_path):
         assert row.ms > 0 and row.value > 0, row
     cases = {row.case for row in rows}
     assert any(case.startswith("varlen") for case in cases) and any("-w" in case for case in cases)
+    # training's attention dropout, dense and varlen, and the single-pass backward beside the default
+    assert any(case.startswith("varlen") and case.endswith("-p0.1") for case in cases)
+    assert any(case.startswith("B") and case.endswith("-p0.1") for case in cases)
+    assert {row.impl for row in rows} >= {"ours single-pass", "ours varlen single-pass", "sdpa flash"}
     for case in cases:
         impls = {(row.impl.split()[0], row.mode) for row in rows if row.case == case}
         assert {("ours", "fwd"), ("ours", "fwd+bwd"), ("sdpa", "fwd"), ("sdpa", "fwd+bwd")} <= impls, case

@@ -149,21 +149,24 @@ def _kernels() -> Dict[str, Any]:
 SEED = 1234  # the dropout seed as the kernels' functional APIs take it
 
 
-def _attention(dtype, head_dim, mode, window, dropout_p):
-    """Forward + backward of one attention call. mode: dense | seq_lens | varlen."""
+def _attention(dtype, head_dim, mode, window, dropout_p, deterministic=True):
+    """Forward + backward of one attention call. mode: dense | seq_lens | varlen.
+    ``deterministic=False``: the single-pass backward (the dK/dV kernel with ACCUMULATE_DQ)."""
     attn = _kernels()["attention"]
     batch, heads, seq = 2, 2, 128
     if mode == "varlen":
         lengths = [128, 80]
         cu = torch.tensor([0, lengths[0], sum(lengths)], dtype=torch.int32)
         q, k, v = (torch.randn(sum(lengths), heads, head_dim, dtype=dtype, requires_grad=True) for _ in range(3))
-        out = attn.attention_varlen(q, k, v, cu, max(lengths), window=window, dropout_p=dropout_p, seed=SEED)
+        out = attn.attention_varlen(q, k, v, cu, max(lengths), window=window, dropout_p=dropout_p, seed=SEED,
+                                    deterministic=deterministic)
     else:
         # [B, S, H, D] projections viewed as [B, H, S, D], as the model passes them
         q, k, v = (torch.randn(batch, seq, heads, head_dim, dtype=dtype).transpose(1, 2).requires_grad_()
                    for _ in range(3))
         seq_lens = torch.tensor([seq, 80], dtype=torch.int32) if mode == "seq_lens" else None
-        out = attn.attention(q, k, v, seq_lens=seq_lens, window=window, dropout_p=dropout_p, seed=SEED)
+        out = attn.attention(q, k, v, seq_lens=seq_lens, window=window, dropout_p=dropout_p, seed=SEED,
+                             deterministic=deterministic)
     out.sum().backward()
 
 
@@ -247,6 +250,8 @@ def scenarios(full: bool = False) -> Dict[str, Callable[[], None]]:
         name = (f"attention {DTYPE_NAMES[dtype]} d{head_dim} {mode}"
                 f"{' window' if window else ''}{' dropout' if p else ''}")
         add(name, _attention, dtype, head_dim, mode, window, p)
+    # the single-pass backward (deterministic=False) at the training launch
+    add("attention bf16 d64 varlen dropout single-pass", _attention, bf16, 64, "varlen", None, 0.1, False)
     add("attention keep mask", _attention_keep_mask)
 
     # Fused norms: d = 768 (base; 1024 specialises the same), 128 (tiny), 8192 (the maximum: the

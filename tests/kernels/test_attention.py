@@ -4,7 +4,8 @@ Output and dQ, dK, dV for padded ``[B, H, S, D]`` input (dense and with ``seq_le
 0 and 1 included), packed varlen input with very unequal lengths, sliding windows (narrower
 than a tile, a tile wide, wider than the sequence), a custom softmax scale, strided input;
 seeded dropout (reproducible, seed-dependent, keep rate ~ 1 - p, gradients against the
-reference given the kernel's keep-mask); deterministic backward; the torch.library
+reference given the kernel's keep-mask; the mask is the documented hash, with sound statistics);
+deterministic backward and the single-pass (atomic dQ) one; the torch.library
 registration (opcheck, torch.compile) and input validation. On CPU every kernel runs under
 the Triton interpreter (tests/conftest.py sets TRITON_INTERPRET=1).
 
@@ -265,6 +266,72 @@ def test_dropout_varlen_parity_with_kernel_mask():
     assert_parity(ours, output_and_grads(reference, q, k, v, grad_out), FP32_TOL)
 
 
+def _mix32(x):
+    """lowbias32 on int64 tensors holding uint32 values (as ``kernels.attention._mix32``)."""
+    x = x ^ (x >> 16)
+    x = (x * 0x7FEB352D) & 0xFFFFFFFF
+    x = x ^ (x >> 15)
+    x = (x * 0x846CA68B) & 0xFFFFFFFF
+    return x ^ (x >> 16)
+
+
+def reference_keep_mask(batch, heads, seq_len, dropout_p, seed):
+    """The documented keep-bit function, written again in torch int64 arithmetic: element
+    (b, h, i, j) takes the 16-bit half ``(j // 8) % 2`` of the hash of (row i, pair
+    ``(j // 16) * 8 + j % 8``) under the key and odd multiplier of (seed, b * H + h)."""
+    m32 = 0xFFFFFFFF
+    i = torch.arange(seq_len, dtype=torch.int64)[:, None]
+    j = torch.arange(seq_len, dtype=torch.int64)[None, :]
+    pair = (j >> 4) * 8 + (j & 7)
+    high_half = ((j >> 3) & 1).bool()
+    threshold = min(math.ceil(float(torch.tensor(dropout_p, dtype=torch.float32)) * 65536.0), 65535)
+    scalar = lambda v: _mix32(torch.tensor(v & m32, dtype=torch.int64))  # noqa: E731
+    masks = []
+    for bh in range(batch * heads):
+        key = scalar(int(seed & m32) ^ int(scalar((seed >> 32) ^ int(scalar(bh + 0x9E3779B9)))))
+        multiplier = scalar(int(key) + 0x6A09E667) | 1
+        x = ((((i << 16) ^ key) ^ pair) * multiplier) & m32
+        x = x ^ (x >> 16)
+        x = (x * 0x7FEB352D) & m32
+        x = x ^ (x >> 15)
+        x = (x * 0x846CA68B) & m32
+        u = torch.where(high_half, x >> 16, x & 0xFFFF)
+        masks.append(u >= threshold)
+    return torch.stack(masks).view(batch, heads, seq_len, seq_len)
+
+
+@pytest.mark.parametrize("seed", [0, 77, 2**40 + 5, 2**63 - 1])
+def test_dropout_mask_is_the_documented_hash(seed):
+    """The kernels' bits are exactly the documented function of (seed, b * H + h, i, j), with
+    nothing of the tile sizes or the sequence length in it (S = 40 and 100 agree)."""
+    expected = reference_keep_mask(2, 2, 100, 0.3, seed)
+    got = attention_dropout_keep_mask(2, 2, 100, 0.3, seed=seed, device=DEVICE).cpu()
+    assert torch.equal(got, expected)
+    short = attention_dropout_keep_mask(2, 2, 40, 0.3, seed=seed, device=DEVICE).cpu()
+    assert torch.equal(short, expected[:, :, :40, :40])
+
+
+def _lag1_correlation(keep, dim):
+    first, second = keep.narrow(dim, 0, keep.shape[dim] - 1), keep.narrow(dim, 1, keep.shape[dim] - 1)
+    return torch.corrcoef(torch.stack([first.flatten(), second.flatten()]).double())[0, 1].item()
+
+
+@pytest.mark.parametrize("dropout_p", [0.1])
+def test_dropout_mask_statistics(dropout_p):
+    """Over 1,048,576 bits of the kernel's mask: the keep rate is within 3 sigma of 1 - p, and
+    neighbouring rows (queries), neighbouring columns (keys), the two keys of a hash (j, j + 8)
+    and neighbouring heads are uncorrelated (|r| < 0.01; one standard error is ~0.001)."""
+    keep = attention_dropout_keep_mask(1, 4, 512, dropout_p, seed=2024, device=DEVICE).double().cpu()
+    n = keep.numel()
+    sigma = math.sqrt(dropout_p * (1 - dropout_p) / n)
+    assert abs(keep.mean().item() - (1 - dropout_p)) < 3 * sigma
+    assert abs(_lag1_correlation(keep, 2)) < 0.01, "rows"
+    assert abs(_lag1_correlation(keep, 3)) < 0.01, "columns"
+    low, high = keep[..., 0::16], keep[..., 8::16]  # the two halves of one hash
+    assert abs(torch.corrcoef(torch.stack([low.flatten(), high.flatten()]))[0, 1].item()) < 0.01, "hash halves"
+    assert abs(_lag1_correlation(keep, 1)) < 0.01, "heads"
+
+
 # --------------------------------------------------------------------------- determinism, registration
 def test_backward_is_deterministic():
     q, k, v = make_qkv(2, 2, 129, 64)
@@ -274,6 +341,59 @@ def test_backward_is_deterministic():
     first, second = output_and_grads(fn, q, k, v, grad_out), output_and_grads(fn, q, k, v, grad_out)
     for name, a, b in zip(("output",) + GRAD_NAMES, [first[0], *first[1]], [second[0], *second[1]]):
         assert torch.equal(a, b), f"{name} differs between two identical runs"
+
+
+# --------------------------------------------------------------------------- single-pass backward
+# The deterministic=False backward (dK/dV kernel adding dQ by fp32 atomics): the same parity cases.
+SINGLE_PASS_PADDED = [
+    pytest.param(3, 2, 129, 64, [129, 1, 70], None, 0.0, id="B3-H2-S129-D64-pad"),
+    pytest.param(1, 1, 257, 32, None, 70, 0.0, id="B1-H1-S257-D32-w70"),
+    pytest.param(2, 2, 70, 32, [70, 33], 12, 0.3, id="B2-H2-S70-D32-pad-w12-p0.3"),
+    pytest.param(3, 2, 7, 128, [7, 1, 0], None, 0.2, id="B3-H2-S7-D128-pad-len1-len0-p0.2"),
+]
+
+
+@pytest.mark.parametrize("batch,heads,seq_len,head_dim,seq_lens,window,dropout_p", SINGLE_PASS_PADDED)
+def test_single_pass_backward_padded_parity(batch, heads, seq_len, head_dim, seq_lens, window, dropout_p):
+    q, k, v = make_qkv(batch, heads, seq_len, head_dim)
+    grad_out = torch.randn_like(q)
+    lens = None if seq_lens is None else torch.tensor(seq_lens, device=DEVICE)
+    mask = None if lens is None else lengths_to_mask(lens, seq_len)
+    keep = attention_dropout_keep_mask(batch, heads, seq_len, dropout_p, 4, device=DEVICE) if dropout_p else None
+    ours = output_and_grads(
+        lambda q, k, v: attention(q, k, v, seq_lens=lens, window=window, dropout_p=dropout_p, seed=4,
+                                  deterministic=False),
+        q, k, v, grad_out,
+    )
+    ref = output_and_grads(
+        lambda q, k, v: ops.attention_torch(q, k, v, mask, window, dropout_p, dropout_mask=keep), q, k, v, grad_out
+    )
+    assert_parity(ours, ref, tolerance(seq_len))
+    if lens is not None:  # padded query rows get no dQ from the atomics either
+        dq = ours[1][0]
+        assert torch.all(dq[~mask[:, None, :, None].expand_as(dq)] == 0)
+
+
+def test_single_pass_backward_varlen_parity():
+    lengths, heads, head_dim, dropout_p, seed = [9, 70, 0, 1, 33], 2, 64, 0.1, 6
+    max_seqlen = max(lengths)
+    cu_seqlens = cu_seqlens_of(lengths)
+    q, k, v = make_qkv(sum(lengths), heads, head_dim)
+    grad_out = torch.randn_like(q)
+    keep = attention_dropout_keep_mask(len(lengths), heads, max_seqlen, dropout_p, seed, device=DEVICE)
+
+    def reference(q, k, v):
+        (qp, mask, rows), kp, vp = pad_packed(q, lengths, max_seqlen), pad_packed(k, lengths, max_seqlen)[0], \
+            pad_packed(v, lengths, max_seqlen)[0]
+        out = ops.attention_torch(qp, kp, vp, mask, 20, dropout_p, dropout_mask=keep)
+        return out.transpose(1, 2).reshape(-1, heads, head_dim)[rows]
+
+    ours = output_and_grads(
+        lambda q, k, v: attention_varlen(q, k, v, cu_seqlens, max_seqlen, window=20, dropout_p=dropout_p, seed=seed,
+                                         deterministic=False),
+        q, k, v, grad_out,
+    )
+    assert_parity(ours, output_and_grads(reference, q, k, v, grad_out), FP32_TOL)
 
 
 def test_opcheck_padded_and_varlen():
@@ -336,6 +456,7 @@ BAD_PADDED = [
     pytest.param(lambda: attention(*_qkv(1, 1, 8, 32), window=-1), "window", id="window-negative"),
     pytest.param(lambda: attention(*_qkv(1, 1, 8, 32), dropout_p=1.0), "dropout_p", id="dropout-1"),
     pytest.param(lambda: attention(*_qkv(1, 1, 8, 32), seed=-3), "seed", id="seed-negative"),
+    pytest.param(lambda: attention(*_qkv(1, 1, 8, 32), deterministic="yes"), "deterministic", id="deterministic-str"),
 ]
 
 BAD_VARLEN = [
@@ -389,18 +510,19 @@ def attention_lowp_reference(q, k, v, key_padding_mask=None, window=None, dropou
     return out
 
 
-GPU_CASES = [
-    pytest.param(4, 12, 512, 64, False, None, 0.0, id="B4-H12-S512-D64"),
-    pytest.param(3, 4, 333, 128, True, None, 0.0, id="B3-H4-S333-D128-pad"),
-    pytest.param(2, 4, 1000, 32, True, 64, 0.0, id="B2-H4-S1000-D32-pad-w64"),
-    pytest.param(2, 4, 257, 64, True, None, 0.1, id="B2-H4-S257-D64-pad-p0.1"),
+GPU_CASES = [  # the last field: the deterministic (two-kernel) backward, or the single-pass one
+    pytest.param(4, 12, 512, 64, False, None, 0.0, True, id="B4-H12-S512-D64"),
+    pytest.param(3, 4, 333, 128, True, None, 0.0, True, id="B3-H4-S333-D128-pad"),
+    pytest.param(2, 4, 1000, 32, True, 64, 0.0, True, id="B2-H4-S1000-D32-pad-w64"),
+    pytest.param(2, 4, 257, 64, True, None, 0.1, True, id="B2-H4-S257-D64-pad-p0.1"),
+    pytest.param(4, 12, 512, 64, True, None, 0.1, False, id="B4-H12-S512-D64-pad-p0.1-single-pass"),
 ]
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
-@pytest.mark.parametrize("batch,heads,seq_len,head_dim,padded,window,dropout_p", GPU_CASES)
-def test_gpu_lowp_parity(batch, heads, seq_len, head_dim, padded, window, dropout_p, dtype):
+@pytest.mark.parametrize("batch,heads,seq_len,head_dim,padded,window,dropout_p,deterministic", GPU_CASES)
+def test_gpu_lowp_parity(batch, heads, seq_len, head_dim, padded, window, dropout_p, deterministic, dtype):
     q, k, v = make_qkv(batch, heads, seq_len, head_dim, dtype=dtype, device="cuda")
     grad_out = torch.randn_like(q)
     lens = torch.randint(1, seq_len + 1, (batch,), device="cuda") if padded else None
@@ -409,7 +531,8 @@ def test_gpu_lowp_parity(batch, heads, seq_len, head_dim, padded, window, dropou
     mask = None if lens is None else lengths_to_mask(lens, seq_len)
     keep = attention_dropout_keep_mask(batch, heads, seq_len, dropout_p, 9, device="cuda") if dropout_p else None
     ours = output_and_grads(
-        lambda q, k, v: attention(q, k, v, seq_lens=lens, window=window, dropout_p=dropout_p, seed=9),
+        lambda q, k, v: attention(q, k, v, seq_lens=lens, window=window, dropout_p=dropout_p, seed=9,
+                                  deterministic=deterministic),
         q, k, v, grad_out,
     )
     fp32 = [t.detach().float() for t in (q, k, v)]
@@ -462,3 +585,7 @@ def test_gpu_fp32_parity_and_determinism():
     again = output_and_grads(fn, q, k, v, grad_out)
     for a, b in zip(ours[1], again[1]):
         assert torch.equal(a, b)
+    single_pass = output_and_grads(
+        lambda q, k, v: attention(q, k, v, seq_lens=lens, window=100, deterministic=False), q, k, v, grad_out
+    )
+    assert_parity(single_pass, ref, FP32_REDUCTION_TOL)
