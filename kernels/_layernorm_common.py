@@ -36,16 +36,17 @@ with large row tiles.
 from __future__ import annotations
 
 import functools
-import os
 from typing import Dict, List, Optional, Tuple
 
 import torch
 import triton
 import triton.language as tl
 
+from ._interpreter import interpreting
+
 MAX_D = 8192
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-INTERPRETING = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+INTERPRETING = interpreting()  # read once, as Triton does when it wraps the kernels
 
 
 # --------------------------------------------------------------------------- autotune lists

@@ -75,7 +75,6 @@ device-to-host sync on GPU: on by default (``validate=True``); pass
 from __future__ import annotations
 
 import functools
-import os
 from typing import Optional, Tuple
 
 import torch
@@ -84,8 +83,9 @@ import triton.language as tl
 
 from ._autotune import fp32_tunes_one_config
 from ._host_sync import may_sync
+from ._interpreter import interpreting
 
-_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+_INTERPRET = interpreting()  # read once, as Triton does when it wraps the kernels
 _FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 # Largest [M, chunk] block of (softmax - onehot) the backward keeps at once.

@@ -36,13 +36,13 @@ to the reference through ``dropout_mask``.
 from __future__ import annotations
 
 import math
-import os
 from typing import Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 
 from spanbert_fast.kernels._host_sync import may_sync  # torch only: keeps triton optional
+from spanbert_fast.kernels._interpreter import interpreting  # reads an env variable, no triton
 from spanbert_fast.packing import repad, unpad
 
 BACKENDS = ("auto", "torch", "triton")
@@ -71,7 +71,7 @@ def triton_available() -> bool:
 
 def triton_interpreter_on() -> bool:
     """True when Triton kernels run on CPU tensors through the interpreter."""
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    return interpreting()
 
 
 def resolve_backend(backend: str, tensor: torch.Tensor) -> str:
