@@ -26,9 +26,10 @@ def add_common_arguments(parser, default_max_length: int) -> None:
     optim = parser.add_argument_group("optimisation (spanbert_fast.train.Trainer)")
     add_loop_arguments(optim, batch_size=16, lr=3e-5, save_every=0,
                        max_steps_help="optimizer steps (overrides --epochs)")
-    optim.add_argument("--eval-batch-size", type=int, default=64)
-    optim.add_argument("--epochs", type=float, default=3.0)
-    optim.add_argument("--warmup-ratio", type=float, default=0.1)
+    optim.add_argument("--eval-batch-size", type=int, default=64, help="sequences per batch when evaluating")
+    optim.add_argument("--epochs", type=float, default=3.0, help="passes over the training data (may be fractional)")
+    optim.add_argument("--warmup-ratio", type=float, default=0.1,
+                       help="share of the steps with a linear learning-rate warm-up (then linear decay to 0)")
 
 def run_finetune(task, args) -> int:
     """Build the training settings from the common flags and run :func:`finetune`."""
