@@ -150,3 +150,18 @@ def fixture_tokenizer_dir(directory):
     from spanbert_fast.data.tokenizer import save_tokenizer
 
     return save_tokenizer(fixture_tokenizer(), directory)
+
+
+def test_command_prints_a_training_summary(tmp_path, capsys):
+    """Like ``pretrain``: first -> last loss over the steps, and where the model, checkpoint and log are."""
+    init = tiny_checkpoint(tmp_path / "init")
+    out = str(tmp_path / "ner")
+    assert main(["finetune-ner", "--train", CONLL, "--init", init, "--out", out, "--max-steps", "3",
+                 "--batch-size", "2", "--log-every", "1", "--no-progress", "--backend", "torch"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    with open(os.path.join(out, "log.csv"), newline="") as f:
+        losses = [float(row["loss"]) for row in csv.DictReader(f)]
+    assert printed[0].startswith(f"loss {losses[0]:.3f} -> {losses[-1]:.3f} over 3 steps (")
+    assert printed[1].startswith(f"model:      {os.path.abspath(out)} ")
+    assert printed[2] == f"checkpoint: {checkpoint(out, 3)}"
+    assert printed[3] == f"log:        {os.path.join(out, 'log.csv')}"

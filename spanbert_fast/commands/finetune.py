@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 from spanbert_fast.commands.training_options import add_loop_arguments
 
@@ -34,8 +35,9 @@ def add_common_arguments(parser, default_max_length: int) -> None:
 def run_finetune(task, args) -> int:
     """Build the training settings from the common flags and run :func:`finetune`."""
     from spanbert_fast.tasks.finetune import finetune
-    from spanbert_fast.train import EVAL_LOG, describe_evaluation
+    from spanbert_fast.train import EVAL_LOG, describe_evaluation, describe_training
 
+    started = time.time()
     try:
         result = finetune(
             task, train_path=args.train, eval_path=args.eval, init=args.init, out_dir=args.out,
@@ -47,7 +49,14 @@ def run_finetune(task, args) -> int:
         )
     except (OSError, ValueError) as error:  # bad input: one line naming the file and line, no traceback
         raise SystemExit(f"{args.command}: error: {error}") from error
-    print(f"saved the fine-tuned model to {result.out_dir}")
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # under torchrun only rank 0 reports
+    train = result.train
+    print(describe_training(train.history, train.step, time.time() - started))
+    print(f"model:      {os.path.abspath(result.out_dir)} (config.json, model.safetensors, task.json, tokenizer)")
+    if train.checkpoint:
+        print(f"checkpoint: {train.checkpoint}")
+    print(f"log:        {os.path.join(result.out_dir, 'log.csv')}")
     if len(result.evaluations) > 1:  # checkpoints were evaluated too
         print(f"evaluations at each checkpoint ({os.path.join(result.out_dir, EVAL_LOG)}):")
         for row in result.evaluations:

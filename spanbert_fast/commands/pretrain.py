@@ -21,7 +21,7 @@ DEMO_DEFAULTS = dict(preset="tiny", batch_size=16, max_steps=600, lr=2e-3, warmu
 
 
 def run(args: argparse.Namespace) -> int:
-    from spanbert_fast.train import describe_evaluation, prepare_demo_corpus, pretrain
+    from spanbert_fast.train import describe_evaluation, describe_training, prepare_demo_corpus, pretrain
 
     started = time.time()
     if args.demo and (args.config or args.init_from):
@@ -45,10 +45,7 @@ def run(args: argparse.Namespace) -> int:
     if result.metrics is not None:
         print(f"held-out ({result.held_out_blocks} blocks): {describe_evaluation(result.metrics)}")
     train = result.train
-    if train.history:
-        first, last = train.history[0], train.history[-1]
-        print(f"loss {float(first['loss']):.3f} -> {float(last['loss']):.3f} over {train.step} steps "
-              f"({time.time() - started:.0f} s)")
+    print(describe_training(train.history, train.step, time.time() - started))
     print(f"checkpoint: {train.checkpoint}")
     print(f"log:        {os.path.join(train.out_dir, 'log.csv')}")
     if train.plot:

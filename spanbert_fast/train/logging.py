@@ -137,6 +137,15 @@ def bar_fields(row: dict) -> Dict[str, str]:
     return {k: short(v) for k, v in row.items() if k in BAR_FIELDS}
 
 
+def describe_training(history: List[dict], steps: int, seconds: float) -> str:
+    """The summary line of a run: ``"loss 16.248 -> 4.031 over 600 steps (95 s)"`` (first and last
+    logged loss; the rows of a resumed run's ``log.csv`` are strings)."""
+    if not history:
+        return f"{steps} steps, none logged ({seconds:.0f} s)"
+    first, last = float(history[0]["loss"]), float(history[-1]["loss"])
+    return f"loss {first:.3f} -> {last:.3f} over {steps} steps ({seconds:.0f} s)"
+
+
 def plot_history(history: List[dict], path: str) -> str:
     """Two panels: losses and tokens/s against step; written atomically."""
     import matplotlib
