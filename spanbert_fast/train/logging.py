@@ -123,9 +123,26 @@ def log_scalars(tensorboard, row: dict) -> None:
 
 
 def progress_bar(total: int, initial: int):
+    """The ``train`` bar (tqdm), drawing its 100 % frame once.
+
+    tqdm draws a frame on ``update`` and again on ``close`` (the run's mean rate), so a log or a
+    notebook showed the finished bar twice. Here the last step's ``update`` only counts and
+    ``close`` draws it; ``set_postfix`` (a new log row) shows with the next frame instead of
+    drawing one of its own.
+    """
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=initial, desc="train", dynamic_ncols=True)
+    class TrainingBar(tqdm):
+        def update(self, n=1):
+            if self.total is not None and self.n + n >= self.total:
+                self.n += n  # close() draws the final frame
+                return None
+            return super().update(n)
+
+        def set_postfix(self, ordered_dict=None, refresh=False, **kwargs):
+            super().set_postfix(ordered_dict, refresh=refresh, **kwargs)
+
+    return TrainingBar(total=total, initial=initial, desc="train", dynamic_ncols=True)
 
 
 def bar_fields(row: dict) -> Dict[str, str]:
