@@ -1,6 +1,6 @@
 """Fused attention: ours vs PyTorch SDPA, forward and forward+backward, TFLOP/s.
 
-FLOPs (DESIGN.md section 6): forward ``4 * H * D * sum_b L_b^2`` -- only real tokens' pairs
+FLOPs: forward ``4 * H * D * sum_b L_b^2`` -- only real tokens' pairs
 count, so a padded batch is charged for its real work whatever the implementation does with
 the padding; forward+backward is 3.5x the forward. Windowed cases count only the allowed
 pairs (``|i - j| <= window``), so their TFLOP/s is useful work, and a kernel that skips

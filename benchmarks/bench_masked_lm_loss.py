@@ -1,6 +1,6 @@
 """Masked-position MLM loss, forward+backward: time and extra peak memory.
 
-Case (GPU, bf16, ANCHORS.md's MLM row): 16384 tokens, 15 % of them masked
+Case (GPU, bf16; the reference HF measurement's, one H100 2026-11-22): 16384 tokens, 15 % of them masked
 (M = 2458 rows, random, sorted), V = 28996, d in {768, 1024}, with decoder bias.
 Every implementation returns the gradients of hidden ``[16384, d]``, weight and bias
 through ``torch.autograd.grad`` (no accumulation into ``.grad`` between runs):

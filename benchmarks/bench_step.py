@@ -8,7 +8,8 @@ dropout 0.1 on both models, all in one process so the ratios are side by side:
   kernels on CUDA), MLM + SBO heads at the predicted rows only;
 * ``hf-sdpa``: ``transformers.BertForMaskedLM`` with ``attn_implementation="sdpa"``, labels
   ``-100`` off the masked positions, so the full-vocabulary MLM loss as HF users train it
-  (no SBO head: HF has none);
+  (no SBO head: HF has none). Without transformers (``./setup.sh`` does not install it) the
+  suite runs our rows alone and says in one line that these need ``pip install spanbert-fast[hf]``;
 * ``+compile``: the same model through ``torch.compile`` (default inductor; ``torch._dynamo``
   is reset before each compiled model so shapes of an earlier case do not leak in).
 * ``ours+cudagraph`` (CUDA only): our step captured once as a CUDA graph and replayed
@@ -25,8 +26,8 @@ Rows per (case, impl), ``mode="train step"``, ``ms`` = median ms per step
 (``triton.testing.do_bench`` with a long warm-up and repetition window):
 
 * ``tokens/s``: real (non-padding) tokens per second;
-* ``TFLOP/s``: useful FLOPs (:mod:`benchmarks.flops`, DESIGN section 6: real tokens only; ours
-  also counts its SBO head);
+* ``TFLOP/s``: useful FLOPs (:mod:`benchmarks.flops`, real tokens only; ours also
+  counts its SBO head);
 * ``MFU %``: that TFLOP/s over a bf16 matmul 8192^3 measured in the same run (its own row);
 * ``peak MB``: ``torch.cuda.max_memory_allocated`` over one step after warm-up (weights, grads
   and optimizer state included), CUDA only;
@@ -68,6 +69,7 @@ WEIGHT_DECAY, LR = 0.01, 1e-4
 MATMUL_SIZE = 8192
 STEP_WARMUP_MS, STEP_REP_MS = 1000, 3000  # do_bench windows: a step is 20-150 ms on an H100
 BASELINE = "hf-sdpa"
+HF_EXTRA_INSTALL = "pip install spanbert-fast[hf]"  # what the baseline rows need (transformers)
 
 PRESETS = ("base", "large")
 VARIANTS = ("dense", "pad")
@@ -276,11 +278,22 @@ def matmul_ceiling(smoke: bool) -> Result:
                   F.tflops(F.matmul_flops(size, size, size), ms), "MFU denominator of this run")
 
 
-def _impls(compile_backend: Optional[str], with_compile: bool, with_graphs: bool):
+def hf_available() -> bool:
+    """Whether ``transformers`` imports: the HF baseline rows need it (``pip install spanbert-fast[hf]``)."""
+    try:
+        import transformers  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _impls(compile_backend: Optional[str], with_compile: bool, with_graphs: bool, with_hf: bool = True):
     """(name, family, compile backend, CUDA graph) in measuring order; the baseline comes first."""
-    impls = [(BASELINE, "hf", None, False)]
-    if with_compile:
-        impls.append((f"{BASELINE}+compile", "hf", compile_backend, False))
+    impls = []
+    if with_hf:
+        impls.append((BASELINE, "hf", None, False))
+        if with_compile:
+            impls.append((f"{BASELINE}+compile", "hf", compile_backend, False))
     impls.append(("ours", "ours", None, False))
     if with_graphs:
         impls.append(("ours+cudagraph", "ours", None, True))
@@ -302,6 +315,10 @@ def run(smoke: bool = False, presets: Optional[Sequence[str]] = None, variants: 
     presets = list(presets or (["tiny"] if smoke else PRESETS))
     variants = list(variants or (["pad"] if smoke else VARIANTS))
 
+    with_hf = hf_available()
+    if not with_hf:  # ours alone: the table has no ratio rows (they are to the HF baseline)
+        print(f"[bench] {SUITE}: transformers is not installed, so only our rows run; the {BASELINE} rows "
+              f"need `{HF_EXTRA_INSTALL}`", flush=True)
     ceiling = matmul_ceiling(smoke)
     rows: List[Result] = [ceiling]
     note = "bf16 autocast, fused AdamW" if cuda else "CPU smoke: checks the suite runs, not a speed figure"
@@ -316,14 +333,14 @@ def run(smoke: bool = False, presets: Optional[Sequence[str]] = None, variants: 
                 case += f"-pad{shape['seq_len'] // 4}..{shape['seq_len']}"
             batches[variant] = (case, make_batch(lengths, config.vocab_size).to(device))
         measured: Dict[Tuple[str, str], Tuple[float, Optional[float]]] = {}
-        for family in ("hf", "ours"):
+        for family in ("hf", "ours") if with_hf else ("ours",):
             torch.manual_seed(0)
             model = build_hf(config, device) if family == "hf" else build_ours(config, device, backend)
             loss_fn = _hf_loss if family == "hf" else _ours_loss
             for variant in variants:
                 case, batch = batches[variant]
                 for impl, impl_family, impl_compile, impl_graph in _impls(compile_backend, with_compile,
-                                                                          with_graphs=cuda and not smoke):
+                                                                          cuda and not smoke, with_hf):
                     if impl_family != family:
                         continue
                     inputs = batch.hf if family == "hf" else batch.ours

@@ -1,6 +1,6 @@
 """Useful FLOPs of a SpanBERT / BERT training step and MFU: the formulas, in one place.
 
-DESIGN.md section 6. A training step (forward + backward) costs 3x the forward FLOPs, and
+A training step (forward + backward) costs 3x the forward FLOPs, and
 a forward matmul of an ``[n, k]`` by a ``[k, m]`` matrix costs ``2 n k m``; so per token:
 
 * encoder linears:      ``6 * N_nonembedding``  (each parameter is one multiply-add per token);
@@ -11,8 +11,9 @@ a forward matmul of an ``[n, k]`` by a ``[k, m]`` matrix costs ``2 n k m``; so p
 
 ``N_nonembedding`` counts the encoder layers' parameters (weights, biases, LayerNorms); the
 embedding tables and the heads are left out (the heads are charged at the rows they predict).
-The MLM transform (``d x d`` at the masked rows, ~0.1 % of the step) is left out as in the
-DESIGN formula, so figures compare with ANCHORS.md. With padding, only real tokens count: a
+The MLM transform (``d x d`` at the masked rows, ~0.1 % of the step) is left out, so figures
+compare with the reference HF rows (one H100, 2026-11-22: base 56.6 ms/step = 169.8 TFLOP/s; see
+tests/test_bench_flops.py). With padding, only real tokens count: a
 batch of lengths ``L_b`` costs ``6 N sum(L_b) + 12 L d sum(L_b^2)``, whatever the implementation
 does with the padding. Every function here is pure arithmetic on Python numbers.
 """

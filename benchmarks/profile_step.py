@@ -7,7 +7,7 @@ to ``--out``:
 
 * ``kernels.csv``: one row per kernel name: calls, total and mean µs per step, share of the
   step's GPU time, and a category (gemm, attention, norm, loss, optimizer, copy/index,
-  elementwise, other) for reading the budget of ``../shared/PERF.md`` off a real run;
+  elementwise, other) for reading a step's time budget off a real run;
 * ``summary.md``: time per category and the top kernels, with the device and versions;
 * ``trace.json.gz``: the Chrome trace (open in Perfetto or ``chrome://tracing``).
 

@@ -6,6 +6,8 @@ import importlib
 import sys
 from typing import List, Optional
 
+from spanbert_fast.commands import CommandParser
+
 # Subcommand modules, in the order ``--help`` lists them. Each defines
 # ``register(subparsers)`` which adds its parser and sets ``func(args) -> int``.
 COMMANDS = [
@@ -26,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="spanbert-fast",
         description="SpanBERT pre-training and fine-tuning with Triton kernels.",
     )
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=CommandParser)
     for name in COMMANDS:
         importlib.import_module(f"spanbert_fast.commands.{name}").register(subparsers)
     return parser

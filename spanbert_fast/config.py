@@ -17,7 +17,8 @@ SUPPORTED_ACTIVATIONS = ("gelu",)
 
 @dataclasses.dataclass
 class SpanBertConfig:
-    """Hyper-parameters of a SpanBERT encoder and its MLM + SBO heads (DESIGN §1)."""
+    """Hyper-parameters of a SpanBERT encoder and its MLM + SBO heads; the field names and
+    defaults are those of HF ``BertConfig`` / SpanBERT-base-cased (BERT-cased vocabulary)."""
 
     vocab_size: int = 28996
     hidden_size: int = 768

@@ -1,6 +1,7 @@
 """SpanBERT: a BERT encoder with a masked-LM head and a Span Boundary Objective head (:mod:`.heads`).
 
-Reads like the paper (Joshi et al., 2020) and DESIGN §1:
+Reads like the paper (Joshi et al., 2020, "SpanBERT: Improving Pre-training by Representing and
+Predicting Spans") and its reference implementation:
 
     embeddings  = LayerNorm(word + position + token_type) -> dropout
     each layer  = LN(dropout(attention(x) W_o + b_o) + x)            (post-LN)

@@ -46,7 +46,7 @@ class SpanBertPreTrainedModel(nn.Module):
         self.load_report: Optional[hub.LoadReport] = None  # set by from_pretrained
 
     def init_weights(self):
-        """DESIGN §1: normal(0, initializer_range) weights, zero biases, LayerNorm (1, 0).
+        """BERT's initialisation: normal(0, initializer_range) weights, zero biases, LayerNorm (1, 0).
         (The heads' output biases are created as zeros.)"""
         std = self.config.initializer_range
         for module in self.modules():

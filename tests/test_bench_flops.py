@@ -35,8 +35,8 @@ def test_train_step_flops_bert_base_b32_s512():
     assert flops == encoder + mlm == 9_617_329_115_136
 
 
-def test_useful_tflops_reproduce_anchors_hf_rows():
-    # ANCHORS.md: HF BertForMaskedLM + SDPA, B32 x S512: base 56.6 ms -> 169.8 TFLOP/s,
+def test_useful_tflops_reproduce_the_reference_hf_rows():
+    # Reference run (one H100, 2026-11-22): HF BertForMaskedLM + SDPA, B32 x S512: base 56.6 ms -> 169.8 TFLOP/s,
     # large 132.7 ms -> 245.6 TFLOP/s (15 % of 16384 tokens masked).
     base = F.tflops(F.train_step_flops([512] * 32, 768, 12, 3072, 28996, 2458), 56.6)
     large = F.tflops(F.train_step_flops([512] * 32, 1024, 24, 4096, 28996, 2458), 132.7)

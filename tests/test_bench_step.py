@@ -1,5 +1,6 @@
 """The whole-step benchmark: span-masked batches, the step closure, the smoke rows."""
 import math
+import sys
 
 import pytest
 import torch
@@ -118,3 +119,22 @@ def test_a_failing_implementation_is_reported_and_the_others_kept(monkeypatch):
     assert not any(r.metric.startswith("x ") for r in rows)  # no ratio without the ours row
     with pytest.raises(torch.cuda.OutOfMemoryError):  # smoke runs (CI) fail loudly instead
         bench_step.run(smoke=True, with_compile=False)
+
+
+def test_without_transformers_ours_runs_alone_and_one_line_says_how_to_get_hf(monkeypatch, capsys, tmp_path):
+    """After ./setup.sh (no transformers) `bench --smoke` still passes: the step suite measures ours
+    and says once that the HF rows need the [hf] extra."""
+    from spanbert_fast.cli import main
+
+    monkeypatch.setitem(sys.modules, "transformers", None)  # `import transformers` raises ImportError
+    assert not bench_step.hf_available()
+    rows = bench_step.run(smoke=True)
+    assert {r.impl for r in rows} == {"torch.matmul", "ours"}
+    assert {r.metric for r in rows if r.impl == "ours"} >= {"tokens/s", "TFLOP/s", "MFU %"}
+    printed = [line for line in capsys.readouterr().out.splitlines() if "spanbert-fast[hf]" in line]
+    assert printed == ["[bench] step: transformers is not installed, so only our rows run; the hf-sdpa rows "
+                       "need `pip install spanbert-fast[hf]`"]
+    assert main(["bench", "--smoke", "--suite", "step", "--out", str(tmp_path)]) == 0
+    output = capsys.readouterr().out
+    assert "pip install spanbert-fast[hf]" in output and "FAILED" not in output
+    assert (tmp_path / "results.csv").is_file()

@@ -1,4 +1,4 @@
-"""Span masking (DESIGN.md §2): span-length law, exact budget, merging, 80/10/10 per span,
+"""Span masking (spanbert_fast.data.masking): span-length law, exact budget, merging, 80/10/10 per span,
 specials never masked, SBO targets and their edge rules, determinism, ablation schemes.
 
 Statistical tests use fixed seeds, so they are deterministic; their tolerances are ~4 standard
@@ -197,7 +197,7 @@ def test_cls_sep_pad_are_never_masked_but_unk_is_ordinary():
         assert block.masked_positions.size == 100  # ceil(0.5 * 200) of 160 maskable tokens
         np.testing.assert_array_equal(block.input_ids[special_at], token_ids[special_at])
         unk_masked += int(np.isin(unk_at, block.masked_positions).sum())
-    assert unk_masked > 0  # DESIGN §2: only [CLS], [SEP], [PAD] are exempt
+    assert unk_masked > 0  # only [CLS], [SEP], [PAD] are exempt; [UNK] is maskable
     # budget capped by the maskable tokens
     block = masker(np.array([101, 5000, 102, 0]), np.ones(4, dtype=bool), epoch=0, index=0)
     assert block.masked_positions.tolist() == [1]

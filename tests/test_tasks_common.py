@@ -125,3 +125,27 @@ def test_every_output_file_is_written_atomically(tmp_path, monkeypatch):
     assert replaced == ["predictions.conll", "predictions.jsonl", "e.npy", "e.npz"]
     assert np.load(tmp_path / "e.npy").shape == (2, 3)
     assert not [p for p in tmp_path.rglob("*.tmp")]
+
+
+def test_task_head_load_report_goes_to_logging_not_stdout(tmp_path, capsys, caplog):
+    """A fresh head is a logged warning naming its weights (as HF warns), never printed; a
+    complete fine-tuned folder loads silently (its report is INFO)."""
+    import logging
+
+    from task_fixtures import tiny_checkpoint
+    from spanbert_fast.tasks import SpanBertForSequenceClassification
+
+    encoder = tiny_checkpoint(tmp_path / "encoder")
+    with caplog.at_level(logging.INFO, logger="spanbert_fast"):
+        model = SpanBertForSequenceClassification.from_pretrained(encoder, labels=["neg", "pos"])
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and warnings[0].name == "spanbert_fast.hub"
+    assert "missing (freshly initialised): classifier.out_proj.bias" in warnings[0].getMessage()
+    assert model.load_report.missing == ["classifier.out_proj.bias", "classifier.out_proj.weight"]
+
+    model.save_pretrained(str(tmp_path / "fine-tuned"))
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="spanbert_fast"):
+        SpanBertForSequenceClassification.from_pretrained(str(tmp_path / "fine-tuned"))
+    assert [r.levelno for r in caplog.records] == [logging.INFO]
+    assert capsys.readouterr().out == ""

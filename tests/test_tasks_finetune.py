@@ -120,3 +120,48 @@ def test_new_head_initialisation_follows_the_seed(tmp_path):
         heads.append(result.model.classifier.weight.detach().clone())
     assert torch.equal(heads[0], heads[1])
     assert not torch.equal(heads[0], heads[2])
+
+
+def test_checkpoints_hold_the_tokenizer_and_continue_without_tokenizer_flag(tmp_path, capsys):
+    """Every fine-tune checkpoint folder is complete: ``finetune-qa --init <checkpoint>`` needs no
+    --tokenizer, and the tokenizer it finds there is the one the run trained with."""
+    from spanbert_fast.data.tokenizer import TOKENIZER_FILE, VOCAB_FILE, load_tokenizer
+
+    squad = data_path("squad_v1.json")
+    init = tiny_checkpoint(tmp_path / "init")
+    os.remove(os.path.join(init, TOKENIZER_FILE))  # the tokenizer comes from --tokenizer only
+    os.remove(os.path.join(init, VOCAB_FILE))
+    tokenizer_dir = str(fixture_tokenizer_dir(tmp_path / "tok"))
+    first = str(tmp_path / "qa")
+    common = ["--train", squad, "--max-length", "64", "--doc-stride", "32", "--batch-size", "4",
+              "--no-progress", "--backend", "torch"]
+    assert main(["finetune-qa", "--init", init, "--tokenizer", tokenizer_dir, "--out", first,
+                 "--max-steps", "2", "--save-every", "1", *common]) == 0
+    for step in (1, 2):
+        folder = checkpoint(first, step)
+        assert sorted(f for f in os.listdir(folder) if f in (TOKENIZER_FILE, VOCAB_FILE)) == [TOKENIZER_FILE, VOCAB_FILE]
+        assert load_tokenizer(folder).get_vocab() == fixture_tokenizer().get_vocab()
+    second = str(tmp_path / "qa-continued")
+    assert main(["finetune-qa", "--init", checkpoint(first, 1), "--out", second, "--max-steps", "1", *common]) == 0
+    assert os.path.isfile(os.path.join(checkpoint(second, 1), TOKENIZER_FILE))
+
+
+def fixture_tokenizer_dir(directory):
+    from spanbert_fast.data.tokenizer import save_tokenizer
+
+    return save_tokenizer(fixture_tokenizer(), directory)
+
+
+def test_command_prints_a_training_summary(tmp_path, capsys):
+    """Like ``pretrain``: first -> last loss over the steps, and where the model, checkpoint and log are."""
+    init = tiny_checkpoint(tmp_path / "init")
+    out = str(tmp_path / "ner")
+    assert main(["finetune-ner", "--train", CONLL, "--init", init, "--out", out, "--max-steps", "3",
+                 "--batch-size", "2", "--log-every", "1", "--no-progress", "--backend", "torch"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    with open(os.path.join(out, "log.csv"), newline="") as f:
+        losses = [float(row["loss"]) for row in csv.DictReader(f)]
+    assert printed[0].startswith(f"loss {losses[0]:.3f} -> {losses[-1]:.3f} over 3 steps (")
+    assert printed[1].startswith(f"model:      {os.path.abspath(out)} ")
+    assert printed[2] == f"checkpoint: {checkpoint(out, 3)}"
+    assert printed[3] == f"log:        {os.path.join(out, 'log.csv')}"

@@ -60,10 +60,11 @@ def register(subparsers) -> None:
                              "e.g. -4..-1")
     parser.add_argument("--pool", default="cls", choices=["cls", "mean", "none"],
                         help="cls: [CLS] vector; mean: mean over tokens; none: every token (.npz with offsets)")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=32, help="texts per forward pass")
     parser.add_argument("--max-length", type=int, default=None, help="cut texts to this many tokens (default: model max)")
     parser.add_argument("--tokenizer", help="tokenizer.json, vocab.txt or a folder with one (default: CKPT)")
-    parser.add_argument("--backend", default="auto", choices=["auto", "torch", "triton"])
+    parser.add_argument("--backend", default="auto", choices=["auto", "torch", "triton"],
+                        help="hot-op backend: auto = Triton kernels on CUDA, PyTorch references on CPU")
     parser.add_argument("--device", default=None, help="e.g. cuda or cpu (default: cpu)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     # argparse reads "-4..-1" as an unknown option unless it looks like a negative number to it.

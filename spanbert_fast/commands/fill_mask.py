@@ -34,5 +34,6 @@ def register(subparsers) -> None:
     parser.add_argument("text", help='text with one or more [MASK], e.g. "Paris is the [MASK] of France."')
     parser.add_argument("--top-k", type=int, default=5, help="predictions per mask (default 5)")
     parser.add_argument("--tokenizer", help="tokenizer.json, vocab.txt or a folder with one (default: CKPT)")
-    parser.add_argument("--backend", default="auto", choices=["auto", "torch", "triton"])
+    parser.add_argument("--backend", default="auto", choices=["auto", "torch", "triton"],
+                        help="hot-op backend: auto = Triton kernels on CUDA, PyTorch references on CPU")
     parser.set_defaults(func=run)

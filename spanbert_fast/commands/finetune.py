@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 from spanbert_fast.commands.training_options import add_loop_arguments
 
@@ -26,15 +27,17 @@ def add_common_arguments(parser, default_max_length: int) -> None:
     optim = parser.add_argument_group("optimisation (spanbert_fast.train.Trainer)")
     add_loop_arguments(optim, batch_size=16, lr=3e-5, save_every=0,
                        max_steps_help="optimizer steps (overrides --epochs)")
-    optim.add_argument("--eval-batch-size", type=int, default=64)
-    optim.add_argument("--epochs", type=float, default=3.0)
-    optim.add_argument("--warmup-ratio", type=float, default=0.1)
+    optim.add_argument("--eval-batch-size", type=int, default=64, help="sequences per batch when evaluating")
+    optim.add_argument("--epochs", type=float, default=3.0, help="passes over the training data (may be fractional)")
+    optim.add_argument("--warmup-ratio", type=float, default=0.1,
+                       help="share of the steps with a linear learning-rate warm-up (then linear decay to 0)")
 
 def run_finetune(task, args) -> int:
     """Build the training settings from the common flags and run :func:`finetune`."""
     from spanbert_fast.tasks.finetune import finetune
-    from spanbert_fast.train import EVAL_LOG, describe_evaluation
+    from spanbert_fast.train import EVAL_LOG, describe_evaluation, describe_training
 
+    started = time.time()
     try:
         result = finetune(
             task, train_path=args.train, eval_path=args.eval, init=args.init, out_dir=args.out,
@@ -46,7 +49,14 @@ def run_finetune(task, args) -> int:
         )
     except (OSError, ValueError) as error:  # bad input: one line naming the file and line, no traceback
         raise SystemExit(f"{args.command}: error: {error}") from error
-    print(f"saved the fine-tuned model to {result.out_dir}")
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # under torchrun only rank 0 reports
+    train = result.train
+    print(describe_training(train.history, train.step, time.time() - started))
+    print(f"model:      {os.path.abspath(result.out_dir)} (config.json, model.safetensors, task.json, tokenizer)")
+    if train.checkpoint:
+        print(f"checkpoint: {train.checkpoint}")
+    print(f"log:        {os.path.join(result.out_dir, 'log.csv')}")
     if len(result.evaluations) > 1:  # checkpoints were evaluated too
         print(f"evaluations at each checkpoint ({os.path.join(result.out_dir, EVAL_LOG)}):")
         for row in result.evaluations:

@@ -14,14 +14,14 @@ import time
 from spanbert_fast.commands.training_options import add_loop_arguments, fill_defaults, loop_settings
 
 DEMO_OUT = os.path.join("runs", "demo")
-# Defaults of a real run (DESIGN §3 scaled to one node) and of the CPU demo.
+# Defaults of a real run (the paper's lr 1e-4 and AdamW settings, a batch of 32 for one GPU) and of the CPU demo.
 PRETRAIN_DEFAULTS = dict(preset="base", batch_size=32, max_steps=10000, lr=1e-4, save_every=1000, eval_blocks=0)
 DEMO_DEFAULTS = dict(preset="tiny", batch_size=16, max_steps=600, lr=2e-3, warmup_steps=30, save_every=0,
                      eval_blocks=64)
 
 
 def run(args: argparse.Namespace) -> int:
-    from spanbert_fast.train import describe_evaluation, prepare_demo_corpus, pretrain
+    from spanbert_fast.train import describe_evaluation, describe_training, prepare_demo_corpus, pretrain
 
     started = time.time()
     if args.demo and (args.config or args.init_from):
@@ -45,16 +45,22 @@ def run(args: argparse.Namespace) -> int:
     if result.metrics is not None:
         print(f"held-out ({result.held_out_blocks} blocks): {describe_evaluation(result.metrics)}")
     train = result.train
-    if train.history:
-        first, last = train.history[0], train.history[-1]
-        print(f"loss {float(first['loss']):.3f} -> {float(last['loss']):.3f} over {train.step} steps "
-              f"({time.time() - started:.0f} s)")
+    print(describe_training(train.history, train.step, time.time() - started))
     print(f"checkpoint: {train.checkpoint}")
     print(f"log:        {os.path.join(train.out_dir, 'log.csv')}")
     if train.plot:
         print(f"plot:       {train.plot}")
     print(f"everything is in {os.path.abspath(train.out_dir)}")
     return 0
+
+
+def _default_text(name: str) -> str:
+    """What ``--help`` says of an option :func:`run` fills in: its default, and the demo's when it differs."""
+    run_default, demo_default = PRETRAIN_DEFAULTS[name], DEMO_DEFAULTS[name]
+    text = f"{run_default:g}" if isinstance(run_default, float) else str(run_default)
+    if demo_default != run_default:
+        text += f"; --demo: {demo_default:g}" if isinstance(demo_default, float) else f"; --demo: {demo_default}"
+    return text
 
 
 def register(subparsers) -> None:
@@ -66,7 +72,10 @@ def register(subparsers) -> None:
                         help="CPU demo: tokenizer, corpus and tiny model from Python's help topics")
     parser.add_argument("--data", help="prepared corpus folder (from `spanbert-fast prepare`)")
     model = parser.add_mutually_exclusive_group()
-    model.add_argument("--preset", choices=["tiny", "base", "large"], default=None)
+    model.add_argument("--preset", choices=["tiny", "base", "large"], default=None,
+                       help="model size of a fresh model: tiny (2 layers, d=128, for CPU), base (12 layers, "
+                            "d=768) or large (24 layers, d=1024) (default: "
+                            f"{_default_text('preset')})")
     model.add_argument("--config", help="a config.json to build a fresh model from")
     model.add_argument("--init-from", help="continue pre-training from an HF BERT / SpanBERT checkpoint folder")
     parser.add_argument("--masking", choices=["span", "word", "subword"], default="span",
@@ -88,7 +97,8 @@ def register(subparsers) -> None:
                              "batches are the same either way)")
     group = parser.add_argument_group("training")
     group.add_argument("--out", help="output folder: checkpoints, log.csv, training.png")
-    add_loop_arguments(group)
-    group.add_argument("--warmup-steps", type=int, default=None, help="linear warm-up steps (default: 1%% of max-steps)")
-    group.add_argument("--adam-eps", type=float, default=1e-8)
+    add_loop_arguments(group, default_text={k: _default_text(k) for k in ("batch_size", "max_steps", "lr", "save_every")})
+    group.add_argument("--warmup-steps", type=int, default=None,
+                       help=f"linear warm-up steps (default: 1%% of --max-steps; --demo: {DEMO_DEFAULTS['warmup_steps']})")
+    group.add_argument("--adam-eps", type=float, default=1e-8, help="AdamW epsilon")
     parser.set_defaults(func=run)

@@ -1,10 +1,10 @@
-"""SpanBERT span masking and span-boundary (SBO) targets, per DESIGN.md §2.
+"""SpanBERT span masking and span-boundary (SBO) targets, as the paper and its reference code do them.
 
 For one block of ``n`` tokens (without [CLS]/[SEP]):
 
 1. Budget: ``ceil(0.15 · n)`` tokens, computed exactly (the float product ``100 * 0.15`` is
    ``15.000000000000002``; we round it to 9 decimals first), capped at the number of maskable
-   tokens. [CLS], [SEP] and [PAD] are never masked (DESIGN §2); [UNK] is an ordinary token
+   tokens. [CLS], [SEP] and [PAD] are never masked; [UNK] is an ordinary token
    here, as in the reference code, so it neither blocks nor splits a span.
 2. Spans are drawn until the budget is met: a length ℓ in WORDS from ``P(ℓ) ∝ p·(1-p)^(ℓ-1)``,
    ℓ = 1..10, p = 0.2, renormalised (mean ≈ 3.8 words); an anchor uniform over the block's

@@ -19,7 +19,8 @@ the task-specific parts:
 epoch batches, :class:`spanbert_fast.train.Trainer` (AdamW, warm-up + linear decay, bf16
 on GPU, checkpoints, progress bar, CSV log), then writes the final model, its ``task.json``
 and the tokenizer into ``out_dir`` (a folder ``from_pretrained`` and the CLI reload) and the
-evaluation metrics into ``out_dir/eval_results.json``.
+evaluation metrics into ``out_dir/eval_results.json``. Each checkpoint folder
+(``out_dir/checkpoints/step-N``) holds the tokenizer too, so it is a complete ``--init``.
 
 With an evaluation file, every checkpoint is evaluated too
 (:class:`spanbert_fast.train.evaluation.CheckpointEvaluatingTrainer`,
@@ -33,6 +34,7 @@ import dataclasses
 import functools
 import logging
 import math
+import os
 from typing import List, Optional
 
 from spanbert_fast.tasks.batching import EpochBatches, collate_features
@@ -64,7 +66,7 @@ def finetune(task, *, train_path: str, init: str, out_dir: str, eval_path: Optio
     ``log_every``, ``progress``, ``resume``, ``device`` ...). With ``eval_path`` and
     ``save_every``, each checkpoint is evaluated as well (see the module docstring).
     """
-    from spanbert_fast.data.tokenizer import save_tokenizer, special_ids
+    from spanbert_fast.data.tokenizer import TOKENIZER_FILE, VOCAB_FILE, save_tokenizer, special_ids
 
     if eval_batch_size < 1:  # checked now, not at the first evaluation
         raise ValueError(f"eval_batch_size (--eval-batch-size) must be at least 1, got {eval_batch_size}")
@@ -95,16 +97,21 @@ def finetune(task, *, train_path: str, init: str, out_dir: str, eval_path: Optio
         return task.evaluate(trained_model, tokenizer, eval_path, predictions_dir, eval_batch_size,
                              examples=eval_examples, progress=args.progress)
 
+    # The tokenizer goes into out_dir first and from there into every checkpoint folder, so each
+    # one reloads (and continues fine-tuning) without --tokenizer.
+    tokenizer_files = [os.path.join(out_dir, name) for name in (TOKENIZER_FILE, VOCAB_FILE)]
     if eval_path is None:
-        trainer = Trainer(model, batches, args)
+        trainer = Trainer(model, batches, args, checkpoint_files=tokenizer_files)
     else:
-        trainer = CheckpointEvaluatingTrainer(model, batches, args, evaluate=evaluate)
+        trainer = CheckpointEvaluatingTrainer(model, batches, args, evaluate=evaluate,
+                                              checkpoint_files=tokenizer_files)
+    if trainer.ctx.is_main:
+        save_tokenizer(tokenizer, out_dir)
     train_result = trainer.train()
     model.eval()
     if not trainer.ctx.is_main:
         return FineTuneResult(model, out_dir, None, train_result)
     model.save_pretrained(out_dir)
-    save_tokenizer(tokenizer, out_dir)
     if eval_path is None:
         return FineTuneResult(model, out_dir, None, train_result)
     metrics = evaluate(model, out_dir)

@@ -24,6 +24,7 @@ from spanbert_fast.train.evaluation import (
     evaluate_batches,
     finish_evaluation,
 )
+from spanbert_fast.train.logging import describe_training
 from spanbert_fast.train.loop import Trainer, TrainingArgs, TrainResult, parameter_groups, warmup_linear_decay
 from spanbert_fast.train.pretrain import PretrainResult, pretrain, prepare_demo_corpus
 
@@ -31,5 +32,5 @@ __all__ = [
     "Trainer", "TrainingArgs", "TrainResult", "parameter_groups", "warmup_linear_decay",
     "list_checkpoints", "DistributedContext", "init_distributed", "move_batch", "seed_everything",
     "EVAL_LOG", "EVAL_RESULTS", "CheckpointEvaluatingTrainer", "describe_evaluation", "evaluate_batches",
-    "finish_evaluation", "pretrain", "PretrainResult", "prepare_demo_corpus",
+    "finish_evaluation", "describe_training", "pretrain", "PretrainResult", "prepare_demo_corpus",
 ]

@@ -3,7 +3,8 @@
 * :func:`evaluate_batches`: mean loss and ``metrics()`` of a model over held-out batches;
 * :class:`CheckpointEvaluatingTrainer`: the :class:`~spanbert_fast.train.loop.Trainer`, evaluating
   each checkpoint it saves (``eval_results.json`` in the folder, a row of ``out_dir/eval_log.csv``);
-* :func:`finish_evaluation`: the same for the final model, after training.
+* :func:`finish_evaluation`: the same for the final model, after training (and ``training.png``
+  drawn again, with every evaluation over the training curves).
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import torch
 
 from spanbert_fast.io import atomic_write, write_json
 from spanbert_fast.train.distributed import move_batch
-from spanbert_fast.train.logging import output_values
+from spanbert_fast.train.logging import PLOT_PNG, output_values, plot_history
 from spanbert_fast.train.loop import Trainer
 
 logger = logging.getLogger(__name__)
@@ -57,6 +58,15 @@ def describe_evaluation(row: dict) -> str:
     return f"step {row['step']}: " + ", ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "step")
 
 
+def read_evaluation_log(out_dir: str) -> List[dict]:
+    """The rows of ``out_dir/eval_log.csv`` (values as strings), none when there is no such file."""
+    path = os.path.join(out_dir, EVAL_LOG)
+    if not os.path.isfile(path):
+        return []
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
 def log_evaluation(out_dir: str, row: dict) -> str:
     """Write ``row`` (:func:`scalar_metrics`) into ``out_dir/eval_log.csv``, atomically.
 
@@ -64,10 +74,7 @@ def log_evaluation(out_dir: str, row: dict) -> str:
     from an earlier checkpoint, whose evaluations are being done again.
     """
     path = os.path.join(out_dir, EVAL_LOG)
-    rows = []
-    if os.path.isfile(path):
-        with open(path, newline="", encoding="utf-8") as f:
-            rows = [r for r in csv.DictReader(f) if int(r["step"]) < row["step"]]
+    rows = [r for r in read_evaluation_log(out_dir) if int(r["step"]) < row["step"]]
     rows.append(row)
     with atomic_write(path) as f:
         writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in rows for k in r)), lineterminator="\n")
@@ -111,6 +118,13 @@ class CheckpointEvaluatingTrainer(Trainer):
         self.record_evaluation(metrics)
         return metrics
 
+    def plot(self) -> Optional[str]:
+        """``training.png`` with the evaluations of ``eval_log.csv`` drawn over the training curves."""
+        if not self.history:
+            return None
+        return plot_history(self.history, os.path.join(self.args.out_dir, PLOT_PNG),
+                            read_evaluation_log(self.args.out_dir))
+
     def record_evaluation(self, metrics: dict) -> None:
         """Add ``metrics`` at the current step to ``eval_log.csv`` (and log them)."""
         row = scalar_metrics(self.step, metrics)
@@ -127,4 +141,6 @@ def finish_evaluation(trainer: CheckpointEvaluatingTrainer, metrics: dict, check
         if folder is not None:
             write_json(os.path.join(folder, EVAL_RESULTS), metrics)
     trainer.record_evaluation(metrics)
+    if trainer.args.plot:  # drawn again with this last evaluation
+        trainer.plot()
     return trainer.evaluations[-1]

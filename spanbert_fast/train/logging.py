@@ -12,7 +12,7 @@ import csv
 import math
 import os
 import time
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import torch
 import torch.distributed as dist
@@ -123,9 +123,26 @@ def log_scalars(tensorboard, row: dict) -> None:
 
 
 def progress_bar(total: int, initial: int):
+    """The ``train`` bar (tqdm), drawing its 100 % frame once.
+
+    tqdm draws a frame on ``update`` and again on ``close`` (the run's mean rate), so a log or a
+    notebook showed the finished bar twice. Here the last step's ``update`` only counts and
+    ``close`` draws it; ``set_postfix`` (a new log row) shows with the next frame instead of
+    drawing one of its own.
+    """
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=initial, desc="train", dynamic_ncols=True)
+    class TrainingBar(tqdm):
+        def update(self, n=1):
+            if self.total is not None and self.n + n >= self.total:
+                self.n += n  # close() draws the final frame
+                return None
+            return super().update(n)
+
+        def set_postfix(self, ordered_dict=None, refresh=False, **kwargs):
+            super().set_postfix(ordered_dict, refresh=refresh, **kwargs)
+
+    return TrainingBar(total=total, initial=initial, desc="train", dynamic_ncols=True)
 
 
 def bar_fields(row: dict) -> Dict[str, str]:
@@ -137,25 +154,63 @@ def bar_fields(row: dict) -> Dict[str, str]:
     return {k: short(v) for k, v in row.items() if k in BAR_FIELDS}
 
 
-def plot_history(history: List[dict], path: str) -> str:
-    """Two panels: losses and tokens/s against step; written atomically."""
+def describe_training(history: List[dict], steps: int, seconds: float) -> str:
+    """The summary line of a run: ``"loss 16.248 -> 4.031 over 600 steps (95 s)"`` (first and last
+    logged loss; the rows of a resumed run's ``log.csv`` are strings)."""
+    if not history:
+        return f"{steps} steps, none logged ({seconds:.0f} s)"
+    first, last = float(history[0]["loss"]), float(history[-1]["loss"])
+    return f"loss {first:.3f} -> {last:.3f} over {steps} steps ({seconds:.0f} s)"
+
+
+# One colour per quantity, the same in every panel (a held-out curve wears its training colour);
+# throughput has its own.
+LOSS_COLOURS = {"loss": "tab:blue", "mlm_loss": "tab:orange", "sbo_loss": "tab:green"}
+ACCURACY_COLOURS = {"mlm_acc": "tab:orange", "sbo_acc": "tab:green"}
+SPEED_COLOUR = "tab:purple"
+
+
+def plot_history(history: List[dict], path: str, evaluations: Sequence[dict] = ()) -> str:
+    """``training.png``, written atomically: losses, accuracies (when the model reports them) and
+    tokens/s against step. ``evaluations`` (``eval_log.csv`` rows: ``step`` and metrics) are drawn
+    over the training curves as dashed lines with markers, each in its training curve's colour."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    steps = [int(r["step"]) for r in history]
-    fig, (ax_loss, ax_speed) = plt.subplots(1, 2, figsize=(11, 4))
-    for key in ("loss", "mlm_loss", "sbo_loss"):
-        if key in history[0]:
-            ax_loss.plot(steps, [float(r[key]) for r in history], label=key)
-    ax_loss.set_xlabel("step")
-    ax_loss.set_ylabel("cross-entropy")
-    ax_loss.legend()
-    ax_loss.grid(alpha=0.3)
-    ax_speed.plot(steps, [float(r["tokens_per_s"]) for r in history], color="tab:green")
+    def series(rows, key):
+        points = [(int(r["step"]), float(r[key])) for r in rows if r.get(key) not in (None, "")]
+        return [p[0] for p in points], [p[1] for p in points]
+
+    accuracy_keys = [k for k in ACCURACY_COLOURS if k in history[0]]
+    panels = ["loss"] + (["accuracy"] if accuracy_keys else []) + ["speed"]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2))
+    axes = dict(zip(panels, axes))
+    panel_keys = [("loss", LOSS_COLOURS, "cross-entropy"), ("accuracy", ACCURACY_COLOURS, "masked-token accuracy")]
+    for panel, colours, ylabel in panel_keys:
+        if panel not in axes:
+            continue
+        ax = axes[panel]
+        for key, colour in colours.items():
+            if key in history[0]:
+                ax.plot(*series(history, key), color=colour, linewidth=1.2, label=f"train {key}")
+            steps, values = series(evaluations, key)
+            if steps:
+                ax.plot(steps, values, color=colour, linestyle="--", marker="o", markersize=6,
+                        label=f"held-out {key}")
+        ax.set_xlabel("step")
+        ax.set_ylabel(ylabel)
+        ax.set_title(ylabel if not evaluations else f"{ylabel}: train (solid), held-out (dashed, dots)",
+                     fontsize=10)
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    ax_speed = axes["speed"]
+    ax_speed.plot(*series(history, "tokens_per_s"), color=SPEED_COLOUR, label="tokens / s")
     ax_speed.set_xlabel("step")
     ax_speed.set_ylabel("tokens / s")
+    ax_speed.set_title("training throughput", fontsize=10)
+    ax_speed.set_ylim(bottom=0)
     ax_speed.grid(alpha=0.3)
     fig.tight_layout()
     with atomic_path(path) as tmp:

@@ -45,7 +45,8 @@ from spanbert_fast.train.logging import (
 
 @dataclasses.dataclass
 class TrainingArgs:
-    """Optimisation and bookkeeping settings (defaults: DESIGN §3 where it applies)."""
+    """Optimisation and bookkeeping settings (defaults as SpanBERT pre-training: AdamW betas
+    (0.9, 0.999), eps 1e-8, weight decay 0.01, grad clip 1.0; lr 1e-4, the paper's for the large model)."""
 
     out_dir: str
     max_steps: int
