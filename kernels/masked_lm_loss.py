@@ -263,10 +263,11 @@ def _dlogits_kernel(
 # H100-class GPUs. Under the interpreter instead one config with large blocks
 # (_interpreter_blocks): its cost is (programs x loop iterations) of numpy calls.
 _FORWARD_STATS_CONFIGS = [  # a GEMM whose epilogue keeps per-row running state
-    (128, 128, 64, 8, 3),  # 128 x 256 tiles spill registers (ptxas, sm_90); so do 4-warp configs
-    (128, 128, 64, 8, 4),  # (64 x 128: 16 B, issue 13; 128 x 64: 16 B in fp16 with Triton 3.6)
-    (128, 128, 128, 8, 3),
-    (64, 256, 64, 8, 3),
+    (128, 128, 64, 8, 3),  # none spills on sm_90 (ptxas, Triton 3.9 and 3.6; benchmarks/static_report.py):
+    (128, 64, 64, 8, 3),  # dropped 128 x 256, 64 x 256, 4-warp 64 x 128 and 128 x 64 (8-36 B),
+    (64, 128, 64, 8, 3),  # 128 x 128 with BLOCK_D 128 or 2/4 stages (8 B)
+    (64, 128, 128, 8, 3),
+    (64, 64, 64, 4, 3),
 ]
 _DLOGITS_CONFIGS = [  # one output tile per program, stored in the input dtype
     (128, 128, 64, 8, 3),  # 128 x 256 tiles spill registers (ptxas, sm_90, fp16 without bias)
