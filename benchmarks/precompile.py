@@ -39,14 +39,10 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 
 def _attention_run():
-    """The attention stage: ``bench_attention.run``, at dropout 0 and 0.1 once it takes them."""
-    import inspect
-
+    """The attention stage: ``bench_attention.run`` (dropout 0 and 0.1, both backwards)."""
     from benchmarks import bench_attention
 
-    if "dropout_ps" in inspect.signature(bench_attention.run).parameters:
-        return bench_attention.run(dropout_ps=(0.0, 0.1))
-    return bench_attention.run()  # TODO(lead): bench_attention.run(dropout_ps=...) / --dropout 0,0.1
+    return bench_attention.run()
 
 
 def _step_run():

@@ -292,17 +292,8 @@ def run_benchmarks(suites: Sequence[str], smoke: bool, out_dir: str, results_pat
 
 
 # --------------------------------------------------------------------------- command line (gpu_session.sh)
-def suite_accepts(name: str, option: str, package: str = "benchmarks") -> bool:
-    """Whether ``<package>.bench_<name>.run`` takes the keyword ``option``."""
-    import inspect
-
-    module = importlib.import_module(f"{package}.bench_{name}")
-    parameters = inspect.signature(module.run).parameters
-    return option in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
-
-
 def parse_set(assignments: Sequence[str]) -> Dict[str, Dict[str, object]]:
-    """``["attention.dropout_ps=(0.0, 0.1)"]`` -> ``{"attention": {"dropout_ps": (0.0, 0.1)}}``."""
+    """``["step.presets=['base']"]`` -> ``{"step": {"presets": ["base"]}}``."""
     import ast
 
     options: Dict[str, Dict[str, object]] = {}
@@ -319,10 +310,9 @@ def parse_set(assignments: Sequence[str]) -> Dict[str, Dict[str, object]]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``python -m benchmarks.runner --suite NAME[,NAME] --out DIR [--results PATH] [--set S.K=V]
-    [--if-accepted]``: :func:`run_benchmarks` with suite options (what ``spanbert-fast bench``
-    offers for the step suite only). ``--if-accepted``: an option the suite's ``run`` does not
-    take is dropped with a ``TODO`` line instead of failing the suite."""
+    """``python -m benchmarks.runner --suite NAME[,NAME] --out DIR [--results PATH] [--set S.K=V]``:
+    :func:`run_benchmarks` with suite options (what ``spanbert-fast bench`` offers for the step
+    suite only)."""
     import argparse
 
     parser = argparse.ArgumentParser(description=main.__doc__.splitlines()[0])
@@ -330,20 +320,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--out", required=True)
     parser.add_argument("--results", default=None, help="append the Markdown section here")
     parser.add_argument("--set", action="append", default=[], metavar="SUITE.KEY=VALUE")
-    parser.add_argument("--if-accepted", action="store_true")
     args = parser.parse_args(argv)
     try:
         options = parse_set(args.set)
     except ValueError as err:
         parser.error(str(err))
     suites = select_suites(args.suite, discover())
-    if args.if_accepted:
-        for suite in list(options):
-            for key in list(options[suite]):
-                if not suite_accepts(suite, key):
-                    print(f"[bench] TODO(lead): bench_{suite}.run takes no {key!r}; run without {key}="
-                          f"{options[suite][key]!r}")
-                    del options[suite][key]
     code, _ = run_benchmarks(suites, smoke=False, out_dir=args.out, results_path=args.results,
                              suite_options=options, command="python -m benchmarks.runner " + " ".join(
                                  argv if argv is not None else __import__("sys").argv[1:]))

@@ -137,7 +137,7 @@ def test_cli_smoke_run_writes_csv_and_plots_and_leaves_results_md_alone(tmp_path
         reader = csv.DictReader(f)
         assert reader.fieldnames == CSV_COLUMNS
         rows = list(reader)
-    suites = {"attention", "norms", "masked_lm_loss", "step"}
+    suites = {"attention", "bias_gelu", "norms", "masked_lm_loss", "step"}
     assert {r["suite"] for r in rows} == suites
     assert all(r["device"] and r["torch"] == torch.__version__ and r["date"] for r in rows)
     for suite in suites:
@@ -180,13 +180,10 @@ def test_cli_passes_step_options_to_the_step_suite(tmp_path):
 
 
 def test_parse_set_turns_assignments_into_suite_options():
-    assert runner.parse_set(["attention.dropout_ps=(0.0, 0.1)", "step.presets=['base']", "step.with_compile=False"]) \
-        == {"attention": {"dropout_ps": (0.0, 0.1)}, "step": {"presets": ["base"], "with_compile": False}}
-    for bad in ("attention=1", "dropout_ps=(0.0,)", "attention.dropout_ps=not a literal"):
+    assert runner.parse_set(["norms.rows=(16384,)", "step.presets=['base']", "step.with_compile=False"]) \
+        == {"norms": {"rows": (16384,)}, "step": {"presets": ["base"], "with_compile": False}}
+    for bad in ("norms=1", "rows=(16384,)", "norms.rows=not a literal"):
         with pytest.raises(ValueError, match="--set"):
             runner.parse_set([bad])
 
 
-def test_suite_accepts_reads_the_run_signature():
-    assert runner.suite_accepts("step", "presets")
-    assert not runner.suite_accepts("step", "no_such_option")
