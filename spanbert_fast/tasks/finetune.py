@@ -37,7 +37,15 @@ from typing import List, Optional
 
 from spanbert_fast.tasks.batching import EpochBatches, collate_features
 from spanbert_fast.tasks.prediction import resolve_tokenizer
-from spanbert_fast.train import CheckpointEvaluatingTrainer, Trainer, TrainingArgs, finish_evaluation, seed_everything
+from spanbert_fast.train import (
+    CheckpointEvaluatingTrainer,
+    Trainer,
+    TrainingArgs,
+    finish_evaluation,
+    init_distributed,
+    seed_everything,
+)
+from spanbert_fast.train.run_folder import open_run_folder
 
 logger = logging.getLogger(__name__)
 
@@ -61,13 +69,29 @@ def finetune(task, *, train_path: str, init: str, out_dir: str, eval_path: Optio
     ``max_steps`` (optimizer steps) wins over ``epochs``; ``warmup_ratio`` of them warm up.
     ``training_args`` are further :class:`~spanbert_fast.train.TrainingArgs` fields
     (``lr``, ``weight_decay``, ``grad_accum``, ``precision``, ``seed``, ``save_every``,
-    ``log_every``, ``progress``, ``resume``, ``device`` ...). With ``eval_path`` and
-    ``save_every``, each checkpoint is evaluated as well (see the module docstring).
+    ``log_every``, ``progress``, ``resume``, ``overwrite``, ``device`` ...). With ``eval_path`` and
+    ``save_every``, each checkpoint is evaluated as well (see the module docstring). ``out_dir``
+    is locked for the run, and a fresh run into one that holds a run needs ``overwrite=True``
+    (:mod:`spanbert_fast.train.run_folder`).
     """
-    from spanbert_fast.data.tokenizer import save_tokenizer, special_ids
-
     if eval_batch_size < 1:  # checked now, not at the first evaluation
         raise ValueError(f"eval_batch_size (--eval-batch-size) must be at least 1, got {eval_batch_size}")
+    if not 0 <= warmup_ratio <= 1:
+        raise ValueError(f"warmup_ratio (--warmup-ratio) must be between 0 and 1, got {warmup_ratio}")
+    ctx = init_distributed(training_args.get("device"))
+    with open_run_folder(out_dir, f"finetune ({task.name})", resume=training_args.get("resume", False),
+                         overwrite=training_args.get("overwrite", False), is_main=ctx.is_main) as run_folder:
+        return _finetune(task, ctx, run_folder, train_path=train_path, init=init, out_dir=out_dir,
+                         eval_path=eval_path, tokenizer_path=tokenizer_path, batch_size=batch_size,
+                         eval_batch_size=eval_batch_size, epochs=epochs, max_steps=max_steps,
+                         warmup_ratio=warmup_ratio, backend=backend, training_args=training_args)
+
+
+def _finetune(task, ctx, run_folder, *, train_path, init, out_dir, eval_path, tokenizer_path, batch_size,
+              eval_batch_size, epochs, max_steps, warmup_ratio, backend, training_args) -> FineTuneResult:
+    """:func:`finetune` in its locked, claimed run folder."""
+    from spanbert_fast.data.tokenizer import save_tokenizer, special_ids
+
     tokenizer = resolve_tokenizer(init, tokenizer_path)
     pad_id = special_ids(tokenizer).pad
     examples = task.read(train_path)
@@ -95,10 +119,11 @@ def finetune(task, *, train_path: str, init: str, out_dir: str, eval_path: Optio
         return task.evaluate(trained_model, tokenizer, eval_path, predictions_dir, eval_batch_size,
                              examples=eval_examples, progress=args.progress)
 
+    options = dict(dist_ctx=ctx, run_folder=run_folder)
     if eval_path is None:
-        trainer = Trainer(model, batches, args)
+        trainer = Trainer(model, batches, args, **options)
     else:
-        trainer = CheckpointEvaluatingTrainer(model, batches, args, evaluate=evaluate)
+        trainer = CheckpointEvaluatingTrainer(model, batches, args, evaluate=evaluate, **options)
     train_result = trainer.train()
     model.eval()
     if not trainer.ctx.is_main:
