@@ -153,10 +153,10 @@ def weights_are_finite(tensors) -> bool:
 
 
 def last_good_checkpoint(trainer) -> str:
-    """``"the last good checkpoint is …"``, for divergence messages."""
+    """Where to go back to after a divergence, for its one-line message."""
     if trainer.last_checkpoint is None:
-        return "no checkpoint of this run was saved"
-    return f"the last good checkpoint is {trainer.last_checkpoint}"
+        return "no checkpoint of this run was saved (start again with a lower --lr)"
+    return f"the last good checkpoint is {trainer.last_checkpoint} (--resume from it with a lower --lr)"
 
 
 def check_finite_weights(trainer) -> None:
@@ -165,7 +165,7 @@ def check_finite_weights(trainer) -> None:
     if not weights_are_finite(list(trainer.model.parameters())):
         raise FloatingPointError(
             f"step {trainer.step}: the weights are not finite (training diverged), not saving them; "
-            f"{last_good_checkpoint(trainer)}: resume from it with a lower --lr"
+            f"{last_good_checkpoint(trainer)}"
         )
 
 
