@@ -70,28 +70,16 @@ def finetune(task, *, train_path: str, init: str, out_dir: str, eval_path: Optio
     ``training_args`` are further :class:`~spanbert_fast.train.TrainingArgs` fields
     (``lr``, ``weight_decay``, ``grad_accum``, ``precision``, ``seed``, ``save_every``,
     ``log_every``, ``progress``, ``resume``, ``overwrite``, ``device`` ...). With ``eval_path`` and
-    ``save_every``, each checkpoint is evaluated as well (see the module docstring). ``out_dir``
-    is locked for the run, and a fresh run into one that holds a run needs ``overwrite=True``
-    (:mod:`spanbert_fast.train.run_folder`).
+    ``save_every``, each checkpoint is evaluated as well (see the module docstring). Once the
+    inputs are read, ``out_dir`` is locked for the rest of the run, and a fresh run into one that
+    holds a run needs ``overwrite=True`` (:mod:`spanbert_fast.train.run_folder`).
     """
+    from spanbert_fast.data.tokenizer import special_ids
+
     if eval_batch_size < 1:  # checked now, not at the first evaluation
         raise ValueError(f"eval_batch_size (--eval-batch-size) must be at least 1, got {eval_batch_size}")
     if not 0 <= warmup_ratio <= 1:
         raise ValueError(f"warmup_ratio (--warmup-ratio) must be between 0 and 1, got {warmup_ratio}")
-    ctx = init_distributed(training_args.get("device"))
-    with open_run_folder(out_dir, f"finetune ({task.name})", resume=training_args.get("resume", False),
-                         overwrite=training_args.get("overwrite", False), is_main=ctx.is_main) as run_folder:
-        return _finetune(task, ctx, run_folder, train_path=train_path, init=init, out_dir=out_dir,
-                         eval_path=eval_path, tokenizer_path=tokenizer_path, batch_size=batch_size,
-                         eval_batch_size=eval_batch_size, epochs=epochs, max_steps=max_steps,
-                         warmup_ratio=warmup_ratio, backend=backend, training_args=training_args)
-
-
-def _finetune(task, ctx, run_folder, *, train_path, init, out_dir, eval_path, tokenizer_path, batch_size,
-              eval_batch_size, epochs, max_steps, warmup_ratio, backend, training_args) -> FineTuneResult:
-    """:func:`finetune` in its locked, claimed run folder."""
-    from spanbert_fast.data.tokenizer import save_tokenizer, special_ids
-
     tokenizer = resolve_tokenizer(init, tokenizer_path)
     pad_id = special_ids(tokenizer).pad
     examples = task.read(train_path)
@@ -114,6 +102,20 @@ def _finetune(task, ctx, run_folder, *, train_path, init, out_dir, eval_path, to
                         **{"plot": False, **training_args})
     logger.info("fine-tuning %s: %d examples -> %d features, %d steps of batch %d",
                 task.name, len(examples), len(features), max_steps, batch_size)
+    ctx = init_distributed(args.device)
+    # The inputs are read and checked: now the output folder is locked and claimed, until the end.
+    with open_run_folder(out_dir, f"finetune ({task.name})", resume=args.resume, overwrite=args.overwrite,
+                         is_main=ctx.is_main) as run_folder:
+        return _train_save_evaluate(task, model, batches, args, ctx, run_folder, tokenizer, eval_path,
+                                    eval_examples, eval_batch_size)
+
+
+def _train_save_evaluate(task, model, batches, args, ctx, run_folder, tokenizer, eval_path, eval_examples,
+                         eval_batch_size) -> FineTuneResult:
+    """The part of :func:`finetune` that writes into ``args.out_dir`` (locked, claimed)."""
+    from spanbert_fast.data.tokenizer import save_tokenizer
+
+    out_dir = args.out_dir
 
     def evaluate(trained_model, predictions_dir: Optional[str] = None) -> dict:
         return task.evaluate(trained_model, tokenizer, eval_path, predictions_dir, eval_batch_size,

@@ -132,10 +132,10 @@ def test_overwrite_replaces_the_old_run_and_prunes_only_its_own(corpus, run_copy
     assert not [p for p in run_copy.iterdir() if p.name.startswith("replaced-run-")]  # deleted after step 1's save
 
 
-def test_overwrite_that_fails_before_its_first_checkpoint_keeps_the_old_run(run_copy, tmp_path):
+def test_overwrite_that_fails_before_its_first_checkpoint_keeps_the_old_run(corpus, run_copy):
     before = file_bytes(run_copy)
-    code, message = pretrain(tmp_path / "no-such-corpus", run_copy, "--max-steps", "2", "--overwrite")
-    one_line_error(message, "pretrain")
+    code, message = pretrain(corpus, run_copy, "--max-steps", "2", "--overwrite", "--lr", "1e6")  # diverges at 2
+    assert "no checkpoint of this run was saved" in one_line_error(message, "pretrain")
     aside = [p for p in run_copy.iterdir() if p.name.startswith("replaced-run-")]
     assert len(aside) == 1 and file_bytes(aside[0]) == before  # the whole old run, moved aside
     assert "--keep-checkpoints" in subprocess.run(  # documented
