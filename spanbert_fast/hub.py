@@ -101,14 +101,34 @@ def _read_safetensors(path: str) -> Dict[str, torch.Tensor]:
         ) from err
 
 
+def index_shards(path: str) -> List[str]:
+    """The shard files a sharded ``model.safetensors.index.json`` names (its ``weight_map``
+    values), each a plain file name inside the index's folder; ValueError naming ``path`` otherwise."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            index = json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: not a JSON safetensors index ({err})") from err
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise ValueError(f"{path}: no \"weight_map\" (tensor name -> shard file); not a safetensors index")
+    folder = os.path.dirname(os.path.abspath(path))
+    shards = []
+    for shard in sorted(set(map(str, weight_map.values()))):
+        inside = os.path.normpath(os.path.join(folder, shard))
+        if os.path.isabs(shard) or os.path.dirname(os.path.normpath(shard)) or os.path.dirname(inside) != folder:
+            raise ValueError(f"{path}: weight_map names {shard!r}, outside the checkpoint folder; "
+                             "shards must be file names in the index's folder")
+        shards.append(inside)
+    return shards
+
+
 def read_state_dict(path: str) -> Dict[str, torch.Tensor]:
     """Tensors of one weights file (``.safetensors``, sharded index, or ``.bin``) on CPU."""
     if path.endswith(".index.json"):
-        with open(path) as f:
-            shards = sorted(set(json.load(f)["weight_map"].values()))
         state: Dict[str, torch.Tensor] = {}
-        for shard in shards:
-            state.update(_read_safetensors(os.path.join(os.path.dirname(path), shard)))
+        for shard in index_shards(path):
+            state.update(_read_safetensors(shard))
         return state
     if path.endswith(".safetensors"):
         return _read_safetensors(path)

@@ -63,20 +63,34 @@ def atomic_write(path: str, binary: bool = False, newline: Optional[str] = None)
 @contextlib.contextmanager
 def atomic_directory(path: str) -> Iterator[str]:
     """``with atomic_directory(path) as tmp:`` -- fill the folder ``tmp``; when the block ends
-    without an error it becomes ``path`` (an existing ``path`` is replaced), otherwise it is removed."""
+    without an error it becomes ``path``, otherwise it is removed.
+
+    An existing ``path`` is replaced: it is renamed aside (``<name>.<random>.old.tmp``) only once
+    ``tmp`` is complete and deleted only after ``tmp`` took its place, so at every moment one
+    complete folder exists under one of the two names. Temporary names are
+    ``<name>.<random>.tmp``: what a killed writer leaves behind is recognisable by that pattern.
+    """
     path = os.fspath(path)
     parent = os.path.dirname(os.path.abspath(path))
+    name = os.path.basename(path)
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=parent, prefix=f"{os.path.basename(path)}.", suffix=".tmp")
+    tmp = tempfile.mkdtemp(dir=parent, prefix=f"{name}.", suffix=".tmp")
+    old = None
     try:
         os.chmod(tmp, 0o777 & ~_umask())
         yield tmp
         if os.path.exists(path):
-            shutil.rmtree(path)
+            old = tempfile.mkdtemp(dir=parent, prefix=f"{name}.", suffix=".old.tmp")
+            os.replace(path, old)  # onto the empty folder mkdtemp made
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             shutil.rmtree(tmp)
+        if old is not None and os.path.exists(old):
+            if os.path.exists(path):
+                shutil.rmtree(old)
+            else:  # the new folder failed to take its place: put the old one back
+                os.replace(old, path)
 
 
 def write_json(path: str, values, *, sort_keys: bool = False) -> str:

@@ -81,7 +81,7 @@ def test_resumed_run_replaces_the_evaluations_after_its_checkpoint(tmp_path):
     assert [int(r["step"]) for r in rows] == [2, 4, 6]  # no duplicates
     assert rows == first  # CPU resume is bit-exact, so the redone evaluations match
     assert [r["step"] for r in resumed.evaluations] == [4, 6]  # what this run evaluated
-    finetune(NerTask(), max_steps=3, **settings)  # a fresh run in the same folder starts a fresh log
+    finetune(NerTask(), max_steps=3, overwrite=True, **settings)  # a fresh run in the same folder starts a fresh log
     assert [int(r["step"]) for r in read_eval_log(out)] == [2, 3]
 
 
@@ -94,7 +94,7 @@ def test_without_save_every_only_the_final_model_is_evaluated(tmp_path, capsys):
     assert "evaluations at each checkpoint" not in capsys.readouterr().out
     assert main(["finetune-ner", "--train", CONLL, "--eval", CONLL, "--init", init, "--out", out,
                  "--max-steps", "3", "--save-every", "1", "--batch-size", "2", "--no-progress",
-                 "--backend", "torch"]) == 0
+                 "--backend", "torch", "--overwrite"]) == 0
     printed = capsys.readouterr().out
     assert f"evaluations at each checkpoint ({os.path.join(out, EVAL_LOG)}):" in printed
     assert "  step 1: precision " in printed and "  step 3: precision " in printed

@@ -34,6 +34,7 @@ def add_common_arguments(parser, default_max_length: int) -> None:
 
 def run_finetune(task, args) -> int:
     """Build the training settings from the common flags and run :func:`finetune`."""
+    from spanbert_fast.run_lock import FolderLockedError
     from spanbert_fast.tasks.finetune import finetune
     from spanbert_fast.train import EVAL_LOG, describe_evaluation, describe_training
 
@@ -45,9 +46,11 @@ def run_finetune(task, args) -> int:
             epochs=args.epochs, max_steps=args.max_steps, warmup_ratio=args.warmup_ratio, backend=args.backend,
             lr=args.lr, weight_decay=args.weight_decay, grad_accum=args.grad_accum, grad_clip=args.grad_clip,
             precision=args.precision, seed=args.seed, log_every=args.log_every, save_every=args.save_every,
-            resume=args.resume, compile=args.compile, device=args.device, progress=not args.no_progress,
+            resume=args.resume, overwrite=args.overwrite, keep_checkpoints=args.keep_checkpoints,
+            compile=args.compile, device=args.device, progress=not args.no_progress,
         )
-    except (OSError, ValueError) as error:  # bad input: one line naming the file and line, no traceback
+    except (OSError, ValueError, FolderLockedError, FloatingPointError) as error:
+        # bad input (one line naming the file and line), a locked or used --out, divergence: no traceback
         raise SystemExit(f"{args.command}: error: {error}") from error
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # under torchrun only rank 0 reports

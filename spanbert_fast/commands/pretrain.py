@@ -21,6 +21,7 @@ DEMO_DEFAULTS = dict(preset="tiny", batch_size=16, max_steps=600, lr=2e-3, warmu
 
 
 def run(args: argparse.Namespace) -> int:
+    from spanbert_fast.run_lock import FolderLockedError
     from spanbert_fast.train import describe_evaluation, describe_training, prepare_demo_corpus, pretrain
 
     started = time.time()
@@ -30,6 +31,8 @@ def run(args: argparse.Namespace) -> int:
     if not args.demo and not (args.data and args.out):
         raise SystemExit("pretrain: --data DIR and --out DIR are required (or use --demo)")
     out_dir = args.out or DEMO_OUT
+    if args.demo and not args.resume:
+        args.overwrite = True  # rerunning the demo replaces the demo's own run (moved aside until a new checkpoint exists)
     try:
         data_dir = prepare_demo_corpus(out_dir, report=print) if args.demo else args.data
         result = pretrain(
@@ -38,7 +41,8 @@ def run(args: argparse.Namespace) -> int:
             eval_blocks=args.eval_blocks, num_workers=args.num_workers, backend=args.backend, report=print,
             max_steps=args.max_steps, warmup_steps=args.warmup_steps, adam_eps=args.adam_eps,
             cuda_graphs=args.cuda_graphs, **loop_settings(args))
-    except (OSError, ValueError) as error:  # bad data/checkpoint/settings: one line naming the path
+    except (OSError, ValueError, FolderLockedError, FloatingPointError) as error:
+        # bad data/checkpoint/settings, a locked or used --out, a full disk, divergence: one line
         raise SystemExit(f"pretrain: error: {error}") from error
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # under torchrun only rank 0 reports

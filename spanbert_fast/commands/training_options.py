@@ -36,7 +36,15 @@ def add_loop_arguments(group, *, batch_size=None, max_steps=None, lr=None, save_
                        help=said("save_every", "steps between checkpoints (0: only at the end)"))
     group.add_argument("--seed", type=int, default=0,
                        help="random seed: new weights, batch order and masks, dropout")
-    group.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    group.add_argument("--resume", action="store_true",
+                       help="continue the run in --out from its newest usable checkpoint")
+    group.add_argument("--overwrite", action="store_true",
+                       help="replace the run in --out (a fresh run into a folder holding one is refused "
+                            "otherwise); the old one is moved to --out/replaced-run-*, deleted once the "
+                            "new run's first checkpoint exists")
+    group.add_argument("--keep-checkpoints", type=int, default=2,
+                       help="newest checkpoints kept in --out/checkpoints (0: all); the one just saved is "
+                            "always kept")
     group.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when available)")
     group.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -54,5 +62,6 @@ def loop_settings(args: argparse.Namespace) -> dict:
     return dict(
         lr=args.lr, weight_decay=args.weight_decay, grad_accum=args.grad_accum, grad_clip=args.grad_clip,
         precision=args.precision, compile=args.compile, log_every=args.log_every, save_every=args.save_every,
-        seed=args.seed, resume=args.resume, progress=not args.no_progress, device=args.device,
+        seed=args.seed, resume=args.resume, overwrite=args.overwrite, keep_checkpoints=args.keep_checkpoints,
+        progress=not args.no_progress, device=args.device,
     )

@@ -39,7 +39,15 @@ from typing import List, Optional
 
 from spanbert_fast.tasks.batching import EpochBatches, collate_features
 from spanbert_fast.tasks.prediction import resolve_tokenizer
-from spanbert_fast.train import CheckpointEvaluatingTrainer, Trainer, TrainingArgs, finish_evaluation, seed_everything
+from spanbert_fast.train import (
+    CheckpointEvaluatingTrainer,
+    Trainer,
+    TrainingArgs,
+    finish_evaluation,
+    init_distributed,
+    seed_everything,
+)
+from spanbert_fast.train.run_folder import open_run_folder
 
 logger = logging.getLogger(__name__)
 
@@ -63,13 +71,17 @@ def finetune(task, *, train_path: str, init: str, out_dir: str, eval_path: Optio
     ``max_steps`` (optimizer steps) wins over ``epochs``; ``warmup_ratio`` of them warm up.
     ``training_args`` are further :class:`~spanbert_fast.train.TrainingArgs` fields
     (``lr``, ``weight_decay``, ``grad_accum``, ``precision``, ``seed``, ``save_every``,
-    ``log_every``, ``progress``, ``resume``, ``device`` ...). With ``eval_path`` and
-    ``save_every``, each checkpoint is evaluated as well (see the module docstring).
+    ``log_every``, ``progress``, ``resume``, ``overwrite``, ``device`` ...). With ``eval_path`` and
+    ``save_every``, each checkpoint is evaluated as well (see the module docstring). Once the
+    inputs are read, ``out_dir`` is locked for the rest of the run, and a fresh run into one that
+    holds a run needs ``overwrite=True`` (:mod:`spanbert_fast.train.run_folder`).
     """
     from spanbert_fast.data.tokenizer import TOKENIZER_FILE, VOCAB_FILE, save_tokenizer, special_ids
 
     if eval_batch_size < 1:  # checked now, not at the first evaluation
         raise ValueError(f"eval_batch_size (--eval-batch-size) must be at least 1, got {eval_batch_size}")
+    if not 0 <= warmup_ratio <= 1:
+        raise ValueError(f"warmup_ratio (--warmup-ratio) must be between 0 and 1, got {warmup_ratio}")
     tokenizer = resolve_tokenizer(init, tokenizer_path)
     pad_id = special_ids(tokenizer).pad
     examples = task.read(train_path)
@@ -92,6 +104,20 @@ def finetune(task, *, train_path: str, init: str, out_dir: str, eval_path: Optio
                         **{"plot": False, **training_args})
     logger.info("fine-tuning %s: %d examples -> %d features, %d steps of batch %d",
                 task.name, len(examples), len(features), max_steps, batch_size)
+    ctx = init_distributed(args.device)
+    # The inputs are read and checked: now the output folder is locked and claimed, until the end.
+    with open_run_folder(out_dir, f"finetune ({task.name})", resume=args.resume, overwrite=args.overwrite,
+                         is_main=ctx.is_main) as run_folder:
+        return _train_save_evaluate(task, model, batches, args, ctx, run_folder, tokenizer, eval_path,
+                                    eval_examples, eval_batch_size)
+
+
+def _train_save_evaluate(task, model, batches, args, ctx, run_folder, tokenizer, eval_path, eval_examples,
+                         eval_batch_size) -> FineTuneResult:
+    """The part of :func:`finetune` that writes into ``args.out_dir`` (locked, claimed)."""
+    from spanbert_fast.data.tokenizer import save_tokenizer
+
+    out_dir = args.out_dir
 
     def evaluate(trained_model, predictions_dir: Optional[str] = None) -> dict:
         return task.evaluate(trained_model, tokenizer, eval_path, predictions_dir, eval_batch_size,

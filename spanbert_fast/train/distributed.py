@@ -25,10 +25,30 @@ class DistributedContext:
         return self.rank == 0
 
 
+def check_device(device: Optional[str]) -> None:
+    """Raise ValueError naming ``--device`` unless ``device`` is None, ``cpu``, or a CUDA device
+    this machine has (``cuda``, ``cuda:N``)."""
+    if device is None:
+        return
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device (--device) must be cpu, cuda or cuda:N, got {device!r}")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device (--device) is {device!r} but no CUDA GPU is available; use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device (--device) is {device!r} but this machine has "
+                             f"{torch.cuda.device_count()} GPU(s)")
+
+
 def init_distributed(device: Optional[str] = None) -> DistributedContext:
     """Join the torchrun process group when ``WORLD_SIZE`` > 1 (NCCL on GPU, gloo on CPU)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    check_device(device)
     if device is None:
         device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
     dev = torch.device(device)

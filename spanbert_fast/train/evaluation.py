@@ -98,9 +98,8 @@ class CheckpointEvaluatingTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.evaluate_model = evaluate
         self.evaluations: List[dict] = []  # eval_log.csv rows written by this run
-        stale_log = os.path.join(self.args.out_dir, EVAL_LOG)
-        if self.ctx.is_main and not self.args.resume and os.path.isfile(stale_log):
-            os.remove(stale_log)  # a fresh run's evaluations start a fresh log
+        # A fresh run starts without an eval_log.csv: the run folder refuses one holding a run's
+        # and overwrite moves it aside (spanbert_fast.train.run_folder).
 
     def save_checkpoint(self) -> Optional[str]:
         """The Trainer's checkpoint (``Trainer.train`` saves every ``save_every`` steps and at the

@@ -6,7 +6,9 @@ fp32 on CPU), optional ``torch.compile`` or a CUDA-graph step (:mod:`.cuda_graph
 bit-exact ``resume`` on CPU. Under ``torchrun`` it wraps the model in DDP (NCCL on GPU, gloo on
 CPU; :mod:`.distributed`); the batch source gives each rank its own slice, and only rank 0
 writes files: the log, TensorBoard, progress bar and plot (:mod:`.logging`) and the
-checkpoints (:mod:`.checkpoint`, which documents their layout).
+checkpoints (:mod:`.checkpoint`, which documents their layout and guarantees), in the output
+folder it holds locked for the run (:mod:`.run_folder`: one run at a time; a fresh run into a
+folder holding a run needs ``overwrite``).
 
 What the loop needs from its inputs:
 
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import os
 from typing import Callable, Dict, Iterable, List, Optional, Tuple, Union
 
@@ -30,7 +33,13 @@ import torch
 from spanbert_fast.data.collate import real_tokens
 from spanbert_fast.train import checkpoint
 from spanbert_fast.train.cuda_graphs import CapturedTrainingStep, check_graphable
-from spanbert_fast.train.distributed import DistributedContext, init_distributed, move_batch, seed_everything
+from spanbert_fast.train.distributed import (
+    DistributedContext,
+    check_device,
+    init_distributed,
+    move_batch,
+    seed_everything,
+)
 from spanbert_fast.train.logging import (
     PLOT_PNG,
     CsvLog,
@@ -41,6 +50,7 @@ from spanbert_fast.train.logging import (
     plot_history,
     progress_bar,
 )
+from spanbert_fast.train.run_folder import RunFolder, open_run_folder
 
 
 @dataclasses.dataclass
@@ -62,20 +72,36 @@ class TrainingArgs:
     cuda_graphs: bool = False  # capture the whole step as one CUDA graph (spanbert_fast.train.cuda_graphs)
     log_every: int = 10
     save_every: int = 0  # steps between checkpoints; 0 = only at the end
-    keep_checkpoints: int = 2  # newest checkpoints kept (0 = all)
+    keep_checkpoints: int = 2  # newest checkpoints kept (0 = all); the one just saved always is
     seed: int = 0
-    resume: bool = False
+    resume: bool = False  # continue the run in out_dir from its newest usable checkpoint
+    overwrite: bool = False  # replace the run in out_dir (see spanbert_fast.train.run_folder)
     progress: bool = True
     plot: bool = True
     device: Optional[str] = None  # default: cuda when available, else cpu
 
     def __post_init__(self):
-        if self.max_steps <= 0:
-            raise ValueError(f"max_steps must be positive, got {self.max_steps}")
-        if self.grad_accum <= 0:
-            raise ValueError(f"grad_accum must be positive, got {self.grad_accum}")
-        if self.precision not in ("auto", "bf16", "fp16", "fp32"):
-            raise ValueError(f"precision must be auto|bf16|fp16|fp32, got {self.precision!r}")
+        """One-line ValueErrors naming the field and its command-line flag."""
+        def require(ok: bool, field: str, rule: str) -> None:
+            if not ok:
+                flag = "--" + field.replace("_", "-")
+                raise ValueError(f"{field} ({flag}) must be {rule}, got {getattr(self, field)!r}")
+
+        require(self.max_steps > 0, "max_steps", "positive")
+        require(self.grad_accum > 0, "grad_accum", "positive")
+        require(self.lr >= 0 and math.isfinite(self.lr), "lr", "0 or more")
+        require(self.warmup_steps >= 0, "warmup_steps", "0 or more")
+        require(self.weight_decay >= 0 and math.isfinite(self.weight_decay), "weight_decay", "0 or more")
+        require(self.adam_eps > 0, "adam_eps", "positive")
+        require(self.grad_clip > 0, "grad_clip", "positive (inf: no clipping)")
+        require(self.log_every > 0, "log_every", "positive")
+        require(self.save_every >= 0, "save_every", "0 (only at the end) or more")
+        require(self.keep_checkpoints >= 0, "keep_checkpoints", "0 (keep all) or more")
+        require(self.precision in ("auto", "bf16", "fp16", "fp32"), "precision", "auto|bf16|fp16|fp32")
+        if self.resume and self.overwrite:
+            raise ValueError("resume (--resume) and overwrite (--overwrite) exclude each other: "
+                             "continue the run in out_dir, or replace it")
+        check_device(self.device)
 
 
 # --------------------------------------------------------------------------- building blocks
@@ -116,10 +142,16 @@ class Trainer:
 
     def __init__(self, model: torch.nn.Module, batches: Iterable, args: TrainingArgs,
                  dist_ctx: Optional[DistributedContext] = None,
-                 checkpoint_files: Iterable[Union[str, Tuple[str, str]]] = ()):
+                 checkpoint_files: Iterable[Union[str, Tuple[str, str]]] = (),
+                 run_folder: Optional[RunFolder] = None):
         """``checkpoint_files`` (e.g. ``tokenizer.json``) are copied into every checkpoint folder,
-        each a path (kept under its own name) or a ``(path, name in the checkpoint)`` pair."""
+        each a path (kept under its own name) or a ``(path, name in the checkpoint)`` pair.
+        ``run_folder``: ``args.out_dir`` already claimed by the caller
+        (:func:`~spanbert_fast.train.run_folder.open_run_folder`, held beyond training: the
+        drivers write the final model and evaluation into it); without it :meth:`train` claims
+        the folder itself for the time it trains."""
         self.args = args
+        self.run_folder = run_folder
         self.checkpoint_files = [(f, os.path.basename(f)) if isinstance(f, str) else tuple(f)
                                  for f in checkpoint_files]
         self.ctx = dist_ctx or init_distributed(args.device)
@@ -142,6 +174,8 @@ class Trainer:
         )
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "fp16")
         self.step = 0
+        self.last_checkpoint: Optional[str] = None  # the newest checkpoint saved or resumed from
+        self._checkpoint_step: Optional[int] = None  # its step
         self.history: List[dict] = []
         self.log = CsvLog(args.out_dir)
         self.train_model = model
@@ -193,20 +227,38 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints (see .checkpoint)
     def save_checkpoint(self) -> Optional[str]:
-        """Write ``checkpoints/step-N`` atomically (rank 0 writes); returns its path."""
-        return checkpoint.save_checkpoint(self, self.checkpoint_files)
+        """Write ``checkpoints/step-N`` atomically (rank 0 writes); returns its path. Raises
+        FloatingPointError, saving nothing, when the weights are not finite."""
+        path = checkpoint.save_checkpoint(self, self.checkpoint_files)
+        self.last_checkpoint, self._checkpoint_step = path, self.step
+        if self.run_folder is not None:
+            self.run_folder.checkpoint_saved()
+        return path
 
-    def load_checkpoint(self, path: str) -> None:
+    def load_checkpoint(self, path: str, weights=None, state=None) -> None:
         """Restore weights, optimizer, scheduler, RNG and batch position from ``path``."""
-        checkpoint.load_checkpoint(self, path)
+        checkpoint.load_checkpoint(self, path, weights, state)
+        self._checkpoint_step = self.step
         self._set_graph_settings()
 
     def _resume(self) -> None:
-        self.load_checkpoint(checkpoint.latest_checkpoint(self.args.out_dir))
+        self.load_checkpoint(*checkpoint.resume_checkpoint(self.args.out_dir, self.ctx.is_main))
         self.history = [row for row in self.log.read() if int(row["step"]) <= self.step]
 
     # ------------------------------------------------------------------ training
     def train(self) -> TrainResult:
+        """Train to ``args.max_steps`` (from the newest usable checkpoint with ``args.resume``)."""
+        if self.run_folder is not None or not self.ctx.is_main:
+            return self._train()
+        with open_run_folder(self.args.out_dir, "training", resume=self.args.resume,
+                             overwrite=self.args.overwrite) as folder:
+            self.run_folder = folder
+            try:
+                return self._train()
+            finally:
+                self.run_folder = None
+
+    def _train(self) -> TrainResult:
         args, main = self.args, self.ctx.is_main
         if main:
             os.makedirs(args.out_dir, exist_ok=True)
@@ -223,7 +275,6 @@ class Trainer:
         def record(output, batch) -> None:
             window.add(output, real_tokens(batch))
 
-        last_checkpoint = None
         while self.step < args.max_steps:
             micro_batches = []
             for _ in range(args.grad_accum):
@@ -236,7 +287,10 @@ class Trainer:
             else:
                 grad_norm = self.training_step(micro_batches, record)
             if self.step % args.log_every == 0 or self.step == args.max_steps:
-                row = window.flush(self.step, self.scheduler.get_last_lr()[0], grad_norm, self.ctx.world_size)
+                try:
+                    row = window.flush(self.step, self.scheduler.get_last_lr()[0], grad_norm, self.ctx.world_size)
+                except FloatingPointError as error:  # the loss diverged: say where to go back to
+                    raise FloatingPointError(f"{error}; {checkpoint.last_good_checkpoint(self)}") from None
                 self.history.append(row)
                 if main:
                     self.log.write(self.history)
@@ -247,14 +301,15 @@ class Trainer:
             if bar is not None:
                 bar.update(1)
             if args.save_every and self.step % args.save_every == 0 and self.step < args.max_steps:
-                last_checkpoint = self.save_checkpoint()
+                self.save_checkpoint()
         if bar is not None:
             bar.close()
-        last_checkpoint = self.save_checkpoint() or last_checkpoint
+        if self._checkpoint_step != self.step:  # not when resuming a finished run: its checkpoint stays as it is
+            self.save_checkpoint()
         plot = self.plot() if (args.plot and main) else None
         if tensorboard is not None:
             tensorboard.close()
-        return TrainResult(self.step, self.history, args.out_dir, last_checkpoint, plot)
+        return TrainResult(self.step, self.history, args.out_dir, self.last_checkpoint, plot)
 
     def training_step(self, micro_batches: List[Dict[str, object]], record: Optional[Callable] = None):
         """One optimizer step over ``micro_batches`` (already on the device): forward and

@@ -28,6 +28,7 @@ from spanbert_fast.model import SpanBertForPreTraining
 from spanbert_fast.train.distributed import init_distributed, seed_everything
 from spanbert_fast.train.evaluation import CheckpointEvaluatingTrainer, evaluate_batches, finish_evaluation
 from spanbert_fast.train.loop import Trainer, TrainingArgs, TrainResult
+from spanbert_fast.train.run_folder import open_run_folder
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +99,9 @@ def pretrain(config: Union[SpanBertConfig, str, None], data_dir: str, out_dir: s
     ``training_args`` are :class:`~spanbert_fast.train.loop.TrainingArgs` fields (``max_steps``
     is required; ``warmup_steps`` defaults to 1% of it). ``eval_blocks`` holds out that many
     blocks (drawn with ``seed``), evaluated at each checkpoint and at the end. ``report`` receives
-    the one-line summaries (the command prints them).
+    the one-line summaries (the command prints them). Once the corpus and model are ready,
+    ``out_dir`` is locked for the rest of the run, and a fresh run into one that holds a run needs
+    ``overwrite=True`` (:mod:`spanbert_fast.train.run_folder`).
     """
     from spanbert_fast.data.loader import PretrainingBatches, split_held_out
     from spanbert_fast.data.prepare import BlockDataset
@@ -129,23 +132,26 @@ def pretrain(config: Union[SpanBertConfig, str, None], data_dir: str, out_dir: s
                f"{n / 1e6:.1f}M non-embedding parameters; data: {len(dataset)} blocks from {data_dir}")
     # The corpus may name its copy g2-tokenizer.json (prepare --overwrite); checkpoints hold tokenizer.json.
     tokenizer_file = os.path.join(data_dir, dataset.meta["files"]["tokenizer"])
-    options = dict(dist_ctx=ctx, checkpoint_files=[(tokenizer_file, TOKENIZER_FILE)])
-    if held_out is None:
-        return PretrainResult(Trainer(model, batches, args, **options).train(), model)
+    # The inputs are read and checked: now the output folder is locked and claimed, until the end.
+    with open_run_folder(out_dir, "pretrain", resume=args.resume, overwrite=args.overwrite,
+                         is_main=ctx.is_main) as run_folder:
+        options = dict(dist_ctx=ctx, checkpoint_files=[(tokenizer_file, TOKENIZER_FILE)], run_folder=run_folder)
+        if held_out is None:
+            return PretrainResult(Trainer(model, batches, args, **options).train(), model)
 
-    # Held-out blocks, masked once (the same masks at every evaluation), padded like training's.
-    source = PretrainingBatches(held_out, batch_size=min(batch_size, len(held_out)), seed=args.seed,
-                                masking=masking, unigram_replacement=unigram_replacement, packed=packed)
-    eval_batches = [source.make_batch(0, step) for step in range(source.steps_per_epoch)]
+        # Held-out blocks, masked once (the same masks at every evaluation), padded like training's.
+        source = PretrainingBatches(held_out, batch_size=min(batch_size, len(held_out)), seed=args.seed,
+                                    masking=masking, unigram_replacement=unigram_replacement, packed=packed)
+        eval_batches = [source.make_batch(0, step) for step in range(source.steps_per_epoch)]
 
-    def evaluate(trained_model) -> dict:
-        return evaluate_batches(trained_model, eval_batches, trainer.device, trainer.autocast)
+        def evaluate(trained_model) -> dict:
+            return evaluate_batches(trained_model, eval_batches, trainer.device, trainer.autocast)
 
-    trainer = CheckpointEvaluatingTrainer(model, batches, args, evaluate=evaluate, **options)
-    result = trainer.train()
-    if ctx.is_main:  # the final model (checkpoints before it were evaluated as they were saved)
-        finish_evaluation(trainer, evaluate(model), result.checkpoint)
-    return PretrainResult(result, model, trainer.evaluations, len(eval_batches) * source.batch_size)
+        trainer = CheckpointEvaluatingTrainer(model, batches, args, evaluate=evaluate, **options)
+        result = trainer.train()
+        if ctx.is_main:  # the final model (checkpoints before it were evaluated as they were saved)
+            finish_evaluation(trainer, evaluate(model), result.checkpoint)
+        return PretrainResult(result, model, trainer.evaluations, len(eval_batches) * source.batch_size)
 
 
 def prepare_demo_corpus(out_dir: str, report: Callable[[str], None] = logger.info) -> str:
