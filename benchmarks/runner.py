@@ -196,12 +196,28 @@ def append_results(path: Path, section: str) -> Path:
 
 
 # --------------------------------------------------------------------------- plots
+CEILING_IMPL = "copy"  # a plain copy of the same bytes: the memory-bandwidth ceiling of a case
+
+
+def ceiling_shares(panel_rows: Sequence[Result]) -> Optional[Dict[str, float]]:
+    """``case -> ceiling value`` when every case of a panel has a positive ``copy`` row, else ``None``.
+
+    Such a panel is drawn as each implementation's share of its case's ceiling (a copy at
+    several times ours would otherwise flatten every other bar)."""
+    ceilings = {r.case: r.value for r in panel_rows if r.impl == CEILING_IMPL and r.value > 0}
+    cases = {r.case for r in panel_rows}
+    return ceilings if ceilings and set(ceilings) == cases else None
+
+
 def plot_suite(rows: Sequence[Result], path: str) -> Optional[str]:
     """One PNG of a suite: a panel per throughput metric and mode, a group of bars per case.
 
     Each case's bars are the implementations measured on it (ours and its baselines), one
-    colour per implementation across the figure. Uses matplotlib's object API with the Agg
-    canvas (no pyplot, no global backend change). ``None`` when the suite has no ``.../s`` rows.
+    colour per implementation across the figure, named in one legend above the panels; each bar
+    but the baseline's is labelled with its ratio to the baseline (:func:`baseline_ratios`). A panel
+    with a ``copy`` row in every case shows the others as % of that copy (:func:`ceiling_shares`).
+    Uses matplotlib's object API with the Agg canvas (no pyplot, no global backend change).
+    ``None`` when the suite has no ``.../s`` rows.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -214,35 +230,52 @@ def plot_suite(rows: Sequence[Result], path: str) -> Optional[str]:
     colours = {impl: f"C{i % 10}" for i, impl in enumerate(impls)}
     heights = [0.6 + 0.25 * sum(1 for r in rows if (r.metric, r.mode) == panel) + 0.2 * len(
         {r.case for r in rows if (r.metric, r.mode) == panel}) for panel in panels]
-    figure = Figure(figsize=(10, max(3.0, sum(heights) + 0.6)))
+    legend_inches = 0.35
+    figure = Figure(figsize=(10, max(3.0, sum(heights) + 0.6 + legend_inches)))
     FigureCanvasAgg(figure)
     axes = figure.subplots(len(panels), 1, squeeze=False, gridspec_kw={"height_ratios": heights})[:, 0]
     suite = rows[0].suite
+    ratios = {id(rows[index]): ratio for index, (_, ratio) in baseline_ratios(rows).items()}
+    handles = {}
     for ax, (metric, mode) in zip(axes, panels):
         panel_rows = [r for r in rows if (r.metric, r.mode) == (metric, mode)]
-        y, ticks, labels, seen = 0.0, [], [], set()
+        ceilings = ceiling_shares(panel_rows)
+        if ceilings:
+            panel_rows = [r for r in panel_rows if r.impl != CEILING_IMPL]
+        y, ticks, labels = 0.0, [], []
         for case in dict.fromkeys(r.case for r in panel_rows):
-            case_rows = [r for r in panel_rows if r.case == case]
             first = y
-            for r in case_rows:
-                label = r.impl if r.impl not in seen else None
-                seen.add(r.impl)
-                ax.barh(y, r.value, height=0.8, color=colours[r.impl], label=label)
+            for r in (r for r in panel_rows if r.case == case):
+                value = 100 * r.value / ceilings[case] if ceilings else r.value
+                handles[r.impl] = ax.barh(y, value, height=0.8, color=colours[r.impl])
+                if ceilings or id(r) in ratios:  # the share of the copy, or the ratio to the baseline
+                    note = f" {value:.0f}%" if ceilings else f" {ratios[id(r)]:.2f}x"
+                    ax.text(value, y, note, va="center", fontsize=7)
                 y += 1
             ticks.append((first + y - 1) / 2)
-            labels.append(case)
+            labels.append(f"{case}\n(copy {ceilings[case]:.4g} {metric})" if ceilings else case)
             y += 0.8  # gap between cases
         ax.set_yticks(ticks)
         ax.set_yticklabels(labels, fontsize=8)
         ax.invert_yaxis()
-        ax.set_xlabel(metric)
-        ax.set_title(f"{suite}: {metric}, {mode} (higher is better)", fontsize=10)
-        ax.legend(fontsize=7, loc="best")
+        if ceilings:
+            ax.axvline(100, color="black", linestyle="--", linewidth=1)
+            ax.set_xlim(0, max(110, ax.get_xlim()[1]))
+            ax.set_xlabel(f"% of a plain copy's {metric} (dashed: the copy, the memory-bandwidth ceiling)")
+            ax.set_title(f"{suite}: {metric} as % of copy, {mode} (higher is better)", fontsize=10)
+        else:
+            ax.set_xlabel(metric)
+            baseline = next((r.impl for r in panel_rows if not r.impl.startswith("ours")), None)
+            against = f"; labels: x {baseline}" if baseline and ratios else ""
+            ax.set_title(f"{suite}: {metric}, {mode} (higher is better{against})", fontsize=10)
         ax.grid(axis="x", alpha=0.3)
+    top = 1 - legend_inches / figure.get_figheight()
+    figure.legend(list(handles.values()), list(handles), loc="upper center", ncol=min(len(handles), 6),
+                  fontsize=8, frameon=False, bbox_to_anchor=(0.5, 1.0))
     env = environment()
     figure.text(0.01, 0.005, f"{env['device']} | torch {env['torch']} | triton {env['triton']} | "
                              f"CUDA {env['cuda']} | {env['date']}", fontsize=7)
-    figure.tight_layout(rect=(0, 0.02, 1, 1))
+    figure.tight_layout(rect=(0, 0.02, 1, top))
     figure.savefig(path, dpi=110)
     return path
 

@@ -53,10 +53,10 @@ def test_pretrain_help_names_the_defaults_it_fills_in():
     helps = option_help(subcommand_parsers()["pretrain"])
     assert "(default: base; --demo: tiny)" in helps["--preset"]
     assert "tiny" in helps["--preset"] and "large" in helps["--preset"]
-    for flag, name in (("--batch-size", "batch_size"), ("--max-steps", "max_steps"), ("--lr", "lr"),
-                       ("--save-every", "save_every")):
+    for flag, name in (("--batch-size", "batch_size"), ("--max-steps", "max_steps"), ("--save-every", "save_every")):
         run_default, demo_default = PRETRAIN_DEFAULTS[name], DEMO_DEFAULTS[name]
         assert f"default: {run_default:g}; --demo: {demo_default:g}" in helps[flag], helps[flag]
+    assert "default: by --preset: tiny 0.002, base 0.0001, large 0.0001" in helps["--lr"], helps["--lr"]
 
 
 @pytest.mark.parametrize("command,max_length", [("finetune-cls", 128), ("finetune-ner", 256),

@@ -27,10 +27,12 @@ def run(args) -> int:
 
 def _run(args) -> int:
     from spanbert_fast.model import SpanBertModel
+    from spanbert_fast.tasks.embeddings import (check_embeddings_path, embed, parse_layers, save_embeddings,
+                                                token_ids_for)
     from spanbert_fast.tasks.prediction import resolve_tokenizer
     from spanbert_fast.tasks.text_files import read_utf8
-    from spanbert_fast.tasks.embeddings import embed, parse_layers, save_embeddings, token_ids_for
 
+    check_embeddings_path(args.out, per_token=args.pool == "none")  # before the work, not after it
     layers = parse_layers(args.layer)
     texts = input_lines(read_utf8(args.input))
     tokenizer = resolve_tokenizer(args.checkpoint, args.tokenizer)

@@ -8,6 +8,7 @@ Writes ``tok/tokenizer.json`` and ``tok/vocab.txt``. The corpus is read with the
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def run(args: argparse.Namespace) -> int:
@@ -18,7 +19,7 @@ def run(args: argparse.Namespace) -> int:
         documents = iter_documents(args.corpus, doc_split=args.doc_split, text_field=args.text_field)
         tokenizer = train_tokenizer(
             iter_texts(documents), args.vocab_size, min_frequency=args.min_frequency,
-            show_progress=not args.quiet,
+            show_progress=not args.quiet and sys.stdout.isatty(),  # its bar writes newlines to stdout
         )
         out = save_tokenizer(tokenizer, args.out)
     except (OSError, ValueError) as error:  # bad input: one line naming the file, no traceback

@@ -22,6 +22,7 @@ Texts longer than the model's positions are cut (a warning says how many).
 from __future__ import annotations
 
 import logging
+import os
 from typing import List, Sequence, Tuple, Union
 
 import numpy as np
@@ -132,21 +133,30 @@ def embed(model, tokenizer, texts: Sequence[str], *, layer: Layers = -1, pool: s
     return np.stack(results) if results else np.zeros((0, config.hidden_size), dtype=np.float32)
 
 
+def check_embeddings_path(path: str, per_token: bool) -> None:
+    """Raise ``ValueError`` unless ``path`` can take the embeddings: ``.npy`` for pooled ones,
+    ``.npz`` for per-token (ragged) ones, in an existing folder. Call it before embedding."""
+    if not per_token and not path.endswith(".npy"):
+        raise ValueError(f"{path}: pooled embeddings are written as .npy; use a path ending in .npy")
+    if per_token and not path.endswith(".npz"):
+        raise ValueError(f"{path}: per-token (--pool none) embeddings are ragged and written as .npz "
+                         "(embeddings + offsets); use a path ending in .npz")
+    folder = os.path.dirname(path) or "."
+    if not os.path.isdir(folder):
+        raise ValueError(f"{path}: folder {folder} does not exist")
+
+
 def save_embeddings(path: str, embeddings, input_ids: Sequence[Sequence[int]] = None) -> str:
     """Write ``[N, d]`` embeddings as ``.npy``, or ragged per-token ones as ``.npz`` (offsets).
 
     Ragged results (a list of ``[n_i, d]`` arrays) need a path ending in ``.npz``;
     ``input_ids`` (one list per text) is stored beside them when given.
     """
+    check_embeddings_path(path, per_token=not isinstance(embeddings, np.ndarray))
     if isinstance(embeddings, np.ndarray):
-        if not path.endswith(".npy"):
-            raise ValueError(f"{path}: pooled embeddings are written as .npy; use a path ending in .npy")
         with atomic_write(path, binary=True) as f:
             np.save(f, embeddings)
         return path
-    if not path.endswith(".npz"):
-        raise ValueError(f"{path}: per-token (--pool none) embeddings are ragged and written as .npz "
-                         "(embeddings + offsets); use a path ending in .npz")
     lengths = [len(e) for e in embeddings]
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     width = embeddings[0].shape[1] if embeddings else 0

@@ -23,6 +23,8 @@ import logging
 import os
 from typing import Callable, List, Optional, Union
 
+import torch
+
 from spanbert_fast.config import SpanBertConfig
 from spanbert_fast.model import SpanBertForPreTraining
 from spanbert_fast.train.distributed import init_distributed, seed_everything
@@ -41,6 +43,10 @@ class PretrainResult:
     model: SpanBertForPreTraining
     evaluations: List[dict] = dataclasses.field(default_factory=list)  # eval_log.csv rows of this run
     held_out_blocks: int = 0  # blocks in each held-out evaluation
+    held_out_targets: int = 0  # masked tokens the MLM head predicts in each held-out evaluation
+    # accuracy of always guessing the held-out targets' most frequent token: the unigram baseline
+    # the model's held-out ``mlm_acc`` must beat
+    unigram_baseline: Optional[float] = None
 
     @property
     def metrics(self) -> Optional[dict]:
@@ -151,7 +157,11 @@ def pretrain(config: Union[SpanBertConfig, str, None], data_dir: str, out_dir: s
         result = trainer.train()
         if ctx.is_main:  # the final model (checkpoints before it were evaluated as they were saved)
             finish_evaluation(trainer, evaluate(model), result.checkpoint)
-        return PretrainResult(result, model, trainer.evaluations, len(eval_batches) * source.batch_size)
+        targets = torch.cat([batch["mlm_labels"] for batch in eval_batches])
+        targets = targets[targets >= 0]
+        baseline = float(torch.bincount(targets).max()) / len(targets) if len(targets) else None
+        return PretrainResult(result, model, trainer.evaluations, len(eval_batches) * source.batch_size,
+                              len(targets), baseline)
 
 
 def prepare_demo_corpus(out_dir: str, report: Callable[[str], None] = logger.info) -> str:
