@@ -364,8 +364,9 @@ def _fwd_loop(
         alpha = tl.exp2(m_i - m_use)
         l_i = l_i * alpha + tl.sum(p, 1)
         if HAS_DROPOUT:
-            # a product with 0/1 rather than a select: a select after the bf16 conversion costs a byte permute
-            p = p * _dropout_keep(row_keys, n0, multiplier, threshold, BLOCK_N).to(tl.float32)
+            # One FSEL per score. The zero is a runtime value (l_i >= 0 is finite): with a constant,
+            # LLVM sinks the select below the bf16 conversion, where it costs a byte permute.
+            p = tl.where(_dropout_keep(row_keys, n0, multiplier, threshold, BLOCK_N), p, l_i[:, None] * 0.0)
         if MASKED:
             v = tl.load(v_ptrs, mask=offs_n[:, None] < length, other=0.0)
         else:
