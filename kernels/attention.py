@@ -56,16 +56,23 @@ Dropout: the keep bit of element (b, h, i, j) (i, j local to the sequence) is a 
 (seed, b * H + h, i, j), computed in registers in the layout the score tile already has::
 
     key, mult = lowbias32 chain of (seed low word, seed high word, b * H + h); mult odd
-    pair(j)   = (j // 16) * 8 + j % 8            keys j and j + 8 (j % 16 < 8) share a hash
-    x         = ((i << 16) ^ key ^ pair(j)) * mult, then  x ^= x >> 16; x *= 0x7FEB352D;
-                x ^= x >> 15; x *= 0x846CA68B          (all uint32)
-    u         = low 16 bits of x for j % 16 < 8, high 16 bits for the other key of the pair
-    Z_ij      = u >= ceil(p * 65536)                   (p rounded up to a multiple of 2^-16)
+    pair(n)   = (n // 16) * 8 + n % 8            rows i, i + 8 (i % 16 < 8) share a row pair,
+                                                 keys j, j + 8 (j % 16 < 8) a key pair
+    x         = ((pair(i) << 16) ^ key ^ pair(j)) * mult, then  x ^= x >> 16; x *= 0x7FEB352D;
+                x ^= x >> 15; x *= 0x846CA68B; x ^= x >> 16      (all uint32)
+    u         = byte 2 * ((i // 8) % 2) + (j // 8) % 2 of x      (0 .. 255)
+    T         = min(floor(p * 256 + 1/2), 255)
+    Z_ij      = u >= T
 
-In the wgmma accumulator layout one thread holds columns j and j + 8 of a [queries, keys]
-tile, and rows j and j + 8 of the transposed [keys, queries] tile of the dK/dV kernel, so
-each 32-bit hash is computed once, by the thread that uses both of its halves, and no random
-bit is moved between threads or through shared memory. Rows are unique for i < 65536.
+So one 32-bit hash serves four scores, and the drop rate is p rounded to a multiple of 1/256,
+``p_effective = T / 256`` (:func:`attention_dropout_effective_p`; 0.1 -> 26/256 = 0.1015625, as
+FlashAttention-2 compares bytes of its random bits), and kept values are scaled by
+``1 / (1 - p_effective)`` in the forward and both backwards; ``p < 1/512`` is no dropout. The
+launch functions round p once, so every kernel sees ``p_effective``. In the wgmma accumulator
+layout one thread holds rows i, i + 8 and columns j, j + 8 of a [queries, keys] tile, and the
+same four elements of the transposed [keys, queries] tile of the dK/dV kernel, so each hash is
+computed once, by the thread that uses all four bytes, and no random bit is moved between
+threads or through shared memory. Rows are unique for i < 131072.
 Nothing depends on tile sizes or on the sequence length, so the mask of sequence b of length L
 (padded with ``seq_lens`` or varlen) is ``attention_dropout_keep_mask(B, H, S, p, seed)[b, :, :L, :L]``
 for any S >= L. The backward regenerates the same bits; nothing of the mask is stored. The
@@ -179,61 +186,71 @@ def _mix32(x):
 @triton.jit
 def _dropout_keys(seed, bh, dropout_p):
     """Per program: (key, odd multiplier) of the keep-bit hash of head ``bh`` under ``seed`` (int64),
-    and the keep threshold ``T << 16`` with ``T = ceil(p * 65536)`` (at most 65535)."""
+    and the keep threshold ``T << 24`` with ``T = round(p * 256)`` (the kernels get ``p`` already
+    rounded, :func:`attention_dropout_effective_p`, so ``p * 256`` is the integer T <= 255)."""
     seed64 = seed.to(tl.uint64)
     low = (seed64 & 0xFFFFFFFF).to(tl.uint32)
     high = (seed64 >> 32).to(tl.uint32)
     key = _mix32(low ^ _mix32(high ^ _mix32(bh.to(tl.uint32) + 0x9E3779B9)))
     multiplier = _mix32(key + 0x6A09E667) | 1
-    threshold = tl.minimum(tl.ceil(dropout_p * 65536.0), 65535.0).to(tl.uint32) << 16
+    threshold = tl.minimum(tl.floor(dropout_p * 256.0 + 0.5), 255.0).to(tl.uint32) << 24
     return key, multiplier, threshold
 
 
 @triton.jit
-def _dropout_row_keys(offs_m, key):
-    """``(i << 16) ^ key`` of query rows ``offs_m``: the row half of the hash input (uint32)."""
-    return (offs_m.to(tl.uint32) << 16) ^ key
+def _dropout_row_keys(m0, key, BLOCK_M: tl.constexpr):
+    """``(r << 16) ^ key`` of the row pairs ``r = (i // 16) * 8 + i % 8`` of query rows
+    ``m0 .. m0 + BLOCK_M`` (m0 a multiple of 16), as [BLOCK_M // 16, 8] (uint32): the row half of
+    the hash input. Rows i and i + 8 (i % 16 < 8) share a row pair."""
+    pairs = (m0 // 2 + tl.arange(0, BLOCK_M // 2)).to(tl.uint32)
+    return ((pairs << 16) ^ key).reshape(BLOCK_M // 16, 8)
 
 
 @triton.jit
-def _dropout_bits(row_keys, pairs, multiplier):
-    """32 random bits of (query row, key pair), broadcast over the shapes given: a multiply by
-    the head's odd key, then two xorshift-multiply rounds. The low and high 16-bit halves are
-    the uniforms of the pair's two keys (``_dropout_keep``)."""
-    x = (row_keys ^ pairs.to(tl.uint32)) * multiplier
+def _dropout_bits(row_keys, col_pairs, multiplier):
+    """32 random bits of (row pair, key pair), broadcast over the shapes given: a multiply by
+    the head's odd key, then xorshift-multiply rounds. Its four bytes are the uniforms of the
+    four scores of the pairs (``_dropout_keep``)."""
+    x = (row_keys ^ col_pairs.to(tl.uint32)) * multiplier
     x ^= x >> 16
     x *= 0x7FEB352D
     x ^= x >> 15
-    return x * 0x846CA68B
+    x *= 0x846CA68B
+    return x ^ (x >> 16)
 
 
 @triton.jit
 def _dropout_keep(row_keys, n0, multiplier, threshold, BLOCK_N: tl.constexpr):
-    """[BLOCK_M, BLOCK_N] keep bits of query rows (``row_keys``, [BLOCK_M]) x keys
-    ``n0 .. n0 + BLOCK_N`` (n0 a multiple of 16).
+    """[BLOCK_M, BLOCK_N] keep bits of the query rows of ``row_keys`` ([BLOCK_M // 16, 8], from
+    :func:`_dropout_row_keys`) x keys ``n0 .. n0 + BLOCK_N`` (n0 a multiple of 16).
 
-    Keys j and j + 8 (j % 16 < 8) share one 32-bit hash, pair ``(j // 16) * 8 + j % 8``: j takes
-    its low half, j + 8 its high half. In the wgmma accumulator layout one thread holds both
-    columns j and j + 8, and in the transposed tile of the dK/dV kernel both rows j and j + 8,
-    so every hash is computed once, by the thread that uses it, and no bit crosses threads.
+    Rows i, i + 8 and keys j, j + 8 (i % 16 < 8, j % 16 < 8) share one 32-bit hash: byte 0 is
+    (i, j), byte 1 (i, j + 8), byte 2 (i + 8, j), byte 3 (i + 8, j + 8). In the wgmma accumulator
+    layout one thread holds all four, and the same four in the transposed tile of the dK/dV
+    kernel, so every hash is computed once, by the thread that uses it, and no bit crosses threads.
     """
-    GROUPS: tl.constexpr = BLOCK_N // 16
-    pairs = (n0 // 2 + tl.arange(0, GROUPS * 8)).reshape(GROUPS, 8)
-    bits = _dropout_bits(row_keys[:, None, None], pairs[None, :, :], multiplier)  # [BLOCK_M, GROUPS, 8]
-    # each key's 16 bits at the top of a word: [BLOCK_M, GROUPS, (j, j + 8), 8] -> [BLOCK_M, BLOCK_N]
-    halves = tl.permute(tl.join(bits << 16, bits), (0, 1, 3, 2))
-    return tl.reshape(halves, (row_keys.shape[0], BLOCK_N)) >= threshold
+    GM: tl.constexpr = row_keys.shape[0]
+    GN: tl.constexpr = BLOCK_N // 16
+    col_pairs = (n0 // 2 + tl.arange(0, GN * 8)).reshape(GN, 8)
+    x = _dropout_bits(row_keys[:, :, None, None], col_pairs[None, None, :, :], multiplier)  # [GM, 8, GN, 8]
+    # each score's byte at the top of a word: [GM, 8, GN, 8, (j, j + 8), (i, i + 8)]
+    top = tl.join(tl.join(x << 24, x << 16), tl.join(x << 8, x))
+    top = tl.permute(top, (0, 5, 1, 2, 4, 3))  # [GM, (i, i + 8), 8, GN, (j, j + 8), 8]
+    return tl.reshape(top, (GM * 16, BLOCK_N)) >= threshold
 
 
 @triton.jit
 def _dropout_keep_transposed(row_keys, n0, multiplier, threshold, BLOCK_N: tl.constexpr):
-    """[BLOCK_N, BLOCK_M] keep bits of keys ``n0 .. n0 + BLOCK_N`` (rows) x query rows
-    (``row_keys``, columns): the transpose of :func:`_dropout_keep`, built in this orientation."""
-    GROUPS: tl.constexpr = BLOCK_N // 16
-    pairs = (n0 // 2 + tl.arange(0, GROUPS * 8)).reshape(GROUPS, 8)
-    bits = _dropout_bits(row_keys[None, None, :], pairs[:, :, None], multiplier)  # [GROUPS, 8, BLOCK_M]
-    halves = tl.permute(tl.join(bits << 16, bits), (0, 3, 1, 2))  # [GROUPS, (j, j + 8), 8, BLOCK_M]
-    return tl.reshape(halves, (BLOCK_N, row_keys.shape[0])) >= threshold
+    """[BLOCK_N, BLOCK_M] keep bits of keys ``n0 .. n0 + BLOCK_N`` (rows) x the query rows of
+    ``row_keys`` (columns): the transpose of :func:`_dropout_keep`, built in this orientation."""
+    GM: tl.constexpr = row_keys.shape[0]
+    GN: tl.constexpr = BLOCK_N // 16
+    col_pairs = (n0 // 2 + tl.arange(0, GN * 8)).reshape(GN, 8)
+    x = _dropout_bits(row_keys[None, None, :, :], col_pairs[:, :, None, None], multiplier)  # [GN, 8, GM, 8]
+    # [GN, 8, GM, 8, (i, i + 8), (j, j + 8)]
+    top = tl.join(tl.join(x << 24, x << 8), tl.join(x << 16, x))
+    top = tl.permute(top, (0, 5, 1, 2, 4, 3))  # [GN, (j, j + 8), 8, GM, (i, i + 8), 8]
+    return tl.reshape(top, (BLOCK_N, GM * 16)) >= threshold
 
 
 @triton.jit
@@ -347,8 +364,9 @@ def _fwd_loop(
         alpha = tl.exp2(m_i - m_use)
         l_i = l_i * alpha + tl.sum(p, 1)
         if HAS_DROPOUT:
-            # a product with 0/1 rather than a select: a select after the bf16 conversion costs a byte permute
-            p = p * _dropout_keep(row_keys, n0, multiplier, threshold, BLOCK_N).to(tl.float32)
+            # One FSEL per score. The zero is a runtime value (l_i >= 0 is finite): with a constant,
+            # LLVM sinks the select below the bf16 conversion, where it costs a byte permute.
+            p = tl.where(_dropout_keep(row_keys, n0, multiplier, threshold, BLOCK_N), p, l_i[:, None] * 0.0)
         if MASKED:
             v = tl.load(v_ptrs, mask=offs_n[:, None] < length, other=0.0)
         else:
@@ -395,7 +413,7 @@ def _attention_fwd_kernel(
     offs_m = m0 + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
     q = tl.load(q_base + offs_m[:, None] * stride_qs + offs_d[None, :], mask=offs_m[:, None] < length, other=0.0)
-    row_keys = _dropout_row_keys(offs_m, key) if HAS_DROPOUT else offs_m
+    row_keys = _dropout_row_keys(m0, key, BLOCK_M) if HAS_DROPOUT else offs_m
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -494,7 +512,8 @@ def _dkdv_loop(
             p_t = tl.where(allowed_t, p_t, 0.0)
         dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
         if HAS_DROPOUT:
-            keep_t = _dropout_keep_transposed(_dropout_row_keys(offs_m, key), n0, multiplier, threshold, BLOCK_N)
+            keep_t = _dropout_keep_transposed(_dropout_row_keys(m0, key, BLOCK_M), n0, multiplier, threshold,
+                                              BLOCK_N)
             p_kept_t = tl.where(keep_t, p_t, 0.0)
             ds_t = p_t * (tl.where(keep_t, dp_t, 0.0) * inv_keep - delta[None, :])
         else:
@@ -664,7 +683,7 @@ def _attention_bwd_dq_kernel(
     lse = tl.load(LSE + lse_offset + offs_m, mask=offs_m < length, other=0.0)
     delta = tl.load(DELTA + lse_offset + offs_m, mask=offs_m < length, other=0.0)
     dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
-    row_keys = _dropout_row_keys(offs_m, key) if HAS_DROPOUT else offs_m
+    row_keys = _dropout_row_keys(m0, key, BLOCK_M) if HAS_DROPOUT else offs_m
     inv_keep = 1.0 / (1.0 - dropout_p)
 
     lo, full_lo, full_hi, hi = _visit_ranges(m0, BLOCK_M, length, window, BLOCK_N, HAS_WINDOW)
@@ -698,7 +717,7 @@ def _dropout_keep_mask_kernel(
     key, multiplier, threshold = _dropout_keys(tl.load(SEED), pid_bh, dropout_p)
     offs_m = pid_m * BLOCK + tl.arange(0, BLOCK)
     offs_n = pid_n * BLOCK + tl.arange(0, BLOCK)
-    keep = _dropout_keep(_dropout_row_keys(offs_m, key), pid_n * BLOCK, multiplier, threshold, BLOCK)
+    keep = _dropout_keep(_dropout_row_keys(pid_m * BLOCK, key, BLOCK), pid_n * BLOCK, multiplier, threshold, BLOCK)
     base = KEEP + pid_bh.to(tl.int64) * seq_len * seq_len
     mask = (offs_m[:, None] < seq_len) & (offs_n[None, :] < seq_len)
     tl.store(base + offs_m[:, None].to(tl.int64) * seq_len + offs_n[None, :], keep.to(tl.int8), mask=mask)
@@ -801,6 +820,7 @@ def _attention_forward_launch(
     softmax_scale: float,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Run the forward kernel; returns (O like q but contiguous, LSE fp32)."""
+    dropout_p = attention_dropout_effective_p(dropout_p)
     _check_qkv(q, k, v, packed=q.dim() == 3, fn="attention forward")
     _check_seq_info(q, seq_info, fn="attention forward")
     q, k, v = _unit_last_stride(q), _unit_last_stride(k), _unit_last_stride(v)
@@ -843,6 +863,7 @@ def _attention_backward_launch(
     """Preprocess (Delta), then the dK/dV and dQ kernels, or with ``deterministic=False`` the
     single-pass dK/dV kernel that also adds dQ into an fp32 buffer by atomics; returns contiguous
     (dq, dk, dv)."""
+    dropout_p = attention_dropout_effective_p(dropout_p)
     _check_qkv(q, k, v, packed=q.dim() == 3, fn="attention backward")
     _check_seq_info(q, seq_info, fn="attention backward")
     q, k, v = _unit_last_stride(q), _unit_last_stride(k), _unit_last_stride(v)
@@ -1085,6 +1106,14 @@ def attention_varlen(
     return out
 
 
+def attention_dropout_effective_p(dropout_p: float) -> float:
+    """The drop rate the kernels apply for ``dropout_p``: ``T / 256`` with
+    ``T = min(floor(p * 256 + 1/2), 255)``, p rounded to the nearest multiple of 1/256 (as
+    FlashAttention-2, which compares bytes of random bits). Kept values are scaled by
+    ``1 / (1 - T / 256)``; ``p < 1/512`` is no dropout. 0.1 -> 26/256 = 0.1015625."""
+    return min(math.floor(float(dropout_p) * 256.0 + 0.5), 255) / 256.0
+
+
 def attention_dropout_keep_mask(
     batch: int,
     heads: int,
@@ -1106,6 +1135,7 @@ def attention_dropout_keep_mask(
         raise ValueError(f"{fn}: pass the seed whose mask you want (an int or a one-element int64 tensor)")
     _check_options(fn, None, dropout_p, seed, None)
     device = torch.device("cpu") if device is None else torch.device(device)
+    dropout_p = attention_dropout_effective_p(dropout_p)
     if dropout_p == 0.0:
         return torch.ones(batch, heads, seq_len, seq_len, dtype=torch.bool, device=device)
     keep = torch.empty(batch, heads, seq_len, seq_len, dtype=torch.int8, device=device)

@@ -21,7 +21,9 @@ import torch.nn.functional as F
 from helpers import DEVICE, FP32_REDUCTION_TOL, FP32_TOL, assert_close_fp32, assert_close_lowp
 from spanbert_fast import ops
 from spanbert_fast.kernels import attention as kernel
-from spanbert_fast.kernels.attention import attention, attention_dropout_keep_mask, attention_varlen
+from spanbert_fast.kernels.attention import (
+    attention, attention_dropout_effective_p, attention_dropout_keep_mask, attention_varlen,
+)
 
 GRAD_NAMES = ("dq", "dk", "dv")
 
@@ -201,7 +203,7 @@ def test_dropout_keep_rate(dropout_p):
     assert keep.shape == (2, 3, 128, 128) and keep.dtype == torch.bool
     rate = keep.float().mean().item()
     # 98304 Bernoulli draws: the standard error is <= 0.0016, so 0.01 is > 6 sigma.
-    assert abs(rate - (1 - dropout_p)) < 0.01, rate
+    assert abs(rate - (1 - attention_dropout_effective_p(dropout_p))) < 0.01, rate
     # Neither heads nor batch entries share a mask, and a new seed gives a new mask.
     assert not torch.equal(keep[0, 0], keep[0, 1]) and not torch.equal(keep[0, 0], keep[1, 0])
     assert not torch.equal(keep, attention_dropout_keep_mask(2, 3, 128, dropout_p, seed=124, device=DEVICE))
@@ -210,7 +212,8 @@ def test_dropout_keep_rate(dropout_p):
 def test_dropout_kernel_keep_rate_matches_p():
     """The kernel itself drops ~p of the probabilities: with v = one-hot key ids the output
     row i holds P_ij * Z_ij / (1 - p); with q = 0 (uniform P) the kept fraction is readable."""
-    seq_len, dropout_p = 64, 0.25
+    seq_len, dropout_p = 64, 0.25  # a multiple of 1/256: the effective p is p itself
+    assert attention_dropout_effective_p(dropout_p) == dropout_p
     q = torch.zeros(1, 4, seq_len, 64, device=DEVICE)
     k = torch.randn(1, 4, seq_len, 64, device=DEVICE)
     v = torch.eye(seq_len, 64, device=DEVICE).expand(1, 4, seq_len, 64).contiguous()
@@ -237,8 +240,8 @@ def test_dropout_padded_parity_with_kernel_mask(seq_lens, window):
         q, k, v, grad_out,
     )
     ref = output_and_grads(
-        lambda q, k, v: ops.attention_torch(q, k, v, lengths_to_mask(lens, seq_len), window, dropout_p,
-                                            dropout_mask=keep),
+        lambda q, k, v: ops.attention_torch(q, k, v, lengths_to_mask(lens, seq_len), window,
+                                            attention_dropout_effective_p(dropout_p), dropout_mask=keep),
         q, k, v, grad_out,
     )
     assert_parity(ours, ref, FP32_TOL)
@@ -256,7 +259,7 @@ def test_dropout_varlen_parity_with_kernel_mask():
     def reference(q, k, v):
         (qp, mask, rows), kp, vp = pad_packed(q, lengths, max_seqlen), pad_packed(k, lengths, max_seqlen)[0], \
             pad_packed(v, lengths, max_seqlen)[0]
-        out = ops.attention_torch(qp, kp, vp, mask, None, dropout_p, dropout_mask=keep)
+        out = ops.attention_torch(qp, kp, vp, mask, None, attention_dropout_effective_p(dropout_p), dropout_mask=keep)
         return out.transpose(1, 2).reshape(-1, heads, head_dim)[rows]
 
     ours = output_and_grads(
@@ -277,26 +280,23 @@ def _mix32(x):
 
 def reference_keep_mask(batch, heads, seq_len, dropout_p, seed):
     """The documented keep-bit function, written again in torch int64 arithmetic: element
-    (b, h, i, j) takes the 16-bit half ``(j // 8) % 2`` of the hash of (row i, pair
-    ``(j // 16) * 8 + j % 8``) under the key and odd multiplier of (seed, b * H + h)."""
+    (b, h, i, j) takes byte ``2 * ((i // 8) % 2) + (j // 8) % 2`` of the hash of (row pair
+    ``(i // 16) * 8 + i % 8``, key pair ``(j // 16) * 8 + j % 8``) under the key and odd
+    multiplier of (seed, b * H + h), and is kept when that byte is >= round(p * 256)."""
     m32 = 0xFFFFFFFF
     i = torch.arange(seq_len, dtype=torch.int64)[:, None]
     j = torch.arange(seq_len, dtype=torch.int64)[None, :]
-    pair = (j >> 4) * 8 + (j & 7)
-    high_half = ((j >> 3) & 1).bool()
-    threshold = min(math.ceil(float(torch.tensor(dropout_p, dtype=torch.float32)) * 65536.0), 65535)
+    row_pair = (i >> 4) * 8 + (i & 7)
+    key_pair = (j >> 4) * 8 + (j & 7)
+    byte = ((i >> 3) & 1) * 2 + ((j >> 3) & 1)
+    threshold = min(math.floor(dropout_p * 256 + 0.5), 255)
     scalar = lambda v: _mix32(torch.tensor(v & m32, dtype=torch.int64))  # noqa: E731
     masks = []
     for bh in range(batch * heads):
         key = scalar(int(seed & m32) ^ int(scalar((seed >> 32) ^ int(scalar(bh + 0x9E3779B9)))))
         multiplier = scalar(int(key) + 0x6A09E667) | 1
-        x = ((((i << 16) ^ key) ^ pair) * multiplier) & m32
-        x = x ^ (x >> 16)
-        x = (x * 0x7FEB352D) & m32
-        x = x ^ (x >> 15)
-        x = (x * 0x846CA68B) & m32
-        u = torch.where(high_half, x >> 16, x & 0xFFFF)
-        masks.append(u >= threshold)
+        x = ((((row_pair << 16) ^ key) ^ key_pair) * multiplier) & m32
+        masks.append(((_mix32(x) >> (8 * byte)) & 0xFF) >= threshold)
     return torch.stack(masks).view(batch, heads, seq_len, seq_len)
 
 
@@ -318,18 +318,25 @@ def _lag1_correlation(keep, dim):
 
 @pytest.mark.parametrize("dropout_p", [0.1])
 def test_dropout_mask_statistics(dropout_p):
-    """Over 1,048,576 bits of the kernel's mask: the keep rate is within 3 sigma of 1 - p, and
-    neighbouring rows (queries), neighbouring columns (keys), the two keys of a hash (j, j + 8)
-    and neighbouring heads are uncorrelated (|r| < 0.01; one standard error is ~0.001)."""
+    """Over 1,048,576 bits of the kernel's mask: the keep rate is within 3 sigma of 1 - p_effective
+    (p rounded to 1/256), and neighbouring rows (queries), neighbouring columns (keys),
+    neighbouring heads and the four scores of one hash are uncorrelated (|r| < 0.01; one
+    standard error is ~0.001 over the whole mask, ~0.002 over a quarter)."""
     keep = attention_dropout_keep_mask(1, 4, 512, dropout_p, seed=2024, device=DEVICE).double().cpu()
     n = keep.numel()
-    sigma = math.sqrt(dropout_p * (1 - dropout_p) / n)
-    assert abs(keep.mean().item() - (1 - dropout_p)) < 3 * sigma
+    p_effective = attention_dropout_effective_p(dropout_p)  # 26 / 256 for 0.1
+    sigma = math.sqrt(p_effective * (1 - p_effective) / n)
+    assert abs(keep.mean().item() - (1 - p_effective)) < 3 * sigma
     assert abs(_lag1_correlation(keep, 2)) < 0.01, "rows"
     assert abs(_lag1_correlation(keep, 3)) < 0.01, "columns"
-    low, high = keep[..., 0::16], keep[..., 8::16]  # the two halves of one hash
-    assert abs(torch.corrcoef(torch.stack([low.flatten(), high.flatten()]))[0, 1].item()) < 0.01, "hash halves"
     assert abs(_lag1_correlation(keep, 1)) < 0.01, "heads"
+    # the four bytes of one hash: (i, j), (i, j + 8), (i + 8, j), (i + 8, j + 8), every two of them
+    groups = keep.unflatten(3, (-1, 2, 8)).unflatten(2, (-1, 2, 8))  # [B, H, i // 16, (i, i + 8), 8, j // 16, ...]
+    scores = [groups[:, :, :, r, :, :, c, :].flatten() for r in (0, 1) for c in (0, 1)]
+    for first in range(4):
+        for second in range(first + 1, 4):
+            r = torch.corrcoef(torch.stack([scores[first], scores[second]]))[0, 1].item()
+            assert abs(r) < 0.01, f"bytes {first} and {second} of one hash: r = {r}"
 
 
 # --------------------------------------------------------------------------- determinism, registration
@@ -366,7 +373,8 @@ def test_single_pass_backward_padded_parity(batch, heads, seq_len, head_dim, seq
         q, k, v, grad_out,
     )
     ref = output_and_grads(
-        lambda q, k, v: ops.attention_torch(q, k, v, mask, window, dropout_p, dropout_mask=keep), q, k, v, grad_out
+        lambda q, k, v: ops.attention_torch(q, k, v, mask, window, attention_dropout_effective_p(dropout_p),
+                                            dropout_mask=keep), q, k, v, grad_out
     )
     assert_parity(ours, ref, tolerance(seq_len))
     if lens is not None:  # padded query rows get no dQ from the atomics either
@@ -385,7 +393,7 @@ def test_single_pass_backward_varlen_parity():
     def reference(q, k, v):
         (qp, mask, rows), kp, vp = pad_packed(q, lengths, max_seqlen), pad_packed(k, lengths, max_seqlen)[0], \
             pad_packed(v, lengths, max_seqlen)[0]
-        out = ops.attention_torch(qp, kp, vp, mask, 20, dropout_p, dropout_mask=keep)
+        out = ops.attention_torch(qp, kp, vp, mask, 20, attention_dropout_effective_p(dropout_p), dropout_mask=keep)
         return out.transpose(1, 2).reshape(-1, heads, head_dim)[rows]
 
     ours = output_and_grads(
@@ -429,7 +437,7 @@ def test_torch_compile_fullgraph_with_a_fresh_seed():
     backend = "inductor" if torch.cuda.is_available() else "aot_eager"
     compiled = torch.compile(lambda q, k, v: attention(q, k, v, dropout_p=0.3), backend=backend, fullgraph=True)
     out, (_, _, dv) = output_and_grads(compiled, q, k, v, grad_out)
-    kept = out * seq_len * 0.7
+    kept = out * seq_len * (1 - attention_dropout_effective_p(0.3))
     torch.testing.assert_close(kept, kept.round(), atol=1e-5, rtol=0)  # a real dropout mask
     assert 0.5 < kept.mean().item() < 0.9
     assert_close_fp32(dv, out.transpose(-1, -2) @ grad_out, name="dv")
@@ -537,7 +545,8 @@ def test_gpu_lowp_parity(batch, heads, seq_len, head_dim, padded, window, dropou
     )
     fp32 = [t.detach().float() for t in (q, k, v)]
     ref = output_and_grads(
-        lambda q, k, v: ops.attention_torch(q, k, v, mask, window, dropout_p, dropout_mask=keep),
+        lambda q, k, v: ops.attention_torch(q, k, v, mask, window, attention_dropout_effective_p(dropout_p),
+                                            dropout_mask=keep),
         *fp32, grad_out.float(),
     )
     lowp = output_and_grads(
