@@ -216,6 +216,18 @@ def attention_varlen_torch(
     return out.transpose(1, 2).reshape(batch * max_seqlen, *q.shape[1:])[rows]
 
 
+def right_padding_lengths(key_padding_mask: torch.Tensor) -> Optional[torch.Tensor]:
+    """``[B]`` int32 lengths when every row of the ``[B, S]`` mask is its real tokens followed by
+    padding (what tokenizers and collators make), else ``None``. One host sync to check; ``None``
+    while compiling or capturing, where no value may be read."""
+    if not host_sync_allowed(key_padding_mask):
+        return None
+    real = key_padding_mask.bool()
+    lengths = real.sum(-1, dtype=torch.int32)
+    positions = torch.arange(real.shape[-1], device=real.device)
+    return lengths if bool(torch.equal(positions[None, :] < lengths[:, None], real)) else None
+
+
 def attention(
     q: torch.Tensor,  # [B, H, S, D]
     k: torch.Tensor,  # [B, H, S, D]
@@ -234,6 +246,9 @@ def attention(
     sees keys within ``±window`` positions. ``dropout_p`` drops attention probabilities
     with a mask reproducible from ``seed`` (fresh from torch's generator when ``None``).
     Returns ``[B, H, S, D]`` in the input dtype.
+
+    On Triton a right-padded mask runs the kernel's ``seq_lens`` mode on the padded tensors;
+    any other mask (left padding, holes) is unpadded to the varlen kernel and repadded.
     """
     if resolve_attention_backend(backend, q, q.shape[-1]) == "torch":
         return attention_torch(q, k, v, key_padding_mask, window, dropout_p, seed, softmax_scale)
@@ -241,6 +256,10 @@ def attention(
     from spanbert_fast.kernels import attention as kernel
     if key_padding_mask is None:
         return kernel.attention(q, k, v, window=window, dropout_p=dropout_p, seed=seed, softmax_scale=softmax_scale)
+    seq_lens = right_padding_lengths(key_padding_mask)
+    if seq_lens is not None:  # the kernel reads the padded tensors as they are: no unpad, no repad
+        return kernel.attention(q, k, v, seq_lens=seq_lens, window=window, dropout_p=dropout_p, seed=seed,
+                                softmax_scale=softmax_scale)
     batch, _, seq_len, _ = q.shape
     q_packed, rows, cu_seqlens, max_seqlen = unpad(q.transpose(1, 2), key_padding_mask)
     k_packed = k.transpose(1, 2).flatten(0, 1)[rows]

@@ -144,17 +144,33 @@ def test_varlen_parity(heads, head_dim, lengths, max_seqlen, window):
     assert_parity(ours, ref, tolerance(max(lengths)))
 
 
-def test_ops_triton_backend_with_padding_mask_goes_through_varlen():
-    """``ops.attention(..., backend="triton")`` unpads a key-padding mask and calls varlen."""
+@pytest.mark.parametrize("layout", ["right-padded", "left-padded"])
+def test_ops_triton_backend_with_padding_mask(layout, monkeypatch):
+    """``ops.attention(..., backend="triton")``: a right-padded mask runs the kernel's ``seq_lens``
+    mode on the padded tensors, any other mask goes through unpad -> varlen -> repad; both equal
+    the reference, outputs and every grad."""
+    import spanbert_fast.kernels.attention as kernel
+
     batch, heads, seq_len, head_dim = 3, 2, 50, 64
     q, k, v = make_qkv(batch, heads, seq_len, head_dim)
     mask = lengths_to_mask(torch.tensor([50, 3, 21], device=DEVICE), seq_len)
+    if layout == "left-padded":
+        mask = mask.flip(-1)
+    calls = []
+    for name in ("attention", "attention_varlen"):
+        original = getattr(kernel, name)
+        monkeypatch.setattr(kernel, name, lambda *a, _f=original, _n=name, **kw: calls.append((_n, kw)) or _f(*a, **kw))
     grad_out = torch.randn_like(q)
     ours = output_and_grads(lambda q, k, v: ops.attention(q, k, v, mask, window=9, backend="triton"),
                             q, k, v, grad_out)
     ref = output_and_grads(lambda q, k, v: ops.attention(q, k, v, mask, window=9, backend="torch"),
                            q, k, v, grad_out)
     assert_parity(ours, ref, FP32_TOL)
+    if layout == "right-padded":
+        assert [name for name, _ in calls] == ["attention"]
+        assert calls[0][1]["seq_lens"].tolist() == [50, 3, 21]
+    else:
+        assert [name for name, _ in calls] == ["attention_varlen"]
 
 
 # --------------------------------------------------------------------------- dropout
