@@ -22,7 +22,7 @@ DEMO_DEFAULTS = dict(preset="tiny", batch_size=16, max_steps=600, lr=2e-3, warmu
 
 def run(args: argparse.Namespace) -> int:
     from spanbert_fast.run_lock import FolderLockedError
-    from spanbert_fast.train import describe_evaluation, describe_training, prepare_demo_corpus, pretrain
+    from spanbert_fast.train import prepare_demo_corpus, pretrain
 
     started = time.time()
     if args.demo and (args.config or args.init_from):
@@ -46,15 +46,7 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(f"pretrain: error: {error}") from error
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # under torchrun only rank 0 reports
-    if result.metrics is not None:
-        print(f"held-out ({result.held_out_blocks} blocks): {describe_evaluation(result.metrics)}")
-    train = result.train
-    print(describe_training(train.history, train.step, time.time() - started))
-    print(f"checkpoint: {train.checkpoint}")
-    print(f"log:        {os.path.join(train.out_dir, 'log.csv')}")
-    if train.plot:
-        print(f"plot:       {train.plot}")
-    print(f"everything is in {os.path.abspath(train.out_dir)}")
+    print(result.summary(time.time() - started))
     return 0
 
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import logging
 import math
 import os
@@ -59,6 +60,24 @@ class FineTuneResult:
     metrics: Optional[dict]  # evaluation metrics of the final model, None without an eval file
     train: object  # spanbert_fast.train.TrainResult
     evaluations: List[dict] = dataclasses.field(default_factory=list)  # this run's eval_log.csv rows
+
+    def summary(self, seconds: float) -> str:
+        """What ``spanbert-fast finetune-*`` prints at the end: the training line, where the model,
+        checkpoint and log are, each checkpoint's evaluation and the final metrics (JSON)."""
+        from spanbert_fast.train import EVAL_LOG, describe_evaluation, describe_training
+
+        train = self.train
+        lines = [describe_training(train.history, train.step, seconds),
+                 f"model:      {os.path.abspath(self.out_dir)} (config.json, model.safetensors, task.json, tokenizer)"]
+        if train.checkpoint:
+            lines.append(f"checkpoint: {train.checkpoint}")
+        lines.append(f"log:        {os.path.join(self.out_dir, 'log.csv')}")
+        if len(self.evaluations) > 1:  # checkpoints were evaluated too
+            lines.append(f"evaluations at each checkpoint ({os.path.join(self.out_dir, EVAL_LOG)}):")
+            lines += [f"  {describe_evaluation(row)}" for row in self.evaluations]
+        if self.metrics is not None:
+            lines.append(json.dumps(self.metrics, indent=2, ensure_ascii=False))
+        return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- the driver
