@@ -37,8 +37,7 @@ def test_learning_rate_default_follows_the_preset(tmp_path, monkeypatch):
 
     def record(config, data_dir, out_dir, **settings):
         seen[config] = settings["lr"]
-        return SimpleNamespace(metrics=None, train=SimpleNamespace(history=[], step=0, checkpoint=None,
-                                                                   out_dir=out_dir, plot=None))
+        return SimpleNamespace(summary=lambda seconds: "")
 
     monkeypatch.setattr(train, "pretrain", record)  # the command calls the library driver once
     for preset in ("tiny", "base", "large"):

@@ -310,7 +310,7 @@ def test_prepare_cli_on_text_and_jsonl(tokenizer, tmp_path, capsys):
 @pytest.mark.parametrize("workers", [1, 2], ids=["in-process", "2-workers"])
 def test_input_is_consumed_lazily(tokenizer, workers):
     """Streaming: documents are pulled only a few chunks ahead of what has been encoded."""
-    from spanbert_fast.data.prepare import _encoded_chunks
+    from spanbert_fast.data.encoding import encoded_chunks
 
     pulled = 0
 
@@ -320,7 +320,7 @@ def test_input_is_consumed_lazily(tokenizer, workers):
             pulled += 1
             yield Document(f"Document number {i}. It has two sentences.", str(i))
 
-    chunks = _encoded_chunks(documents(), tokenizer, block_size=64, workers=workers, chunk_chars=400)
+    chunks = encoded_chunks(documents(), tokenizer, block_size=64, workers=workers, chunk_chars=400)
     first = next(chunks)
     assert first.document_lengths.size == 10  # 10 documents of 40+ characters fill a 400-char chunk
     assert pulled <= 10 * (2 * workers + 1)
@@ -331,14 +331,15 @@ def test_long_sentences_are_encoded_in_pieces_with_the_same_ids(tokenizer, tmp_p
     """A sentence longer than MAX_PIECE_CHARS is encoded in pieces cut before a space, in batches
     of ENCODE_BATCH_CHARS, and its whitespace collapsed in windows: the corpus stays the same."""
     from spanbert_fast.data import corpus as corpus_module
+    from spanbert_fast.data import encoding as encoding_module
 
     words = re.sub(r"[.!?]", " ", " ".join(demo_corpus_texts()[:3])).split()
     long_text = "lead " + "  \n ".join(words[:3000])  # one sentence, mixed whitespace
     documents = [Document(long_text, "long"), *demo_documents(3)]
     whole = tmp_path / "whole"
     prepare_documents(documents, tokenizer, whole, progress=False, block_size=62)
-    monkeypatch.setattr(prepare_module, "MAX_PIECE_CHARS", 50)
-    monkeypatch.setattr(prepare_module, "ENCODE_BATCH_CHARS", 300)
+    monkeypatch.setattr(encoding_module, "MAX_PIECE_CHARS", 50)
+    monkeypatch.setattr(encoding_module, "ENCODE_BATCH_CHARS", 300)
     monkeypatch.setattr(corpus_module, "_COLLAPSE_WINDOW", 40)
     assert split_sentences(long_text) == [re.sub(r"\s+", " ", long_text).strip()]
     pieces = tmp_path / "pieces"

@@ -12,7 +12,7 @@ from task_fixtures import data_path, fixture_tokenizer, tiny_checkpoint
 from spanbert_fast.data.tokenizer import special_ids
 from spanbert_fast.cli import main
 from spanbert_fast.tasks import SpanBertForQuestionAnswering, squad_metrics
-from spanbert_fast.tasks import qa
+from spanbert_fast.tasks import squad_decoding
 from spanbert_fast.tasks.prediction import predict_batches
 from spanbert_fast.tasks.text_files import InputFileError
 from spanbert_fast.tasks.finetune import finetune
@@ -450,8 +450,8 @@ def test_predict_decodes_each_example_once_its_windows_are_scored(untrained_qa, 
         return decode_answers(example, context, features, *args, **kwargs)
 
     decoded_windows = [0]
-    monkeypatch.setattr(qa, "predict_batches", counting_predict_batches)
-    monkeypatch.setattr(qa, "decode_answers", recording_decode_answers)
+    monkeypatch.setattr(squad_decoding, "predict_batches", counting_predict_batches)
+    monkeypatch.setattr(squad_decoding, "decode_answers", recording_decode_answers)
     task.predict(untrained_qa, tokenizer, examples, True, batch_size)
     window_counts = [len(make_features(e, tokenizer, **SMALL_WINDOWS)) for e in examples]
     assert decoded_windows[0] == scored[0] == sum(window_counts) > len(examples) + batch_size

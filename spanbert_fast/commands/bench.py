@@ -1,107 +1,29 @@
 """``spanbert-fast bench``: run the benchmark suites of a source checkout (``benchmarks/``).
 
-The suites live in the repository's top-level ``benchmarks/`` folder, which is not part of the
-installed package (it compares against transformers and other baselines, and its modules import
-each other as ``benchmarks.<module>``). The command finds that folder, in order: ``--bench-dir``,
-``$SPANBERT_FAST_BENCH_DIR``, next to the ``spanbert_fast`` package (an editable install or a
-source tree), ``./benchmarks``; puts its parent first on ``sys.path`` and hands over to
-``benchmarks.runner``. From a wheel install without a checkout it says so and exits with 2.
+How the command finds the suites, and how it runs them: :mod:`spanbert_fast.benchmark_suites`.
+From a wheel install without a checkout it says so and exits with 2.
 """
 from __future__ import annotations
 
-import datetime
-import importlib
-import os
 import sys
-from pathlib import Path
-from typing import Optional
 
-ENV_BENCH_DIR = "SPANBERT_FAST_BENCH_DIR"
-
-
-def find_benchmarks_dir(explicit: Optional[str] = None) -> Path:
-    """The ``benchmarks/`` folder holding ``runner.py``; ``FileNotFoundError`` naming where it looked."""
-    import spanbert_fast
-
-    candidates = []
-    if explicit:
-        candidates.append(Path(explicit))
-    if os.environ.get(ENV_BENCH_DIR):
-        candidates.append(Path(os.environ[ENV_BENCH_DIR]))
-    candidates.append(Path(spanbert_fast.__file__).resolve().parent.parent / "benchmarks")
-    candidates.append(Path.cwd() / "benchmarks")
-    for candidate in candidates:
-        if candidate.name == "benchmarks" and (candidate / "runner.py").is_file():
-            return candidate.resolve()
-    looked = ", ".join(str(c) for c in candidates)
-    raise FileNotFoundError(
-        f"no benchmarks/ folder with runner.py found (looked in: {looked}); the suites ship with the "
-        f"source checkout, not the wheel: run from a clone (pip install -e .) or pass --bench-dir / "
-        f"set {ENV_BENCH_DIR} to the checkout's benchmarks/ folder"
-    )
-
-
-def load_runner(bench_dir: Path):
-    """Import ``benchmarks.runner`` from ``bench_dir``, refusing another ``benchmarks`` package."""
-    root = str(bench_dir.parent)
-    if sys.path[:1] != [root]:
-        sys.path.insert(0, root)
-    package = importlib.import_module("benchmarks")
-    found = Path(package.__file__).resolve().parent
-    if found != bench_dir:
-        raise ImportError(f"'benchmarks' resolves to {found}, not {bench_dir}: another package of that name "
-                          "shadows the suites (uninstall it or run from the checkout)")
-    return importlib.import_module("benchmarks.runner")
+from spanbert_fast.benchmark_suites import (  # noqa: F401  (find_benchmarks_dir: re-exported, its old home)
+    ENV_BENCH_DIR,
+    BenchmarkSetupError,
+    find_benchmarks_dir,
+    run_benchmark_suites,
+)
 
 
 def run(args) -> int:
-    import torch
-
-    cuda = torch.cuda.is_available()
-    if not args.smoke and not cuda:
-        print("spanbert-fast bench: full runs need a CUDA GPU (the suites time bf16 kernels); "
-              "use --smoke to check that the suites run on CPU", file=sys.stderr)
-        return 2
-    if not cuda and "triton" not in sys.modules:
-        # Smoke runs of the kernel suites on CPU go through the Triton interpreter, which must
-        # be switched on before triton is first imported.
-        os.environ.setdefault("TRITON_INTERPRET", "1")
     try:
-        bench_dir = find_benchmarks_dir(args.bench_dir)
-        runner = load_runner(bench_dir)
-    except (FileNotFoundError, ImportError) as err:
+        return run_benchmark_suites(
+            args.suite, smoke=args.smoke, out_dir=args.out, results=args.results, write_results=not args.no_results,
+            step_presets=args.step_preset, step_variants=args.step_variant, with_compile=not args.no_compile,
+            bench_dir=args.bench_dir)
+    except BenchmarkSetupError as err:
         print(f"spanbert-fast bench: {err}", file=sys.stderr)
         return 2
-    suites = runner.select_suites(args.suite, runner.discover(bench_dir))
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
-    out_dir = args.out or os.path.join("out", "bench", stamp + ("-smoke" if args.smoke else ""))
-    if args.no_results:
-        results_path = None
-    elif args.results:
-        results_path = args.results
-    else:  # only full GPU runs go into the shared results file by default
-        results_path = None if (args.smoke or not cuda) else str(runner.RESULTS_MD)
-    step_options = {}
-    if args.step_preset:
-        step_options["presets"] = args.step_preset
-    if args.step_variant:
-        step_options["variants"] = args.step_variant
-    if args.no_compile:
-        step_options["with_compile"] = False
-    code, _ = runner.run_benchmarks(suites, args.smoke, out_dir, results_path=results_path,
-                                    suite_options={"step": step_options} if step_options else None,
-                                    command=_command_line(args))
-    return code
-
-
-def _command_line(args) -> str:
-    """The command that reproduces this run (for the Markdown section)."""
-    parts = ["spanbert-fast bench", f"--suite {args.suite}"]
-    parts += ["--smoke"] if args.smoke else []
-    parts += [f"--step-preset {p}" for p in args.step_preset or []]
-    parts += [f"--step-variant {v}" for v in args.step_variant or []]
-    parts += ["--no-compile"] if args.no_compile else []
-    return " ".join(parts)
 
 
 def register(subparsers) -> None:

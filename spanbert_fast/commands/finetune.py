@@ -6,11 +6,10 @@ saving (model + ``task.json`` + tokenizer into ``--out``) and evaluation go thro
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 
-from spanbert_fast.commands.training_options import add_loop_arguments
+from spanbert_fast.commands.training_options import add_loop_arguments, loop_settings
 
 
 def add_common_arguments(parser, default_max_length: int) -> None:
@@ -32,11 +31,11 @@ def add_common_arguments(parser, default_max_length: int) -> None:
     optim.add_argument("--warmup-ratio", type=float, default=0.1,
                        help="share of the steps with a linear learning-rate warm-up (then linear decay to 0)")
 
+
 def run_finetune(task, args) -> int:
     """Build the training settings from the common flags and run :func:`finetune`."""
     from spanbert_fast.run_lock import FolderLockedError
     from spanbert_fast.tasks.finetune import finetune
-    from spanbert_fast.train import EVAL_LOG, describe_evaluation, describe_training
 
     started = time.time()
     try:
@@ -44,28 +43,12 @@ def run_finetune(task, args) -> int:
             task, train_path=args.train, eval_path=args.eval, init=args.init, out_dir=args.out,
             tokenizer_path=args.tokenizer, batch_size=args.batch_size, eval_batch_size=args.eval_batch_size,
             epochs=args.epochs, max_steps=args.max_steps, warmup_ratio=args.warmup_ratio, backend=args.backend,
-            lr=args.lr, weight_decay=args.weight_decay, grad_accum=args.grad_accum, grad_clip=args.grad_clip,
-            precision=args.precision, seed=args.seed, log_every=args.log_every, save_every=args.save_every,
-            resume=args.resume, overwrite=args.overwrite, keep_checkpoints=args.keep_checkpoints,
-            compile=args.compile, device=args.device, progress=not args.no_progress,
-        )
+            **loop_settings(args))
     except (OSError, ValueError, FolderLockedError, FloatingPointError) as error:
         # bad input (one line naming the file and line), a locked or used --out, divergence: no traceback
         raise SystemExit(f"{args.command}: error: {error}") from error
-    if int(os.environ.get("RANK", "0")) != 0:
-        return 0  # under torchrun only rank 0 reports
-    train = result.train
-    print(describe_training(train.history, train.step, time.time() - started))
-    print(f"model:      {os.path.abspath(result.out_dir)} (config.json, model.safetensors, task.json, tokenizer)")
-    if train.checkpoint:
-        print(f"checkpoint: {train.checkpoint}")
-    print(f"log:        {os.path.join(result.out_dir, 'log.csv')}")
-    if len(result.evaluations) > 1:  # checkpoints were evaluated too
-        print(f"evaluations at each checkpoint ({os.path.join(result.out_dir, EVAL_LOG)}):")
-        for row in result.evaluations:
-            print(f"  {describe_evaluation(row)}")
-    if result.metrics is not None:
-        print(json.dumps(result.metrics, indent=2, ensure_ascii=False))
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 reports
+        print(result.summary(time.time() - started))
     return 0
 
 

@@ -2,73 +2,8 @@
 a prepared corpus looks like to the training step (block lengths, padding per batch layout)."""
 from __future__ import annotations
 
-import importlib
-import platform
-
-import numpy as np
-
-
-def _version(module: str) -> str:
-    try:
-        return getattr(importlib.import_module(module), "__version__", "installed")
-    except Exception:
-        return "not installed"
-
-
-def collect_info() -> dict:
-    """Everything a bug report needs: versions, device, backend availability."""
-    import torch
-
-    import spanbert_fast
-    from spanbert_fast import ops
-
-    cuda = torch.cuda.is_available()
-    triton_ok = ops.triton_available()
-    if cuda and triton_ok:
-        triton_backend = "available (CUDA)"
-    elif triton_ok and ops.triton_interpreter_on():
-        triton_backend = "interpreter only (TRITON_INTERPRET=1, CPU; slow, for tests)"
-    elif triton_ok:
-        triton_backend = "installed, but no CUDA GPU: backend='auto' uses the torch reference"
-    else:
-        triton_backend = "unavailable (triton not installed)"
-    return {
-        "spanbert-fast": spanbert_fast.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda or "none (CPU build)",
-        "device": torch.cuda.get_device_name() if cuda else "cpu",
-        "triton": _version("triton"),
-        "transformers": _version("transformers"),
-        "tokenizers": _version("tokenizers"),
-        "safetensors": _version("safetensors"),
-        "numpy": _version("numpy"),
-        "backend auto": "triton" if (cuda and triton_ok) else "torch",
-        "backend triton": triton_backend,
-        "backend torch": "available",
-    }
-
-
-def corpus_info(data_dir: str, batch_size: int) -> dict:
-    """Block statistics of a prepared corpus and the padding share of each batch layout."""
-    from spanbert_fast.data.prepare import BlockDataset
-    from spanbert_fast.data.static_shapes import padding_fractions
-    from spanbert_fast.data.tokenizer import casing_decision
-
-    dataset = BlockDataset(data_dir)
-    lengths = dataset.block_lengths()
-    pads = padding_fractions(lengths, dataset.block_size, min(batch_size, len(lengths)))
-    return {
-        "corpus": data_dir,
-        "blocks": f"{len(lengths):,} of at most {dataset.block_size} tokens (+[CLS]/[SEP])",
-        "tokens": f"{int(lengths.sum()):,}",
-        "tokenizer casing": casing_decision(dataset.path / dataset.meta["files"]["tokenizer"]),
-        "block length": f"mean {lengths.mean():.1f}, median {np.median(lengths):.0f}, "
-                        f"{100 * (lengths == dataset.block_size).mean():.1f} % full",
-        f"padding, batch {batch_size}": f"padded {100 * pads['padded']:.1f} % | packed (CUDA default) 0 % | "
-                                        f"fixed shapes (--cuda-graphs) {100 * pads['fixed']:.1f} %",
-    }
+from spanbert_fast.data.corpus_stats import corpus_info
+from spanbert_fast.environment import collect_info
 
 
 def _print(info: dict) -> None:

@@ -25,7 +25,7 @@ PRESET_LEARNING_RATES = dict(tiny=DEMO_DEFAULTS["lr"], base=1e-4, large=1e-4)
 
 def run(args: argparse.Namespace) -> int:
     from spanbert_fast.run_lock import FolderLockedError
-    from spanbert_fast.train import describe_evaluation, describe_training, prepare_demo_corpus, pretrain
+    from spanbert_fast.train import prepare_demo_corpus, pretrain
 
     started = time.time()
     if args.demo and (args.config or args.init_from):
@@ -50,18 +50,7 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(f"pretrain: error: {error}") from error
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # under torchrun only rank 0 reports
-    if result.metrics is not None:
-        print(f"held-out ({result.held_out_blocks} blocks): {describe_evaluation(result.metrics)}")
-        print(f"held-out MLM accuracy {float(result.metrics['mlm_acc']):.3f} on {result.held_out_blocks} blocks "
-              f"({result.held_out_targets} masked tokens; always guessing the most frequent one: "
-              f"{result.unigram_baseline:.3f})")
-    train = result.train
-    print(describe_training(train.history, train.step, time.time() - started))
-    print(f"checkpoint: {train.checkpoint}")
-    print(f"log:        {os.path.join(train.out_dir, 'log.csv')}")
-    if train.plot:
-        print(f"plot:       {train.plot}")
-    print(f"everything is in {os.path.abspath(train.out_dir)}")
+    print(result.summary(time.time() - started))
     return 0
 
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import logging
 import math
 import os
@@ -60,6 +61,24 @@ class FineTuneResult:
     train: object  # spanbert_fast.train.TrainResult
     evaluations: List[dict] = dataclasses.field(default_factory=list)  # this run's eval_log.csv rows
 
+    def summary(self, seconds: float) -> str:
+        """What ``spanbert-fast finetune-*`` prints at the end: the training line, where the model,
+        checkpoint and log are, each checkpoint's evaluation and the final metrics (JSON)."""
+        from spanbert_fast.train import EVAL_LOG, describe_evaluation, describe_training
+
+        train = self.train
+        lines = [describe_training(train.history, train.step, seconds),
+                 f"model:      {os.path.abspath(self.out_dir)} (config.json, model.safetensors, task.json, tokenizer)"]
+        if train.checkpoint:
+            lines.append(f"checkpoint: {train.checkpoint}")
+        lines.append(f"log:        {os.path.join(self.out_dir, 'log.csv')}")
+        if len(self.evaluations) > 1:  # checkpoints were evaluated too
+            lines.append(f"evaluations at each checkpoint ({os.path.join(self.out_dir, EVAL_LOG)}):")
+            lines += [f"  {describe_evaluation(row)}" for row in self.evaluations]
+        if self.metrics is not None:
+            lines.append(json.dumps(self.metrics, indent=2, ensure_ascii=False))
+        return "\n".join(lines)
+
 
 # --------------------------------------------------------------------------- the driver
 def finetune(task, *, train_path: str, init: str, out_dir: str, eval_path: Optional[str] = None,
@@ -76,7 +95,7 @@ def finetune(task, *, train_path: str, init: str, out_dir: str, eval_path: Optio
     inputs are read, ``out_dir`` is locked for the rest of the run, and a fresh run into one that
     holds a run needs ``overwrite=True`` (:mod:`spanbert_fast.train.run_folder`).
     """
-    from spanbert_fast.data.tokenizer import TOKENIZER_FILE, VOCAB_FILE, save_tokenizer, special_ids
+    from spanbert_fast.data.tokenizer import special_ids
 
     if eval_batch_size < 1:  # checked now, not at the first evaluation
         raise ValueError(f"eval_batch_size (--eval-batch-size) must be at least 1, got {eval_batch_size}")
@@ -115,7 +134,7 @@ def finetune(task, *, train_path: str, init: str, out_dir: str, eval_path: Optio
 def _train_save_evaluate(task, model, batches, args, ctx, run_folder, tokenizer, eval_path, eval_examples,
                          eval_batch_size) -> FineTuneResult:
     """The part of :func:`finetune` that writes into ``args.out_dir`` (locked, claimed)."""
-    from spanbert_fast.data.tokenizer import save_tokenizer
+    from spanbert_fast.data.tokenizer import TOKENIZER_FILE, VOCAB_FILE, save_tokenizer
 
     out_dir = args.out_dir
 
@@ -126,11 +145,11 @@ def _train_save_evaluate(task, model, batches, args, ctx, run_folder, tokenizer,
     # The tokenizer goes into out_dir first and from there into every checkpoint folder, so each
     # one reloads (and continues fine-tuning) without --tokenizer.
     tokenizer_files = [os.path.join(out_dir, name) for name in (TOKENIZER_FILE, VOCAB_FILE)]
+    options = dict(dist_ctx=ctx, checkpoint_files=tokenizer_files, run_folder=run_folder)
     if eval_path is None:
-        trainer = Trainer(model, batches, args, checkpoint_files=tokenizer_files)
+        trainer = Trainer(model, batches, args, **options)
     else:
-        trainer = CheckpointEvaluatingTrainer(model, batches, args, evaluate=evaluate,
-                                              checkpoint_files=tokenizer_files)
+        trainer = CheckpointEvaluatingTrainer(model, batches, args, evaluate=evaluate, **options)
     if trainer.ctx.is_main:
         save_tokenizer(tokenizer, out_dir)
     train_result = trainer.train()

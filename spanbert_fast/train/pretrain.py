@@ -53,6 +53,26 @@ class PretrainResult:
         """The held-out evaluation of the final model (None without ``eval_blocks``)."""
         return self.evaluations[-1] if self.evaluations else None
 
+    def summary(self, seconds: float) -> str:
+        """What ``spanbert-fast pretrain`` prints at the end: the held-out evaluation, the training
+        line, and where the checkpoint, log and plot are."""
+        from spanbert_fast.train.evaluation import describe_evaluation
+        from spanbert_fast.train.logging import describe_training
+
+        train, lines = self.train, []
+        if self.metrics is not None:
+            lines.append(f"held-out ({self.held_out_blocks} blocks): {describe_evaluation(self.metrics)}")
+            lines.append(f"held-out MLM accuracy {float(self.metrics['mlm_acc']):.3f} on {self.held_out_blocks} "
+                         f"blocks ({self.held_out_targets} masked tokens; always guessing the most frequent one: "
+                         f"{self.unigram_baseline:.3f})")
+        lines += [describe_training(train.history, train.step, seconds),
+                  f"checkpoint: {train.checkpoint}",
+                  f"log:        {os.path.join(train.out_dir, 'log.csv')}"]
+        if train.plot:
+            lines.append(f"plot:       {train.plot}")
+        lines.append(f"everything is in {os.path.abspath(train.out_dir)}")
+        return "\n".join(lines)
+
 
 def uses_packed_batches(batch_layout: str, backend: str, device, cuda_graphs: bool) -> bool:
     """``batch_layout="auto"``: packed (no padding, no unpad sync) where the Triton kernels run."""

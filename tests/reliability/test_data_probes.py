@@ -12,6 +12,7 @@ import time
 import numpy as np
 import pytest
 
+from spanbert_fast.data import block_dataset as block_dataset_module
 from spanbert_fast.data import prepare as prepare_module
 from spanbert_fast.data.masking import SpanMasker
 from spanbert_fast.data.prepare import META_FILE, BlockDataset
@@ -195,7 +196,7 @@ def rewrite_meta(folder, change, keep_checksum=False):
     meta = json.loads((folder / META_FILE).read_text())
     change(meta)
     if keep_checksum:  # a forger who also updates meta_crc32: the file checks must still catch it
-        meta["meta_crc32"] = prepare_module._meta_crc32(meta)
+        meta["meta_crc32"] = block_dataset_module.meta_crc32(meta)
     (folder / META_FILE).write_text(json.dumps(meta))
 
 
