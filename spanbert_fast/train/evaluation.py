@@ -18,13 +18,10 @@ import torch
 
 from spanbert_fast.io import atomic_write, write_json
 from spanbert_fast.train.distributed import move_batch
-from spanbert_fast.train.logging import PLOT_PNG, output_values, plot_history
+from spanbert_fast.train.logging import EVAL_LOG, EVAL_RESULTS, PLOT_PNG, output_values, plot_history
 from spanbert_fast.train.loop import Trainer
 
 logger = logging.getLogger(__name__)
-
-EVAL_RESULTS = "eval_results.json"
-EVAL_LOG = "eval_log.csv"
 
 
 @torch.no_grad()

@@ -22,6 +22,8 @@ from spanbert_fast.io import atomic_path, atomic_write
 LOG_CSV = "log.csv"
 PLOT_PNG = "training.png"
 TENSORBOARD_DIR = "tensorboard"
+EVAL_RESULTS = "eval_results.json"  # one held-out evaluation (in a checkpoint folder, or the run's)
+EVAL_LOG = "eval_log.csv"  # one row per evaluation of the run
 BAR_FIELDS = ("loss", "mlm_acc", "sbo_acc", "tokens_per_s")
 
 

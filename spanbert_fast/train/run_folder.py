@@ -29,7 +29,7 @@ from typing import Iterator, List, Optional
 
 from spanbert_fast.run_lock import FolderLock, lock_folder
 from spanbert_fast.train.checkpoint import CHECKPOINT_DIR, remove_stale_temporaries
-from spanbert_fast.train.logging import LOG_CSV, PLOT_PNG, TENSORBOARD_DIR
+from spanbert_fast.train.logging import EVAL_LOG, EVAL_RESULTS, LOG_CSV, PLOT_PNG, TENSORBOARD_DIR
 
 REPLACED_PREFIX = "replaced-run-"
 
@@ -37,8 +37,6 @@ REPLACED_PREFIX = "replaced-run-"
 def run_files() -> tuple:
     """``(markers, files)``: a folder holding one of the markers holds a run; ``overwrite`` moves
     the files (the checkpoints, logs, evaluations, plot and TensorBoard events of a run)."""
-    from spanbert_fast.train.evaluation import EVAL_LOG, EVAL_RESULTS  # evaluation imports the loop, which imports us
-
     return (CHECKPOINT_DIR, LOG_CSV, EVAL_LOG), (CHECKPOINT_DIR, LOG_CSV, EVAL_LOG, EVAL_RESULTS, PLOT_PNG, TENSORBOARD_DIR)
 
 
