@@ -12,8 +12,10 @@ of BERT-base and BERT-large training, and writes
   - ``wgmma`` / ``tma``: SASS instructions of the Hopper matrix unit (``HGMMA``...) and
     of the tensor memory accelerator (``UTMALDG``, ``UTMASTG``, ``UBLKCP``...): 0 = unused;
   - ``sass_per_iter``: SASS instructions of the innermost loop body (a back-branch ``BRA``
-    whose span holds no other back-branch; of several innermost loops, the largest). A
-    kernel without a loop reads ``no loop: N whole kernel``.
+    whose span holds no other back-branch; of several innermost loops, the first in address
+    order: the hot one, e.g. attention's loop over interior tiles, which the compiler lays out
+    before the loop over masked edge tiles; ``static.md`` lists every loop). A kernel without
+    a loop reads ``no loop: N whole kernel``.
 
 * ``DIR/static.md``: the same as a table, with the problems first (spills, too much shared
   memory) and the kernels no scenario launched.
@@ -105,7 +107,7 @@ class Sass:
     def per_iteration(self) -> str:
         if not self.loops:
             return f"no loop: {self.instructions} whole kernel"
-        return str(max(self.loops))
+        return str(self.loops[0])  # the first innermost loop: see the module docstring
 
 
 def parse_sass(text: str) -> Sass:
@@ -490,7 +492,7 @@ def markdown(rows: Sequence[dict], details: dict, command: str) -> str:
         f"with {details.get('processes', '?')} processes.", "",
         "Every config of every autotune list the launches keep after pruning, at the launch shapes of a "
         "BERT-base / -large B32 x S512 training step (see `benchmarks/static_report.py`). `sass/iter`: SASS "
-        "instructions of the innermost loop body (the largest one when a kernel has several; all are listed).", "",
+        "instructions of the innermost loop body (the first in address order when a kernel has several; all are listed).", "",
     ]
     found = problems(rows)
     lines += ["## Problems", ""] + ([f"- {p}" for p in found] or ["none: no config spills or exceeds shared memory"])

@@ -66,7 +66,7 @@ def test_parse_sass_finds_the_innermost_loops_and_hopper_instructions():
     sass = static_report.parse_sass(SASS_TWO_LOOPS)
     assert sass.instructions == 12
     assert sass.loops == [3, 4]  # 0x20..0x40 and 0x50..0x80; the outer 0x0..0x90 contains them
-    assert sass.per_iteration() == "4"
+    assert sass.per_iteration() == "3"  # the first innermost loop (the hot one comes first)
     assert (sass.wgmma, sass.tma) == (1, 1)
 
 
