@@ -45,7 +45,7 @@ import torch.nn.functional as F
 
 from spanbert_fast.kernels._host_sync import may_sync  # torch only: keeps triton optional
 from spanbert_fast.kernels._interpreter import interpreting  # reads an env variable, no triton
-from spanbert_fast.packing import repad, unpad
+from spanbert_fast.packing import repad, right_padding_lengths, unpad
 
 BACKENDS = ("auto", "torch", "triton")
 # A dropout seed: None (fresh, from torch's generator on the tensors' device), an int, or
@@ -214,18 +214,6 @@ def attention_varlen_torch(
         seed=seed, softmax_scale=softmax_scale,
     )
     return out.transpose(1, 2).reshape(batch * max_seqlen, *q.shape[1:])[rows]
-
-
-def right_padding_lengths(key_padding_mask: torch.Tensor) -> Optional[torch.Tensor]:
-    """``[B]`` int32 lengths when every row of the ``[B, S]`` mask is its real tokens followed by
-    padding (what tokenizers and collators make), else ``None``. One host sync to check; ``None``
-    while compiling or capturing, where no value may be read."""
-    if not host_sync_allowed(key_padding_mask):
-        return None
-    real = key_padding_mask.bool()
-    lengths = real.sum(-1, dtype=torch.int32)
-    positions = torch.arange(real.shape[-1], device=real.device)
-    return lengths if bool(torch.equal(positions[None, :] < lengths[:, None], real)) else None
 
 
 def attention(

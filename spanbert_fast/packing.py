@@ -7,7 +7,8 @@ The one home of the layout that the varlen attention kernel and the packed batch
     max_seqlen  int      the longest sequence (a Python int)
 
 :func:`unpad` and :func:`repad` convert tensors (the model unpads once per forward when the
-Triton kernels run on a padded batch; :func:`spanbert_fast.ops.attention` does for one call);
+Triton kernels run on a padded batch; :func:`spanbert_fast.ops.attention` does for one call
+whose mask is not right-padded, :func:`right_padding_lengths` tells);
 :class:`VarlenLayout` carries the layout through the encoder;
 :func:`spanbert_fast.data.collate.pack_batch` packs a whole collated batch on the CPU.
 """
@@ -18,6 +19,8 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
+
+from spanbert_fast.kernels._host_sync import may_sync  # torch only
 
 
 def unpad(hidden: torch.Tensor, key_padding_mask: torch.Tensor):
@@ -72,3 +75,15 @@ class VarlenLayout:
         if self.rows is None:
             return flat_rows
         return torch.searchsorted(self.rows, flat_rows).clamp_(max=max(self.rows.numel() - 1, 0))
+
+
+def right_padding_lengths(key_padding_mask: torch.Tensor) -> Optional[torch.Tensor]:
+    """``[B]`` int32 lengths when every row of the ``[B, S]`` mask is its real tokens followed by
+    padding (what tokenizers and collators make), else ``None``. One host sync to check; ``None``
+    while compiling or capturing, where no value may be read."""
+    if not may_sync(key_padding_mask):
+        return None
+    real = key_padding_mask.bool()
+    lengths = real.sum(-1, dtype=torch.int32)
+    positions = torch.arange(real.shape[-1], device=real.device)
+    return lengths if bool(torch.equal(positions[None, :] < lengths[:, None], real)) else None
