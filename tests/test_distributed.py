@@ -49,6 +49,7 @@ def _worker(rank, world_size, port, result_path):
     model(**row_batch(tiny_batch(), rank)).loss.backward()
     if rank == 0:
         torch.save({n: p.grad for n, p in model.module.named_parameters()}, result_path)
+    dist.barrier()  # both ranks done before either tears gloo down (else: "terminate called", SIGABRT)
     dist.destroy_process_group()
 
 
@@ -110,6 +111,7 @@ def _resume_worker(rank, world_size, port, out_dir):
         torch.save({"straight": [float(r["loss"]) for r in straight.history],
                     "resumed": [float(r["loss"]) for r in resumed.history]},
                    os.path.join(out_dir, "losses.pt"))
+    dist.barrier()  # both ranks done before either tears gloo down (else: "terminate called", SIGABRT)
     dist.destroy_process_group()
 
 
