@@ -90,6 +90,20 @@ def test_resume_with_changed_settings_warns(tmp_path):
         make_trainer(tmp_path, NumberedBatches(), max_steps=3, lr=2e-3, resume=True).train()
 
 
+def test_resume_with_a_changed_lr_and_weight_decay_trains_with_the_new_ones(tmp_path):
+    make_trainer(tmp_path, NumberedBatches(), max_steps=2, weight_decay=0.01).train()
+    with pytest.warns(UserWarning, match=r"lr: 0.001 -> 0.01"):
+        resumed = make_trainer(tmp_path, NumberedBatches(), max_steps=6, lr=1e-2, weight_decay=0.1, resume=True)
+        resumed._resume()
+    assert resumed.step == 2 and resumed.scheduler.base_lrs == [1e-2, 1e-2]
+    schedule = warmup_linear_decay(2, 6)  # this run's schedule, from its own peak
+    decay, no_decay = resumed.optimizer.param_groups
+    assert decay["lr"] == no_decay["lr"] == pytest.approx(1e-2 * schedule(2))
+    assert (decay["weight_decay"], no_decay["weight_decay"]) == (0.1, 0.0)
+    resumed.scheduler.step()
+    assert decay["lr"] == pytest.approx(1e-2 * schedule(3))
+
+
 def test_resume_restores_this_runs_optimizer_settings_not_the_checkpoints(tmp_path):
     """A checkpoint saved by a CUDA-graph run (capturable AdamW, tensor learning rates) resumed
     without graphs gets plain settings back (float lr, capturable off), and trains on; the

@@ -308,10 +308,15 @@ def load_checkpoint(trainer, path: str, weights: Optional[Dict[str, torch.Tensor
     if weights is None or state is None:
         weights, state = read_checkpoint(path)
     trainer.model.load_weights(weights, source=path, strict=True)
+    # This run's peak learning rate and weight decay per group (a resume may change --lr or
+    # --weight-decay: the warning below says so); load_state_dict would restore the saved ones.
+    settings = [(float(group["initial_lr"]), group["weight_decay"]) for group in trainer.optimizer.param_groups]
     trainer.optimizer.load_state_dict(state["optimizer"])
     trainer.scheduler.load_state_dict(state["scheduler"])
-    # tensors if saved under cuda_graphs
-    trainer.scheduler.base_lrs = [float(lr) for lr in trainer.scheduler.base_lrs]
+    trainer.scheduler.base_lrs = [peak for peak, _ in settings]
+    multipliers = [schedule(trainer.scheduler.last_epoch) for schedule in trainer.scheduler.lr_lambdas]
+    for group, (peak, weight_decay), multiplier in zip(trainer.optimizer.param_groups, settings, multipliers):
+        group["initial_lr"], group["lr"], group["weight_decay"] = peak, peak * multiplier, weight_decay
     trainer.scaler.load_state_dict(state["scaler"])
     if state.get("batches") is not None:
         if not hasattr(trainer.batches, "load_state_dict"):
