@@ -172,14 +172,14 @@ def _dtype(name: str):
 @contextlib.contextmanager
 def _triton_backend_on_cpu():
     """The ops' ``"triton"`` backend accepts CPU tensors (launches are recorded, never run)."""
-    from spanbert_fast import ops
+    from spanbert_fast import backend
 
-    original = ops.triton_interpreter_on
-    ops.triton_interpreter_on = lambda: True
+    original = backend.triton_interpreter_on
+    backend.triton_interpreter_on = lambda: True
     try:
         yield
     finally:
-        ops.triton_interpreter_on = original
+        backend.triton_interpreter_on = original
 
 
 def _model_step(preset: str, dtype_name: str, dropout: float) -> None:

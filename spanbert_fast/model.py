@@ -41,10 +41,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from spanbert_fast import ops
+from spanbert_fast.backend import check_backend
 from spanbert_fast.config import SpanBertConfig
 from spanbert_fast.heads import MLMHead, PreTrainingHeads, SpanBoundaryHead  # noqa: F401  (public here too)
 from spanbert_fast.packing import VarlenLayout
-from spanbert_fast.pretrained import SpanBertPreTrainedModel, check_backend
+from spanbert_fast.pretrained import SpanBertPreTrainedModel
 
 
 # --------------------------------------------------------------------------- outputs

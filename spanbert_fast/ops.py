@@ -16,7 +16,8 @@ op                           math                                        used by
 ``backend``: ``"torch"`` runs the pure-PyTorch reference defined in this file;
 ``"triton"`` runs the kernel from :mod:`spanbert_fast.kernels` (on CUDA tensors, or
 on CPU tensors under the Triton interpreter, ``TRITON_INTERPRET=1``); ``"auto"``
-picks Triton for CUDA tensors when it is installed and the reference otherwise.
+picks Triton for CUDA tensors when it is installed and the reference otherwise
+(:mod:`spanbert_fast.backend` decides).
 Each op imports its kernel module with a plain ``import`` statement when it first runs on
 Triton, so Triton stays optional, and ``torch.compile`` traces the model as one graph (an
 ``importlib`` call would be a graph break; ``tests/test_model_compile.py`` checks).
@@ -43,68 +44,21 @@ from typing import Optional, Tuple, Union
 import torch
 import torch.nn.functional as F
 
-from spanbert_fast.kernels._host_sync import may_sync  # torch only: keeps triton optional
-from spanbert_fast.kernels._interpreter import interpreting  # reads an env variable, no triton
+from spanbert_fast.backend import (  # noqa: F401  (the switch, also reachable as ops.<name>)
+    BACKENDS,
+    SUPPORTED_HEAD_DIMS,
+    check_backend,
+    host_sync_allowed,
+    resolve_attention_backend,
+    resolve_backend,
+    triton_available,
+    triton_interpreter_on,
+)
 from spanbert_fast.packing import repad, right_padding_lengths, unpad
 
-BACKENDS = ("auto", "torch", "triton")
 # A dropout seed: None (fresh, from torch's generator on the tensors' device), an int, or
 # a one-element int64 tensor (what the Triton kernels read; no host sync, CUDA-graph safe).
 Seed = Union[int, torch.Tensor, None]
-SUPPORTED_HEAD_DIMS = (32, 64, 128)
-
-
-# --------------------------------------------------------------------------- backend switch
-_triton_importable: Optional[bool] = None  # found out once
-
-
-def triton_available() -> bool:
-    """True when Triton can be imported (it is not needed for the torch backend)."""
-    global _triton_importable
-    if _triton_importable is None:
-        try:
-            import triton  # noqa: F401
-        except Exception:  # ImportError, or a broken install raising at import
-            _triton_importable = False
-        else:
-            _triton_importable = True
-    return _triton_importable
-
-
-def triton_interpreter_on() -> bool:
-    """True when Triton kernels run on CPU tensors through the interpreter."""
-    return interpreting()
-
-
-def resolve_backend(backend: str, tensor: torch.Tensor) -> str:
-    """Turn ``"auto"|"torch"|"triton"`` into the backend that will run on ``tensor``."""
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if backend == "auto":
-        return "triton" if tensor.is_cuda and triton_available() else "torch"
-    if backend == "triton":
-        if not triton_available():
-            raise RuntimeError("backend='triton' needs the `triton` package; install it or use backend='torch'")
-        if not tensor.is_cuda and not triton_interpreter_on():
-            raise ValueError(
-                "backend='triton' needs CUDA tensors, or TRITON_INTERPRET=1 set before triton is "
-                "imported to run the kernels on CPU (slow; for tests); use backend='torch' on CPU"
-            )
-    return backend
-
-
-def host_sync_allowed(tensor: torch.Tensor) -> bool:
-    """False while ``torch.compile`` traces or a CUDA graph captures: optional value checks
-    (one host sync each) are skipped there."""
-    return may_sync(tensor)
-
-
-def resolve_attention_backend(backend: str, tensor: torch.Tensor, head_dim: int) -> str:
-    """:func:`resolve_backend` for attention: ``"auto"`` keeps head dims the kernel lacks on torch."""
-    resolved = resolve_backend(backend, tensor)
-    if backend == "auto" and head_dim not in SUPPORTED_HEAD_DIMS:
-        return "torch"
-    return resolved
 
 
 def _reference_keep_mask(shape, p: float, seed: Seed, device) -> torch.Tensor:

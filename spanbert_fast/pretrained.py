@@ -22,16 +22,10 @@ from typing import Dict, Optional, Sequence
 import torch
 import torch.nn as nn
 
-from spanbert_fast import hub, ops
+from spanbert_fast import hub
+from spanbert_fast.backend import check_backend
 from spanbert_fast.config import SpanBertConfig
 from spanbert_fast.io import write_json
-
-
-def check_backend(backend: str) -> str:
-    """``backend`` when it is one of :data:`spanbert_fast.ops.BACKENDS`, else a ValueError."""
-    if backend not in ops.BACKENDS:
-        raise ValueError(f"backend must be one of {ops.BACKENDS}, got {backend!r}")
-    return backend
 
 
 class SpanBertPreTrainedModel(nn.Module):

@@ -97,7 +97,9 @@ def test_masked_lm_loss_shape_errors():
 
 
 def test_auto_keeps_head_dims_the_kernel_lacks_on_torch(monkeypatch):
-    monkeypatch.setattr(ops, "resolve_backend", lambda backend, tensor: "triton")  # as on a GPU
+    from spanbert_fast import backend
+
+    monkeypatch.setattr(backend, "resolve_backend", lambda backend, tensor: "triton")  # as on a GPU
     x = torch.zeros(1)
     assert ops.resolve_attention_backend("auto", x, 64) == "triton"
     assert ops.resolve_attention_backend("auto", x, 96) == "torch"  # no D=96 kernel: reference
