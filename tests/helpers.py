@@ -67,3 +67,29 @@ def assert_compiled_matches_eager(block, inputs, grad_names):
     assert_close_fp32(loss, loss_ref, FP32_REDUCTION_TOL, "loss")
     for name, grad, grad_ref in zip(grad_names, grads, grads_ref):
         assert_close_fp32(grad, grad_ref, name=name)
+
+
+def output_and_grads(fn, inputs, grad_out):
+    """``(y, [grad of each input, None where the input is None])`` of ``y = fn(*inputs)``."""
+    y = fn(*inputs)
+    present = [t for t in inputs if t is not None]
+    grads = iter(torch.autograd.grad(y, present, grad_out))
+    return y, [None if t is None else next(grads) for t in inputs]
+
+
+def assert_lowp_rule(op, reference, torch_lowp, inputs, grad_out, grad_names):
+    """``op`` on bf16/fp16 ``inputs``: its output and every grad within the low-precision rule
+    (:func:`assert_close_lowp`) against ``reference`` on fp32 copies, with ``torch_lowp`` (PyTorch
+    in the inputs' dtype) setting the allowed error; the output in the first input's dtype and
+    each grad in its input's dtype. ``None`` inputs (an absent bias) stay ``None``, with no grad."""
+    y, grads = output_and_grads(op, inputs, grad_out)
+    inputs32 = [None if t is None else t.detach().float().requires_grad_() for t in inputs]
+    y32, grads32 = output_and_grads(reference, inputs32, grad_out.float())
+    y_lowp, grads_lowp = output_and_grads(torch_lowp, inputs, grad_out)
+    assert y.dtype == inputs[0].dtype
+    assert_close_lowp(y, y32, y_lowp, "y")
+    for name, grad, grad32, grad_lowp, leaf in zip(grad_names, grads, grads32, grads_lowp, inputs):
+        if leaf is None:
+            continue
+        assert grad.dtype == leaf.dtype, name
+        assert_close_lowp(grad, grad32, grad_lowp, name)

@@ -16,8 +16,9 @@ from helpers import (
     FP32_REDUCTION_TOL,
     FP32_TOL,
     assert_close_fp32,
-    assert_close_lowp,
     assert_compiled_matches_eager,
+    assert_lowp_rule,
+    output_and_grads,
 )
 from model_fixtures import tiny_batch, tiny_config
 from spanbert_fast import SpanBertForPreTraining, ops
@@ -33,11 +34,6 @@ def make_inputs(shape, dtype=torch.float32, bias_dtype=None, device=DEVICE):
     x = (torch.randn(*shape, device=device) * 2.0).to(dtype).requires_grad_()
     bias = (torch.randn(shape[-1], device=device) * 0.5).to(bias_dtype or dtype).requires_grad_()
     return x, bias
-
-
-def output_and_grads(fn, inputs, grad_out):
-    y = fn(*inputs)
-    return y, list(torch.autograd.grad(y, inputs, grad_out))
 
 
 def torch_lowp(x, bias):
@@ -81,15 +77,7 @@ def test_low_precision_io(dtype, bias_dtype):
     each grad comes back in its input's dtype."""
     inputs = make_inputs((37, 200), dtype=dtype, bias_dtype=bias_dtype)
     grad_out = torch.randn(37, 200, device=DEVICE).to(dtype)
-    y, grads = output_and_grads(bias_gelu, inputs, grad_out)
-    inputs32 = [t.detach().float().requires_grad_() for t in inputs]
-    y32, grads32 = output_and_grads(bias_gelu_torch, inputs32, grad_out.float())
-    y_lowp, grads_lowp = output_and_grads(torch_lowp, inputs, grad_out)
-    assert y.dtype == dtype
-    assert_close_lowp(y, y32, y_lowp, "y")
-    for name, grad, grad32, grad_lowp, leaf in zip(GRAD_NAMES, grads, grads32, grads_lowp, inputs):
-        assert grad.dtype == leaf.dtype, name
-        assert_close_lowp(grad, grad32, grad_lowp, name)
+    assert_lowp_rule(bias_gelu, bias_gelu_torch, torch_lowp, inputs, grad_out, GRAD_NAMES)
 
 
 def test_backward_saves_x_and_bias_only():
@@ -199,13 +187,7 @@ GPU_SHAPES = [(16384, 3072), (2458, 3072), (1000, 1030), (1, 31)]
 def test_gpu_bf16_matches_reference(rows, cols):
     inputs = make_inputs((rows, cols), dtype=torch.bfloat16, device="cuda")
     grad_out = torch.randn(rows, cols, device="cuda").bfloat16()
-    y, grads = output_and_grads(bias_gelu, inputs, grad_out)
-    inputs32 = [t.detach().float().requires_grad_() for t in inputs]
-    y32, grads32 = output_and_grads(bias_gelu_torch, inputs32, grad_out.float())
-    y_lowp, grads_lowp = output_and_grads(torch_lowp, inputs, grad_out)
-    assert_close_lowp(y, y32, y_lowp, "y")
-    for name, grad, grad32, grad_lowp in zip(GRAD_NAMES, grads, grads32, grads_lowp):
-        assert_close_lowp(grad, grad32, grad_lowp, name)
+    assert_lowp_rule(bias_gelu, bias_gelu_torch, torch_lowp, inputs, grad_out, GRAD_NAMES)
 
 
 @pytest.mark.gpu

@@ -14,9 +14,10 @@ from helpers import (
     FP32_REDUCTION_TOL,
     FP32_TOL,
     assert_close_fp32,
-    assert_close_lowp,
     assert_compiled_matches_eager,
+    assert_lowp_rule,
     assert_layernorm_grads_close,
+    output_and_grads,
 )
 from spanbert_fast import ops
 from spanbert_fast.kernels import gelu_layernorm as kernel
@@ -39,14 +40,6 @@ def make_inputs(shape, dtype=torch.float32, has_bias=True, param_dtype=None, dev
     weight = leaf(d, scale=0.3, shift=1.0, dt=param_dtype)
     ln_bias = leaf(d, scale=0.2, dt=param_dtype)
     return x, bias, weight, ln_bias
-
-
-def output_and_grads(fn, inputs, grad_out):
-    """(y, [grad of each input, None where the input is None])."""
-    y = fn(*inputs)
-    present = [t for t in inputs if t is not None]
-    grads = iter(torch.autograd.grad(y, present, grad_out))
-    return y, [None if t is None else next(grads) for t in inputs]
 
 
 def torch_lowp(x, bias, weight, ln_bias, eps=1e-12):
@@ -90,15 +83,7 @@ def test_low_precision_io(dtype, param_dtype):
     """fp32 math inside: error vs the fp32 reference within 2x PyTorch's own low-precision error."""
     inputs = make_inputs((37, 200), dtype=dtype, param_dtype=param_dtype)
     grad_out = torch.randn(37, 200, device=DEVICE).to(dtype)
-    y, grads = output_and_grads(bias_gelu_layernorm, inputs, grad_out)
-    inputs32 = [t.detach().float().requires_grad_() for t in inputs]
-    y32, grads32 = output_and_grads(bias_gelu_layernorm_torch, inputs32, grad_out.float())
-    y_lowp, grads_lowp = output_and_grads(torch_lowp, inputs, grad_out)
-    assert y.dtype == dtype
-    assert_close_lowp(y, y32, y_lowp, "y")
-    for name, grad, grad32, grad_lowp, leaf in zip(GRAD_NAMES, grads, grads32, grads_lowp, inputs):
-        assert grad.dtype == leaf.dtype, name
-        assert_close_lowp(grad, grad32, grad_lowp, name)
+    assert_lowp_rule(bias_gelu_layernorm, bias_gelu_layernorm_torch, torch_lowp, inputs, grad_out, GRAD_NAMES)
 
 
 def test_empty_input():
@@ -175,11 +160,4 @@ GPU_SHAPES = [(16384, 768), (2458, 768), (1000, 1030), (37, 8192), (1, 31)]
 def test_gpu_bf16_matches_reference(rows, d, has_bias):
     inputs = make_inputs((rows, d), dtype=torch.bfloat16, has_bias=has_bias, device="cuda")
     grad_out = torch.randn(rows, d, device="cuda").bfloat16()
-    y, grads = output_and_grads(bias_gelu_layernorm, inputs, grad_out)
-    inputs32 = [None if t is None else t.detach().float().requires_grad_() for t in inputs]
-    y32, grads32 = output_and_grads(bias_gelu_layernorm_torch, inputs32, grad_out.float())
-    y_lowp, grads_lowp = output_and_grads(torch_lowp, inputs, grad_out)
-    assert_close_lowp(y, y32, y_lowp, "y")
-    for name, grad, grad32, grad_lowp in zip(GRAD_NAMES, grads, grads32, grads_lowp):
-        if grad32 is not None:
-            assert_close_lowp(grad, grad32, grad_lowp, name)
+    assert_lowp_rule(bias_gelu_layernorm, bias_gelu_layernorm_torch, torch_lowp, inputs, grad_out, GRAD_NAMES)
