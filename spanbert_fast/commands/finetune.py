@@ -32,20 +32,21 @@ def add_common_arguments(parser, default_max_length: int) -> None:
                        help="share of the steps with a linear learning-rate warm-up (then linear decay to 0)")
 
 
-def run_finetune(task, args) -> int:
-    """Build the training settings from the common flags and run :func:`finetune`."""
+def run_finetune(make_task, args) -> int:
+    """Build the task (``make_task()``) and the training settings from the flags, run :func:`finetune`."""
     from spanbert_fast.run_lock import FolderLockedError
     from spanbert_fast.tasks.finetune import finetune
 
     started = time.time()
     try:
         result = finetune(
-            task, train_path=args.train, eval_path=args.eval, init=args.init, out_dir=args.out,
+            make_task(), train_path=args.train, eval_path=args.eval, init=args.init, out_dir=args.out,
             tokenizer_path=args.tokenizer, batch_size=args.batch_size, eval_batch_size=args.eval_batch_size,
             epochs=args.epochs, max_steps=args.max_steps, warmup_ratio=args.warmup_ratio, backend=args.backend,
             **loop_settings(args))
     except (OSError, ValueError, FolderLockedError, FloatingPointError) as error:
-        # bad input (one line naming the file and line), a locked or used --out, divergence: no traceback
+        # a bad task flag, bad input (one line naming the file and line), a locked or used --out,
+        # divergence: no traceback
         raise SystemExit(f"{args.command}: error: {error}") from error
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 reports
         print(result.summary(time.time() - started))
@@ -55,25 +56,21 @@ def run_finetune(task, args) -> int:
 def run_classification(args) -> int:
     from spanbert_fast.tasks.classification import ClassificationTask
 
-    return run_finetune(ClassificationTask(args.max_length, args.pooling, args.use_pooler), args)
+    return run_finetune(lambda: ClassificationTask(args.max_length, args.pooling, args.use_pooler), args)
 
 
 def run_ner(args) -> int:
     from spanbert_fast.tasks.ner import NerTask
 
-    return run_finetune(NerTask(args.max_length), args)
+    return run_finetune(lambda: NerTask(args.max_length), args)
 
 
 def run_qa(args) -> int:
     from spanbert_fast.tasks.qa import QuestionAnsweringTask
 
-    try:
-        task = QuestionAnsweringTask(
-            args.max_length, args.doc_stride, args.max_query_length, args.max_answer_length, args.n_best,
-            args.null_threshold, version_2=True if args.version_2 else None)
-    except ValueError as error:  # a bad window/decoding flag: one line, no traceback
-        raise SystemExit(f"{args.command}: error: {error}") from error
-    return run_finetune(task, args)
+    return run_finetune(lambda: QuestionAnsweringTask(
+        args.max_length, args.doc_stride, args.max_query_length, args.max_answer_length, args.n_best,
+        args.null_threshold, version_2=True if args.version_2 else None), args)
 
 
 def register(subparsers) -> None:

@@ -11,11 +11,8 @@ from spanbert_fast.commands.finetune import add_common_arguments, run_finetune
 def run_relation_extraction(args) -> int:
     from spanbert_fast.tasks.relation import RelationExtractionTask
 
-    try:
-        task = RelationExtractionTask(args.max_length, args.pooling, tokenizer_path=args.tokenizer)
-    except ValueError as error:  # a bad --max-length: one line, no traceback
-        raise SystemExit(f"{args.command}: error: {error}") from error
-    return run_finetune(task, args)
+    return run_finetune(lambda: RelationExtractionTask(args.max_length, args.pooling, tokenizer_path=args.tokenizer),
+                        args)
 
 
 def register(subparsers) -> None:
