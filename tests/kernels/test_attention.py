@@ -58,6 +58,17 @@ def pad_packed(t, lengths, max_seqlen):
     return padded.view(len(lengths), max_seqlen, *t.shape[1:]).transpose(1, 2), mask, rows
 
 
+def on_padded(fn, lengths, max_seqlen):
+    """A packed ``(q, k, v) -> out`` that runs ``fn(qp, kp, vp, key_padding_mask)`` on the padded
+    ``[B, H, S, D]`` copies and packs its output back (a varlen reference from a padded one)."""
+    def packed(q, k, v):
+        (qp, mask, rows), kp, vp = pad_packed(q, lengths, max_seqlen), pad_packed(k, lengths, max_seqlen)[0], \
+            pad_packed(v, lengths, max_seqlen)[0]
+        return fn(qp, kp, vp, mask).transpose(1, 2).reshape(-1, *q.shape[1:])[rows]
+
+    return packed
+
+
 def tolerance(longest):
     return FP32_REDUCTION_TOL if longest >= 256 else FP32_TOL
 
@@ -272,11 +283,8 @@ def test_dropout_varlen_parity_with_kernel_mask():
     grad_out = torch.randn_like(q)
     keep = attention_dropout_keep_mask(len(lengths), heads, max_seqlen, dropout_p, seed, device=DEVICE)
 
-    def reference(q, k, v):
-        (qp, mask, rows), kp, vp = pad_packed(q, lengths, max_seqlen), pad_packed(k, lengths, max_seqlen)[0], \
-            pad_packed(v, lengths, max_seqlen)[0]
-        out = ops.attention_torch(qp, kp, vp, mask, None, attention_dropout_effective_p(dropout_p), dropout_mask=keep)
-        return out.transpose(1, 2).reshape(-1, heads, head_dim)[rows]
+    reference = on_padded(lambda qp, kp, vp, mask: ops.attention_torch(
+        qp, kp, vp, mask, None, attention_dropout_effective_p(dropout_p), dropout_mask=keep), lengths, max_seqlen)
 
     ours = output_and_grads(
         lambda q, k, v: attention_varlen(q, k, v, cu_seqlens, max_seqlen, dropout_p=dropout_p, seed=seed),
@@ -406,11 +414,8 @@ def test_single_pass_backward_varlen_parity():
     grad_out = torch.randn_like(q)
     keep = attention_dropout_keep_mask(len(lengths), heads, max_seqlen, dropout_p, seed, device=DEVICE)
 
-    def reference(q, k, v):
-        (qp, mask, rows), kp, vp = pad_packed(q, lengths, max_seqlen), pad_packed(k, lengths, max_seqlen)[0], \
-            pad_packed(v, lengths, max_seqlen)[0]
-        out = ops.attention_torch(qp, kp, vp, mask, 20, attention_dropout_effective_p(dropout_p), dropout_mask=keep)
-        return out.transpose(1, 2).reshape(-1, heads, head_dim)[rows]
+    reference = on_padded(lambda qp, kp, vp, mask: ops.attention_torch(
+        qp, kp, vp, mask, 20, attention_dropout_effective_p(dropout_p), dropout_mask=keep), lengths, max_seqlen)
 
     ours = output_and_grads(
         lambda q, k, v: attention_varlen(q, k, v, cu_seqlens, max_seqlen, window=20, dropout_p=dropout_p, seed=seed,
@@ -586,10 +591,7 @@ def test_gpu_varlen_lowp_parity(dtype):
     ref = output_and_grads(lambda q, k, v: ops.attention_varlen_torch(q, k, v, cu_seqlens, max_seqlen),
                            *fp32, grad_out.float())
 
-    def lowp_fn(q, k, v):
-        (qp, mask, rows), kp, vp = pad_packed(q, lengths, max_seqlen), pad_packed(k, lengths, max_seqlen)[0], \
-            pad_packed(v, lengths, max_seqlen)[0]
-        return attention_lowp_reference(qp, kp, vp, mask).transpose(1, 2).reshape(-1, heads, head_dim)[rows]
+    lowp_fn = on_padded(attention_lowp_reference, lengths, max_seqlen)
 
     lowp = output_and_grads(lowp_fn, q, k, v, grad_out)
     assert_close_lowp(ours[0], ref[0], lowp[0], name="output")
