@@ -41,31 +41,34 @@ so the backward recomputes each logit tile exactly once instead of keeping the
 ``[M, V]`` logits.
 
 Backward. V is cut into column chunks sized so that one ``[M, chunk]`` block of
-``s * (softmax - onehot)`` (in the input dtype, 64 MiB at most) is all that exists at a
-time. For each chunk a Triton kernel recomputes the logit tiles (tiling
-``(M-blocks) x (V-blocks)``, no loop-carried state, so every SM is busy) and writes
-``dZ`` with the scale already applied, in rows padded to 64 columns (zeros past the
-chunk: the stores vectorise, and a GEMM reading past the view finds no garbage). The same
-kernel writes the fp32 column sums of each 64-row group of its tile; PyTorch sums the
-groups (a fixed-shape reduction, no atomics) into ``db``. Two cuBLAS GEMMs then give
-``dW[chunk] = dZ^T X`` (complete: all M rows, fp32 accumulation inside the GEMM) and
-``dX += dZ W[chunk]`` into an fp32 ``dX [M, d]`` (for bf16/fp16 one GEMM that reads the
-accumulator, ``addmm(..., out_dtype=float32)``, where torch has it). Folding ``s`` into
-``dZ`` saves a pass over ``dW``; in fp16, entries ``s * p`` below fp16's smallest subnormal
-(6e-8) round to zero, as in PyTorch's own fp16 logits gradient (GradScaler's large ``g``
-is what keeps them).
+``s * (softmax - onehot)`` (in the input dtype, 160 MiB at most) is all that exists at a
+time; at BERT-base's training shapes that is one chunk, the whole vocabulary. For each
+chunk a Triton kernel recomputes the logit tiles (tiling ``(M-blocks) x (V-blocks)``, no
+loop-carried state, so every SM is busy) and writes ``dZ`` with the scale already applied,
+in rows padded to 64 columns (zeros past the chunk: the stores vectorise, and a GEMM reading
+past the view finds no garbage). The same kernel writes the fp32 column sums of each 64-row
+group of its tile; PyTorch sums the groups (a fixed-shape reduction, no atomics) into ``db``.
+Two cuBLAS GEMMs then give ``dW[chunk] = dZ^T X`` (complete: all M rows, fp32 accumulation
+inside the GEMM) and ``dX = dZ W``: with one chunk a single GEMM written once in the input
+dtype; with several, summed over chunks into an fp32 ``dX [M, d]`` (for bf16/fp16 one GEMM
+that reads the accumulator, ``addmm(..., out_dtype=float32)``, where torch has it) and cast
+at the end. Folding ``s`` into ``dZ`` saves a pass over ``dW``; in fp16, entries ``s * p``
+below fp16's smallest subnormal (6e-8) round to zero, as in PyTorch's own fp16 logits
+gradient (GradScaler's large ``g`` is what keeps them).
 No atomics: the scatter of ``dX`` back to ``hidden``'s rows is
 ``index_put_(accumulate=True)``, which PyTorch runs sort-based (deterministic) on CUDA.
-Bytes moved per call, buffer by buffer: ``benchmarks/loss_bytes.py`` (0.69 GB at the
-shapes below, bf16).
+Bytes moved per call, buffer by buffer: ``benchmarks/loss_bytes.py`` (at the shapes below,
+bf16: 0.58 GB as the pre-training heads call it, on rows gathered before the head's
+transform; 0.63 GB with ``positions`` into 16384 hidden rows, 25 MB of it the zero-filled
+``[N, d]`` gradient).
 Why not Triton for the two backward GEMMs: a kernel owning a block of ``dW`` or
 ``dX`` rows must hold a ``[BLOCK, d]`` fp32 accumulator (d = 768, 1024), which does
 not fit in registers, and splitting d means recomputing the logits once per d-slice;
 cuBLAS at these shapes already runs near peak.
 Extra memory of forward+backward at 16384 tokens, M = 2458, V = 28996, d = 768, bf16
-(arithmetic): the gradients themselves (dW 44.5 MB, dhidden 25 MB) plus at most one
-67 MB chunk, ~15 MB of fp32 dX and the 4 MB gathered rows: ~135 MB at the peak, against ~790 MB
-for gather + F.cross_entropy (793 MB measured on one H100).
+(arithmetic): the gradients themselves (dW 44.5 MB, dhidden 25 MB) plus the 143 MB dZ block
+(one chunk), the 5 MB of bias partial sums and the 4 MB gathered rows: ~220 MB at the peak,
+against ~790 MB for gather + F.cross_entropy (793 MB measured on one H100).
 
 Validation. Shapes, dtypes, devices and strides are checked for free. Value ranges
 (positions in ``[0, N)``, targets in ``[0, V)`` or ``== ignore_index``) need one
@@ -88,8 +91,11 @@ from ._interpreter import interpreting
 _INTERPRET = interpreting()  # read once, as Triton does when it wraps the kernels
 _FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
-# Largest [M, chunk] block of (softmax - onehot) the backward keeps at once.
-DLOGITS_CHUNK_BYTES = 64 * 2**20
+# Largest [M, chunk] block of (softmax - onehot) the backward keeps at once. 160 MiB holds the
+# whole vocabulary at BERT-base's training shapes (M = 2458 masked rows x 28996 columns in bf16 =
+# 136 MiB), so there is one chunk and dX is one GEMM written once in the input dtype; larger M
+# or V fall back to column chunks with an fp32 dX accumulator.
+DLOGITS_CHUNK_BYTES = 160 * 2**20
 # V-splits (forward) and V-chunks (backward) are multiples of this many columns.
 _COLUMN_QUANTUM = 256
 
@@ -590,7 +596,7 @@ def masked_lm_loss_backward(
     dweight = torch.empty_like(weight, memory_format=torch.contiguous_format)
     dbias = torch.zeros(V, dtype=torch.float32, device=device) if bias is None else torch.empty(
         V, dtype=torch.float32, device=device)
-    dx = None  # fp32 [M, D], the sum over chunks of dz @ W[chunk]
+    dx = None  # [M, D]: dz @ W in one GEMM when one chunk covers V, else the fp32 sum over chunks
     for v_begin in range(0, V, chunk):
         cols = min(chunk, V - v_begin)
         _write_dlogits(dz, db_partial, x, targets, weight, bias, lse, scale, v_begin, cols, ignore_index)
@@ -599,12 +605,16 @@ def masked_lm_loss_backward(
         if db_partial is not None:  # the groups in order: the same sum every run
             torch.sum(db_partial[:db_groups, :cols], dim=0, out=dbias[v_begin : v_begin + cols])
         w_chunk = weight[v_begin : v_begin + cols]
-        dx = _matmul_fp32(dz_chunk, w_chunk) if dx is None else _add_matmul_fp32(dx, dz_chunk, w_chunk)
+        if chunk == V:  # the only chunk: fp32 accumulation inside the GEMM, one rounding, no temporary
+            dx = torch.mm(dz_chunk, w_chunk)
+        else:
+            dx = _matmul_fp32(dz_chunk, w_chunk) if dx is None else _add_matmul_fp32(dx, dz_chunk, w_chunk)
     del dz, dz_chunk, db_partial  # free the chunk before dhidden [N, d] is allocated (lower peak)
+    dx = dx.to(hidden.dtype)  # no copy when it already is
     if positions is None:
-        return dx.to(hidden.dtype), dweight, dbias
+        return dx, dweight, dbias
     dhidden = torch.zeros_like(hidden, memory_format=torch.contiguous_format)
-    dhidden.index_put_((positions,), dx.to(hidden.dtype), accumulate=True)  # duplicates add up
+    dhidden.index_put_((positions,), dx, accumulate=True)  # duplicates add up
     return dhidden, dweight, dbias
 
 
