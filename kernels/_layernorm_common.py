@@ -64,7 +64,7 @@ def _row_configs() -> List[triton.Config]:
 ROW_CONFIGS = _row_configs()
 
 
-def row_autotune(registers_per_element: int) -> dict:
+def row_autotune(registers_per_element: int, philox_columns: int = 0) -> dict:
     """``triton.autotune`` arguments of a row kernel: :data:`ROW_CONFIGS`, pruned per BLOCK_D.
 
     ``registers_per_element``: what one tile element a thread holds costs in registers
@@ -72,6 +72,15 @@ def row_autotune(registers_per_element: int) -> dict:
     holds at least 4 elements (8-byte vector loads) and they fit in its share of the SM's 64K registers (at most
     255), so tiles neither idle lanes nor spill; when none fits (backward at d = 8192) the
     single-row tiles with 8 or more warps are kept and the autotuner picks.
+
+    ``philox_columns``: for a kernel whose dropout draws one Philox call per that many
+    neighbouring columns, a launch with ``HAS_DROPOUT`` keeps only the configs where a thread
+    holds 1 to 2 calls' worth of elements and there are at least 8 warps (when any such config
+    survives the rules above). The static sm_90 counts (``benchmarks/notes/norms_static.md``)
+    show why: with fewer elements a thread wastes part of each call (4 of 8 columns: dropout
+    costs 1.5-1.6x the p = 0 kernel's instructions), and with 2 or 4 warps the p = 0 kernel's
+    row reductions are so cheap that the Philox rounds alone add 30-38 %; the configs kept cost
+    1.19-1.28x. Launches without dropout keep the whole list.
     """
     def prune(configs, named_args, **kwargs):
         block_d = kwargs.get("BLOCK_D", named_args.get("BLOCK_D"))
@@ -83,6 +92,9 @@ def row_autotune(registers_per_element: int) -> dict:
             c for c in configs
             if per_thread(c) >= 4 and per_thread(c) * registers_per_element <= min(255, 2048 // c.num_warps)
         ]
+        if philox_columns and kwargs.get("HAS_DROPOUT", named_args.get("HAS_DROPOUT")):
+            lean = [c for c in kept if philox_columns <= per_thread(c) <= 2 * philox_columns and c.num_warps >= 8]
+            kept = lean or kept
         return kept or [c for c in configs if c.kwargs["BLOCK_ROWS"] == 1 and c.num_warps >= 8]
 
     return dict(configs=ROW_CONFIGS, prune_configs_by={"early_config_prune": prune})

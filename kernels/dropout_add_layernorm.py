@@ -61,6 +61,7 @@ from ._layernorm_common import (
 )
 
 _OP = "bias_dropout_add_layernorm"
+_PHILOX_COLUMNS = 8  # neighbouring columns of a row served by one Philox call (see _keep)
 _MASK_BLOCK = 65536 if INTERPRETING else 4096  # elements per program of the keep-mask kernel (a power of two)
 
 
@@ -106,7 +107,7 @@ def _residual_sum(X, BIAS, RES, rows, offsets, mask, D, seed, keep_threshold, sc
     return h + tl.load(RES + offsets, mask=mask, other=0.0).to(tl.float32), keep
 
 
-@triton.autotune(key=["D", "HAS_BIAS", "HAS_DROPOUT"], **row_autotune(registers_per_element=6))
+@triton.autotune(key=["D", "HAS_BIAS", "HAS_DROPOUT"], **row_autotune(registers_per_element=6, philox_columns=_PHILOX_COLUMNS))
 @triton.jit
 def _bias_dropout_add_layernorm_fwd_kernel(
     X,  # [N, D] fp32/fp16/bf16, contiguous
@@ -135,7 +136,7 @@ def _bias_dropout_add_layernorm_fwd_kernel(
     layernorm_forward(s, mask, rows, row_ok, offsets, W, B, Y, MEAN, RSTD, D, eps, BLOCK_D)
 
 
-@triton.autotune(key=["D", "HAS_BIAS", "HAS_DROPOUT"], **row_autotune(registers_per_element=12))
+@triton.autotune(key=["D", "HAS_BIAS", "HAS_DROPOUT"], **row_autotune(registers_per_element=12, philox_columns=_PHILOX_COLUMNS))
 @triton.jit
 def _bias_dropout_add_layernorm_bwd_kernel(
     DY,  # [N, D] x's dtype, contiguous
