@@ -55,24 +55,30 @@ edge tiles pay for the masking (``_visit_ranges``).
 Dropout: the keep bit of element (b, h, i, j) (i, j local to the sequence) is a pure function of
 (seed, b * H + h, i, j), computed in registers in the layout the score tile already has::
 
-    key, mult = lowbias32 chain of (seed low word, seed high word, b * H + h); mult odd
+    key, mr, mc = lowbias32 chain of (seed low word, seed high word, b * H + h); mr, mc odd
     pair(n)   = (n // 16) * 8 + n % 8            rows i, i + 8 (i % 16 < 8) share a row pair,
                                                  keys j, j + 8 (j % 16 < 8) a key pair
-    x         = ((pair(i) << 16) ^ key ^ pair(j)) * mult, then  x ^= x >> 16; x *= 0x7FEB352D;
-                x ^= x >> 15; x *= 0x846CA68B; x ^= x >> 16      (all uint32)
-    u         = byte 2 * ((i // 8) % 2) + (j // 8) % 2 of x      (0 .. 255)
-    T         = min(floor(p * 256 + 1/2), 255)
+    x         = pair(i) * mr + pair(j) * mc + key, then  x ^= x >> 16; x *= 0x7FEB352D;
+                x ^= x >> 15                                     (all uint32)
+    u         = low 7 bits of byte 2 * ((i // 8) % 2) + (j // 8) % 2 of x      (0 .. 127)
+    T         = min(floor(p * 128 + 1/2), 127)
     Z_ij      = u >= T
 
-So one 32-bit hash serves four scores, and the drop rate is p rounded to a multiple of 1/256,
-``p_effective = T / 256`` (:func:`attention_dropout_effective_p`; 0.1 -> 26/256 = 0.1015625, as
+So one 32-bit hash serves four scores, and the drop rate is p rounded to a multiple of 1/128,
+``p_effective = T / 128`` (:func:`attention_dropout_effective_p`; 0.1 -> 13/128 = 0.1015625, as
 FlashAttention-2 compares bytes of its random bits), and kept values are scaled by
-``1 / (1 - p_effective)`` in the forward and both backwards; ``p < 1/512`` is no dropout. The
-launch functions round p once, so every kernel sees ``p_effective``. In the wgmma accumulator
+``1 / (1 - p_effective)`` in the forward and both backwards; ``p < 1/256`` is no dropout. The
+launch functions round p once, so every kernel sees ``p_effective``. The input is a lattice
+(odd per-head multipliers of both pair indices): the part that is fixed for a thread (its rows in
+the forward and dQ, its keys in dK/dV) is computed once per program, the rest is one add per
+hash; one xorshift-multiply round then suffices for the tests' statistics (keep rate, lag-1
+correlations of rows, keys, heads and of the bytes of one hash). The four compares are one SWAR
+subtraction: ``((x | 0x80808080) - T * 0x01010101)`` has bit 7 of byte b set iff byte b's low
+7 bits are >= T (7-bit lanes: no borrow crosses a byte). In the wgmma accumulator
 layout one thread holds rows i, i + 8 and columns j, j + 8 of a [queries, keys] tile, and the
 same four elements of the transposed [keys, queries] tile of the dK/dV kernel, so each hash is
 computed once, by the thread that uses all four bytes, and no random bit is moved between
-threads or through shared memory. Rows are unique for i < 131072.
+threads or through shared memory.
 Nothing depends on tile sizes or on the sequence length, so the mask of sequence b of length L
 (padded with ``seq_lens`` or varlen) is ``attention_dropout_keep_mask(B, H, S, p, seed)[b, :, :L, :L]``
 for any S >= L. The backward regenerates the same bits; nothing of the mask is stored. The
@@ -84,7 +90,6 @@ from __future__ import annotations
 
 import math
 import numbers
-import os
 from typing import Optional, Tuple
 
 import torch
@@ -94,6 +99,7 @@ import triton.language as tl
 from ._autotune import fp32_tunes_one_config
 from ._dropout_seed import SeedLike, as_seed_tensor, check_seed, is_int, load_seed, seed_tensor
 from ._host_sync import may_sync
+from ._interpreter import interpreting
 
 SUPPORTED_HEAD_DIMS = (32, 64, 128)
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -104,7 +110,7 @@ MODE_DENSE = 0  # padded [B, H, S, D], every sequence has length S
 MODE_SEQ_LENS = 1  # padded [B, H, S, D], sequence b has length seq_lens[b] <= S
 MODE_VARLEN = 2  # packed [T, H, D], sequence b is rows cu_seqlens[b]:cu_seqlens[b+1]
 
-_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+_INTERPRET = interpreting()
 
 
 # --------------------------------------------------------------------------- tuning choices
@@ -185,72 +191,70 @@ def _mix32(x):
 
 @triton.jit
 def _dropout_keys(seed, bh, dropout_p):
-    """Per program: (key, odd multiplier) of the keep-bit hash of head ``bh`` under ``seed`` (int64),
-    and the keep threshold ``T << 24`` with ``T = round(p * 256)`` (the kernels get ``p`` already
-    rounded, :func:`attention_dropout_effective_p`, so ``p * 256`` is the integer T <= 255)."""
+    """Per program: (key, odd row multiplier, odd key multiplier) of the keep-bit hash of head ``bh``
+    under ``seed`` (int64), and the keep threshold ``T * 0x01010101`` with ``T = round(p * 128)``
+    in every byte (the kernels get ``p`` already rounded, :func:`attention_dropout_effective_p`,
+    so ``p * 128`` is the integer T <= 127)."""
     seed64 = seed.to(tl.uint64)
     low = (seed64 & 0xFFFFFFFF).to(tl.uint32)
     high = (seed64 >> 32).to(tl.uint32)
     key = _mix32(low ^ _mix32(high ^ _mix32(bh.to(tl.uint32) + 0x9E3779B9)))
-    multiplier = _mix32(key + 0x6A09E667) | 1
-    threshold = tl.minimum(tl.floor(dropout_p * 256.0 + 0.5), 255.0).to(tl.uint32) << 24
-    return key, multiplier, threshold
+    row_multiplier = _mix32(key + 0x6A09E667) | 1
+    col_multiplier = _mix32(key + 0xBB67AE85) | 1
+    threshold = tl.minimum(tl.floor(dropout_p * 128.0 + 0.5), 127.0).to(tl.uint32) * 0x01010101
+    return key, row_multiplier, col_multiplier, threshold
 
 
 @triton.jit
-def _dropout_row_keys(m0, key, BLOCK_M: tl.constexpr):
-    """``(r << 16) ^ key`` of the row pairs ``r = (i // 16) * 8 + i % 8`` of query rows
-    ``m0 .. m0 + BLOCK_M`` (m0 a multiple of 16), as [BLOCK_M // 16, 8] (uint32): the row half of
-    the hash input. Rows i and i + 8 (i % 16 < 8) share a row pair."""
-    pairs = (m0 // 2 + tl.arange(0, BLOCK_M // 2)).to(tl.uint32)
-    return ((pairs << 16) ^ key).reshape(BLOCK_M // 16, 8)
+def _dropout_pair_terms(start, multiplier, BLOCK: tl.constexpr):
+    """``pair * multiplier`` (uint32) of the pairs ``(n // 16) * 8 + n % 8`` of positions
+    ``start .. start + BLOCK`` (start a multiple of 16), as [BLOCK // 16, 8]: one axis's share of
+    the hash input. Positions n and n + 8 (n % 16 < 8) share a pair."""
+    pairs = (start // 2 + tl.arange(0, BLOCK // 2)).to(tl.uint32)
+    return (pairs * multiplier).reshape(BLOCK // 16, 8)
 
 
 @triton.jit
-def _dropout_bits(row_keys, col_pairs, multiplier):
-    """32 random bits of (row pair, key pair), broadcast over the shapes given: a multiply by
-    the head's odd key, then xorshift-multiply rounds. Its four bytes are the uniforms of the
-    four scores of the pairs (``_dropout_keep``)."""
-    x = (row_keys ^ col_pairs.to(tl.uint32)) * multiplier
-    x ^= x >> 16
+def _dropout_bits(lattice, threshold):
+    """The keep bits of the four scores of each (row pair, key pair) hash input ``lattice`` =
+    ``row pair * row multiplier + key pair * key multiplier + key``: one xorshift-multiply round
+    and a final xorshift, then a SWAR compare of the low 7 bits of every byte with T (7-bit lanes,
+    so no borrow crosses a byte): bit ``8 b + 7`` of the result is set iff byte b is kept."""
+    x = lattice ^ (lattice >> 16)
     x *= 0x7FEB352D
-    x ^= x >> 15
-    x *= 0x846CA68B
-    return x ^ (x >> 16)
+    return ((x ^ (x >> 15)) | 0x80808080) - threshold
 
 
 @triton.jit
-def _dropout_keep(row_keys, n0, multiplier, threshold, BLOCK_N: tl.constexpr):
-    """[BLOCK_M, BLOCK_N] keep bits of the query rows of ``row_keys`` ([BLOCK_M // 16, 8], from
-    :func:`_dropout_row_keys`) x keys ``n0 .. n0 + BLOCK_N`` (n0 a multiple of 16).
+def _dropout_keep(row_terms, col_terms, threshold):
+    """[BLOCK_M, BLOCK_N] keep bits of the query rows of ``row_terms`` ([BLOCK_M // 16, 8], from
+    :func:`_dropout_pair_terms`, plus the key) x the keys of ``col_terms`` ([BLOCK_N // 16, 8]).
 
     Rows i, i + 8 and keys j, j + 8 (i % 16 < 8, j % 16 < 8) share one 32-bit hash: byte 0 is
     (i, j), byte 1 (i, j + 8), byte 2 (i + 8, j), byte 3 (i + 8, j + 8). In the wgmma accumulator
     layout one thread holds all four, and the same four in the transposed tile of the dK/dV
     kernel, so every hash is computed once, by the thread that uses it, and no bit crosses threads.
     """
-    GM: tl.constexpr = row_keys.shape[0]
-    GN: tl.constexpr = BLOCK_N // 16
-    col_pairs = (n0 // 2 + tl.arange(0, GN * 8)).reshape(GN, 8)
-    x = _dropout_bits(row_keys[:, :, None, None], col_pairs[None, None, :, :], multiplier)  # [GM, 8, GN, 8]
-    # each score's byte at the top of a word: [GM, 8, GN, 8, (j, j + 8), (i, i + 8)]
-    top = tl.join(tl.join(x << 24, x << 16), tl.join(x << 8, x))
-    top = tl.permute(top, (0, 5, 1, 2, 4, 3))  # [GM, (i, i + 8), 8, GN, (j, j + 8), 8]
-    return tl.reshape(top, (GM * 16, BLOCK_N)) >= threshold
+    GM: tl.constexpr = row_terms.shape[0]
+    GN: tl.constexpr = col_terms.shape[0]
+    x = _dropout_bits(row_terms[:, :, None, None] + col_terms[None, None, :, :], threshold)  # [GM, 8, GN, 8]
+    # each score's keep bit: [GM, 8, GN, 8, (j, j + 8), (i, i + 8)]
+    bits = tl.join(tl.join(x & 0x80, x & 0x8000), tl.join(x & 0x800000, x & 0x80000000))
+    bits = tl.permute(bits, (0, 5, 1, 2, 4, 3))  # [GM, (i, i + 8), 8, GN, (j, j + 8), 8]
+    return tl.reshape(bits, (GM * 16, GN * 16)) != 0
 
 
 @triton.jit
-def _dropout_keep_transposed(row_keys, n0, multiplier, threshold, BLOCK_N: tl.constexpr):
-    """[BLOCK_N, BLOCK_M] keep bits of keys ``n0 .. n0 + BLOCK_N`` (rows) x the query rows of
-    ``row_keys`` (columns): the transpose of :func:`_dropout_keep`, built in this orientation."""
-    GM: tl.constexpr = row_keys.shape[0]
-    GN: tl.constexpr = BLOCK_N // 16
-    col_pairs = (n0 // 2 + tl.arange(0, GN * 8)).reshape(GN, 8)
-    x = _dropout_bits(row_keys[None, None, :, :], col_pairs[:, :, None, None], multiplier)  # [GN, 8, GM, 8]
+def _dropout_keep_transposed(col_terms, row_terms, threshold):
+    """[BLOCK_N, BLOCK_M] keep bits of the keys of ``col_terms`` (rows, plus the key) x the query
+    rows of ``row_terms`` (columns): the transpose of :func:`_dropout_keep`, built in this orientation."""
+    GM: tl.constexpr = row_terms.shape[0]
+    GN: tl.constexpr = col_terms.shape[0]
+    x = _dropout_bits(col_terms[:, :, None, None] + row_terms[None, None, :, :], threshold)  # [GN, 8, GM, 8]
     # [GN, 8, GM, 8, (i, i + 8), (j, j + 8)]
-    top = tl.join(tl.join(x << 24, x << 8), tl.join(x << 16, x))
-    top = tl.permute(top, (0, 5, 1, 2, 4, 3))  # [GN, (j, j + 8), 8, GM, (i, i + 8), 8]
-    return tl.reshape(top, (BLOCK_N, GM * 16)) >= threshold
+    bits = tl.join(tl.join(x & 0x80, x & 0x800000), tl.join(x & 0x8000, x & 0x80000000))
+    bits = tl.permute(bits, (0, 5, 1, 2, 4, 3))  # [GN, (j, j + 8), 8, GM, (i, i + 8), 8]
+    return tl.reshape(bits, (GN * 16, GM * 16)) != 0
 
 
 @triton.jit
@@ -292,13 +296,15 @@ def _visit_ranges(tile_start, TILE: tl.constexpr, length, window, OTHER_TILE: tl
 
 @triton.jit
 def _dropout_setup(SEED, bh, dropout_p, HAS_DROPOUT: tl.constexpr):
-    """(key, multiplier, threshold) of the keep-bit hash of head ``bh``; unused zeros without dropout."""
+    """(key, row multiplier, key multiplier, threshold) of the keep-bit hash of head ``bh``; unused
+    zeros without dropout."""
     key = 0
-    multiplier = 0
+    row_multiplier = 0
+    col_multiplier = 0
     threshold = 0
     if HAS_DROPOUT:
-        key, multiplier, threshold = _dropout_keys(load_seed(SEED, HAS_DROPOUT), bh, dropout_p)
-    return key, multiplier, threshold
+        key, row_multiplier, col_multiplier, threshold = _dropout_keys(load_seed(SEED, HAS_DROPOUT), bh, dropout_p)
+    return key, row_multiplier, col_multiplier, threshold
 
 
 @triton.jit
@@ -313,13 +319,13 @@ def _program_start(
 
     Returns (its tile index along its own axis, the sequence's length, the q/k/v bases of its
     (sequence, head), the offsets of its rows in the O-like ([B, H, S, D] / [T, H, D] contiguous)
-    and LSE-like tensors, and the dropout hash's key, multiplier and threshold).
+    and LSE-like tensors, and the dropout hash's key, row and key multipliers and threshold).
     """
     pid_tile, pid_bh = _tile_and_head(seq_len, TILE)
     b = pid_bh // num_heads
     h = pid_bh % num_heads
     start, length = _sequence_bounds(SEQ_INFO, b, seq_len, MODE)
-    key, multiplier, threshold = _dropout_setup(SEED, pid_bh, dropout_p, HAS_DROPOUT)
+    key, row_multiplier, col_multiplier, threshold = _dropout_setup(SEED, pid_bh, dropout_p, HAS_DROPOUT)
     b64 = b.to(tl.int64)
     h64 = h.to(tl.int64)
     q_base = Q + b64 * stride_qb + h64 * stride_qh + start * stride_qs
@@ -327,14 +333,15 @@ def _program_start(
     v_base = V + b64 * stride_vb + h64 * stride_vh + start * stride_vs
     o_offset = b64 * stride_ob + h64 * stride_oh + start * stride_os
     lse_offset = b64 * stride_lb + h64 * stride_lh + start
-    return pid_tile, length, q_base, k_base, v_base, o_offset, lse_offset, key, multiplier, threshold
+    return (pid_tile, length, q_base, k_base, v_base, o_offset, lse_offset, key, row_multiplier, col_multiplier,
+            threshold)
 
 
 # --------------------------------------------------------------------------- forward kernel
 @triton.jit
 def _fwd_loop(
     acc, l_i, m_i, q, k_base, v_base, stride_ks, stride_vs, offs_m, offs_d, n_start, n_end,
-    length, window, qk_scale, row_keys, multiplier, threshold,
+    length, window, qk_scale, row_terms, col_mult, threshold,
     MASKED: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
@@ -366,7 +373,8 @@ def _fwd_loop(
         if HAS_DROPOUT:
             # One FSEL per score. The zero is a runtime value (l_i >= 0 is finite): with a constant,
             # LLVM sinks the select below the bf16 conversion, where it costs a byte permute.
-            p = tl.where(_dropout_keep(row_keys, n0, multiplier, threshold, BLOCK_N), p, l_i[:, None] * 0.0)
+            keep = _dropout_keep(row_terms, _dropout_pair_terms(n0, col_mult, BLOCK_N), threshold)
+            p = tl.where(keep, p, l_i[:, None] * 0.0)
         if MASKED:
             v = tl.load(v_ptrs, mask=offs_n[:, None] < length, other=0.0)
         else:
@@ -405,7 +413,7 @@ def _attention_fwd_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
-    pid_m, length, q_base, k_base, v_base, o_offset, lse_offset, key, multiplier, threshold = _program_start(
+    pid_m, length, q_base, k_base, v_base, o_offset, lse_offset, key, row_mult, col_mult, threshold = _program_start(
         Q, K, V, SEQ_INFO, SEED, stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_ks,
         stride_vb, stride_vh, stride_vs, stride_ob, stride_oh, stride_os, stride_lb, stride_lh,
         num_heads, seq_len, dropout_p, BLOCK_M, MODE, HAS_DROPOUT)
@@ -413,7 +421,7 @@ def _attention_fwd_kernel(
     offs_m = m0 + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
     q = tl.load(q_base + offs_m[:, None] * stride_qs + offs_d[None, :], mask=offs_m[:, None] < length, other=0.0)
-    row_keys = _dropout_row_keys(m0, key, BLOCK_M) if HAS_DROPOUT else offs_m
+    row_terms = _dropout_pair_terms(m0, row_mult, BLOCK_M) + key if HAS_DROPOUT else offs_m
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -421,13 +429,13 @@ def _attention_fwd_kernel(
     lo, full_lo, full_hi, hi = _visit_ranges(m0, BLOCK_M, length, window, BLOCK_N, HAS_WINDOW)
     # Interior tiles first (no masks), then the masked edges; the online softmax is order-free.
     acc, l_i, m_i = _fwd_loop(acc, l_i, m_i, q, k_base, v_base, stride_ks, stride_vs, offs_m, offs_d,
-                              full_lo, full_hi, length, window, qk_scale, row_keys, multiplier, threshold,
+                              full_lo, full_hi, length, window, qk_scale, row_terms, col_mult, threshold,
                               False, HAS_WINDOW, HAS_DROPOUT, DOT_PRECISION, BLOCK_N)
     acc, l_i, m_i = _fwd_loop(acc, l_i, m_i, q, k_base, v_base, stride_ks, stride_vs, offs_m, offs_d,
-                              lo, full_lo, length, window, qk_scale, row_keys, multiplier, threshold,
+                              lo, full_lo, length, window, qk_scale, row_terms, col_mult, threshold,
                               True, HAS_WINDOW, HAS_DROPOUT, DOT_PRECISION, BLOCK_N)
     acc, l_i, m_i = _fwd_loop(acc, l_i, m_i, q, k_base, v_base, stride_ks, stride_vs, offs_m, offs_d,
-                              full_hi, hi, length, window, qk_scale, row_keys, multiplier, threshold,
+                              full_hi, hi, length, window, qk_scale, row_terms, col_mult, threshold,
                               True, HAS_WINDOW, HAS_DROPOUT, DOT_PRECISION, BLOCK_N)
 
     row_real = offs_m < length
@@ -450,12 +458,13 @@ def _attention_fwd_kernel(
 def _attention_bwd_preprocess_kernel(
     O,  # [B, H, S, D] or [T, H, D] contiguous
     DO,  # same strides as O
-    DELTA,  # [B, H, S] or [H, T] fp32, out: rowsum(dO * O)
+    DELTA,  # [B, H, S] or [H, T] fp32, out: (1 - p) rowsum(dO * O)
     SEQ_INFO,  # as in the forward
     stride_ob, stride_oh, stride_os,
     stride_lb, stride_lh,
     num_heads,
     seq_len,
+    keep_rate,  # 1 - p (exact: p is a multiple of 1/128); 1 without dropout
     MODE: tl.constexpr,
     HEAD_DIM: tl.constexpr,
     BLOCK_M: tl.constexpr,
@@ -471,7 +480,7 @@ def _attention_bwd_preprocess_kernel(
     rows = offs_m[:, None] < length
     o = tl.load(O + ptrs, mask=rows, other=0.0).to(tl.float32)
     do = tl.load(DO + ptrs, mask=rows, other=0.0).to(tl.float32)
-    delta = tl.sum(o * do, 1)
+    delta = tl.sum(o * do, 1) * keep_rate
     rows_owned = seq_len if MODE != 2 else length
     lse_base = DELTA + b.to(tl.int64) * stride_lb + h.to(tl.int64) * stride_lh + start
     tl.store(lse_base + offs_m, delta, mask=offs_m < rows_owned)
@@ -480,14 +489,16 @@ def _attention_bwd_preprocess_kernel(
 @triton.jit
 def _dkdv_loop(
     dk, dv, k, v, q_base, do_base, lse_base, delta_base, dq_base, stride_qs, stride_os, n0, offs_n, offs_d,
-    m_start, m_end, length, window, qk_scale, inv_keep, key, multiplier, threshold,
+    m_start, m_end, length, window, qk_scale, col_terms, row_mult, threshold,
     MASKED: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
     ACCUMULATE_DQ: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """Accumulate dK, dV of one key tile over query tiles [m_start, m_end); with ``ACCUMULATE_DQ``
     also add each query tile's share ``dS K`` of dQ (unscaled, fp32) into ``dq_base`` atomically.
 
-    With dropout, dV collects ``P * Z`` here and is scaled by ``1 / (1 - p)`` once at the end.
+    With dropout, dV collects ``P * Z`` here and is scaled by ``1 / (1 - p)`` once at the end, and
+    dK (and dQ) collect ``(1 - p) dS = P Z dP - P (1 - p) Delta`` (Delta comes scaled by ``1 - p``
+    from the preprocess kernel), so one select of P serves both dV and dS.
     """
     for m0 in range(m_start, m_end, BLOCK_M):
         offs_m = m0 + tl.arange(0, BLOCK_M)
@@ -512,10 +523,9 @@ def _dkdv_loop(
             p_t = tl.where(allowed_t, p_t, 0.0)
         dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
         if HAS_DROPOUT:
-            keep_t = _dropout_keep_transposed(_dropout_row_keys(m0, key, BLOCK_M), n0, multiplier, threshold,
-                                              BLOCK_N)
+            keep_t = _dropout_keep_transposed(col_terms, _dropout_pair_terms(m0, row_mult, BLOCK_M), threshold)
             p_kept_t = tl.where(keep_t, p_t, 0.0)
-            ds_t = p_t * (tl.where(keep_t, dp_t, 0.0) * inv_keep - delta[None, :])
+            ds_t = p_kept_t * dp_t - p_t * delta[None, :]  # (1 - p) dS
         else:
             p_kept_t = p_t
             ds_t = p_t * (dp_t - delta[None, :])
@@ -566,7 +576,7 @@ def _attention_bwd_dkdv_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
-    pid_n, length, q_base, k_base, v_base, o_offset, lse_offset, key, multiplier, threshold = _program_start(
+    pid_n, length, q_base, k_base, v_base, o_offset, lse_offset, key, row_mult, col_mult, threshold = _program_start(
         Q, K, V, SEQ_INFO, SEED, stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_ks,
         stride_vb, stride_vh, stride_vs, stride_ob, stride_oh, stride_os, stride_lb, stride_lh,
         num_heads, seq_len, dropout_p, BLOCK_N, MODE, HAS_DROPOUT)
@@ -578,7 +588,7 @@ def _attention_bwd_dkdv_kernel(
     v = tl.load(v_base + offs_n[:, None] * stride_vs + offs_d[None, :], mask=key_rows, other=0.0)
     dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
-    inv_keep = 1.0 / (1.0 - dropout_p)
+    col_terms = _dropout_pair_terms(n0, col_mult, BLOCK_N) + key if HAS_DROPOUT else offs_n
 
     lo, full_lo, full_hi, hi = _visit_ranges(n0, BLOCK_N, length, window, BLOCK_M, HAS_WINDOW)
     do_base = DO + o_offset
@@ -586,17 +596,19 @@ def _attention_bwd_dkdv_kernel(
     delta_base = DELTA + lse_offset
     dq_base = DQ_ACC + o_offset
     dk, dv = _dkdv_loop(dk, dv, k, v, q_base, do_base, lse_base, delta_base, dq_base, stride_qs, stride_os,
-                        n0, offs_n, offs_d, full_lo, full_hi, length, window, qk_scale, inv_keep, key, multiplier,
-                        threshold, False, HAS_WINDOW, HAS_DROPOUT, DOT_PRECISION, ACCUMULATE_DQ, BLOCK_M, BLOCK_N)
+                        n0, offs_n, offs_d, full_lo, full_hi, length, window, qk_scale, col_terms,
+                        row_mult, threshold, False, HAS_WINDOW, HAS_DROPOUT, DOT_PRECISION, ACCUMULATE_DQ, BLOCK_M, BLOCK_N)
     dk, dv = _dkdv_loop(dk, dv, k, v, q_base, do_base, lse_base, delta_base, dq_base, stride_qs, stride_os,
-                        n0, offs_n, offs_d, lo, full_lo, length, window, qk_scale, inv_keep, key, multiplier,
-                        threshold, True, HAS_WINDOW, HAS_DROPOUT, DOT_PRECISION, ACCUMULATE_DQ, BLOCK_M, BLOCK_N)
+                        n0, offs_n, offs_d, lo, full_lo, length, window, qk_scale, col_terms,
+                        row_mult, threshold, True, HAS_WINDOW, HAS_DROPOUT, DOT_PRECISION, ACCUMULATE_DQ, BLOCK_M, BLOCK_N)
     dk, dv = _dkdv_loop(dk, dv, k, v, q_base, do_base, lse_base, delta_base, dq_base, stride_qs, stride_os,
-                        n0, offs_n, offs_d, full_hi, hi, length, window, qk_scale, inv_keep, key, multiplier,
-                        threshold, True, HAS_WINDOW, HAS_DROPOUT, DOT_PRECISION, ACCUMULATE_DQ, BLOCK_M, BLOCK_N)
+                        n0, offs_n, offs_d, full_hi, hi, length, window, qk_scale, col_terms,
+                        row_mult, threshold, True, HAS_WINDOW, HAS_DROPOUT, DOT_PRECISION, ACCUMULATE_DQ, BLOCK_M, BLOCK_N)
 
     dk = dk * softmax_scale
     if HAS_DROPOUT:
+        inv_keep = 1.0 / (1.0 - dropout_p)
+        dk = dk * inv_keep
         dv = dv * inv_keep
     rows_owned = seq_len if MODE != 2 else length  # padded layouts: zeros for padded keys
     out_ptrs = o_offset + offs_n[:, None] * stride_os + offs_d[None, :]
@@ -607,11 +619,12 @@ def _attention_bwd_dkdv_kernel(
 @triton.jit
 def _dq_loop(
     dq, q, do, lse, delta, k_base, v_base, stride_ks, stride_vs, offs_m, offs_d, n_start, n_end,
-    length, window, qk_scale, inv_keep, row_keys, multiplier, threshold,
+    length, window, qk_scale, row_terms, col_mult, threshold,
     MASKED: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
-    """Accumulate dQ of one query tile over key tiles [n_start, n_end)."""
+    """Accumulate dQ of one query tile over key tiles [n_start, n_end); with dropout ``(1 - p) dS``
+    (Delta comes scaled by ``1 - p``, as in :func:`_dkdv_loop`)."""
     for n0 in range(n_start, n_end, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         k_ptrs = k_base + offs_n[:, None] * stride_ks + offs_d[None, :]
@@ -630,8 +643,8 @@ def _dq_loop(
             p = tl.where(allowed, p, 0.0)
         dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
         if HAS_DROPOUT:
-            keep = _dropout_keep(row_keys, n0, multiplier, threshold, BLOCK_N)
-            ds = p * (dp * tl.where(keep, inv_keep, 0.0) - delta[:, None])
+            keep = _dropout_keep(row_terms, _dropout_pair_terms(n0, col_mult, BLOCK_N), threshold)
+            ds = p * (tl.where(keep, dp, 0.0) - delta[:, None])
         else:
             ds = p * (dp - delta[:, None])
         dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION)
@@ -670,7 +683,7 @@ def _attention_bwd_dq_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
-    pid_m, length, q_base, k_base, v_base, o_offset, lse_offset, key, multiplier, threshold = _program_start(
+    pid_m, length, q_base, k_base, v_base, o_offset, lse_offset, key, row_mult, col_mult, threshold = _program_start(
         Q, K, V, SEQ_INFO, SEED, stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_ks,
         stride_vb, stride_vh, stride_vs, stride_ob, stride_oh, stride_os, stride_lb, stride_lh,
         num_heads, seq_len, dropout_p, BLOCK_M, MODE, HAS_DROPOUT)
@@ -683,21 +696,22 @@ def _attention_bwd_dq_kernel(
     lse = tl.load(LSE + lse_offset + offs_m, mask=offs_m < length, other=0.0)
     delta = tl.load(DELTA + lse_offset + offs_m, mask=offs_m < length, other=0.0)
     dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
-    row_keys = _dropout_row_keys(m0, key, BLOCK_M) if HAS_DROPOUT else offs_m
-    inv_keep = 1.0 / (1.0 - dropout_p)
+    row_terms = _dropout_pair_terms(m0, row_mult, BLOCK_M) + key if HAS_DROPOUT else offs_m
 
     lo, full_lo, full_hi, hi = _visit_ranges(m0, BLOCK_M, length, window, BLOCK_N, HAS_WINDOW)
     dq = _dq_loop(dq, q, do, lse, delta, k_base, v_base, stride_ks, stride_vs, offs_m, offs_d, full_lo, full_hi,
-                  length, window, qk_scale, inv_keep, row_keys, multiplier, threshold,
+                  length, window, qk_scale, row_terms, col_mult, threshold,
                   False, HAS_WINDOW, HAS_DROPOUT, DOT_PRECISION, BLOCK_N)
     dq = _dq_loop(dq, q, do, lse, delta, k_base, v_base, stride_ks, stride_vs, offs_m, offs_d, lo, full_lo,
-                  length, window, qk_scale, inv_keep, row_keys, multiplier, threshold,
+                  length, window, qk_scale, row_terms, col_mult, threshold,
                   True, HAS_WINDOW, HAS_DROPOUT, DOT_PRECISION, BLOCK_N)
     dq = _dq_loop(dq, q, do, lse, delta, k_base, v_base, stride_ks, stride_vs, offs_m, offs_d, full_hi, hi,
-                  length, window, qk_scale, inv_keep, row_keys, multiplier, threshold,
+                  length, window, qk_scale, row_terms, col_mult, threshold,
                   True, HAS_WINDOW, HAS_DROPOUT, DOT_PRECISION, BLOCK_N)
 
     dq = dq * softmax_scale
+    if HAS_DROPOUT:
+        dq = dq * (1.0 / (1.0 - dropout_p))
     rows_owned = seq_len if MODE != 2 else length  # padded layouts: zeros for padded queries
     tl.store(DQ + o_offset + offs_m[:, None] * stride_os + offs_d[None, :], dq.to(DQ.dtype.element_ty),
              mask=offs_m[:, None] < rows_owned)
@@ -714,10 +728,11 @@ def _dropout_keep_mask_kernel(
     pid_bh = tl.program_id(0)
     pid_m = tl.program_id(1)
     pid_n = tl.program_id(2)
-    key, multiplier, threshold = _dropout_keys(tl.load(SEED), pid_bh, dropout_p)
+    key, row_multiplier, col_multiplier, threshold = _dropout_keys(tl.load(SEED), pid_bh, dropout_p)
     offs_m = pid_m * BLOCK + tl.arange(0, BLOCK)
     offs_n = pid_n * BLOCK + tl.arange(0, BLOCK)
-    keep = _dropout_keep(_dropout_row_keys(pid_m * BLOCK, key, BLOCK), pid_n * BLOCK, multiplier, threshold, BLOCK)
+    keep = _dropout_keep(_dropout_pair_terms(pid_m * BLOCK, row_multiplier, BLOCK) + key,
+                         _dropout_pair_terms(pid_n * BLOCK, col_multiplier, BLOCK), threshold)
     base = KEEP + pid_bh.to(tl.int64) * seq_len * seq_len
     mask = (offs_m[:, None] < seq_len) & (offs_n[None, :] < seq_len)
     tl.store(base + offs_m[:, None].to(tl.int64) * seq_len + offs_n[None, :], keep.to(tl.int8), mask=mask)
@@ -883,7 +898,7 @@ def _attention_backward_launch(
     o_strides = _bhs_strides(out)
     l_strides = _lse_strides(lse)
     _attention_bwd_preprocess_kernel[(triton.cdiv(seq_len, PREPROCESS_BLOCK_M) * batch * heads,)](
-        out, grad_out, delta, seq_info_arg, *o_strides, *l_strides, heads, seq_len,
+        out, grad_out, delta, seq_info_arg, *o_strides, *l_strides, heads, seq_len, 1.0 - dropout_p,
         MODE=mode, HEAD_DIM=head_dim, BLOCK_M=PREPROCESS_BLOCK_M,
     )
     common = dict(MODE=mode, HEAD_DIM=head_dim, HAS_WINDOW=window >= 0, HAS_DROPOUT=dropout_p > 0.0,
@@ -898,7 +913,7 @@ def _attention_backward_launch(
             q, k, v, grad_out, lse, delta, dk, dv, dq_acc, seq_info_arg, *strides, *scalars, **common,
             ACCUMULATE_DQ=True,
         )
-        return dq_acc.mul_(softmax_scale).to(q.dtype), dk, dv
+        return dq_acc.mul_(softmax_scale / (1.0 - dropout_p)).to(q.dtype), dk, dv  # it holds (1 - p) dQ
     _attention_bwd_dkdv_kernel[grid_kv](
         q, k, v, grad_out, lse, delta, dk, dv, dk, seq_info_arg, *strides, *scalars, **common,
         ACCUMULATE_DQ=False,
@@ -1107,11 +1122,11 @@ def attention_varlen(
 
 
 def attention_dropout_effective_p(dropout_p: float) -> float:
-    """The drop rate the kernels apply for ``dropout_p``: ``T / 256`` with
-    ``T = min(floor(p * 256 + 1/2), 255)``, p rounded to the nearest multiple of 1/256 (as
-    FlashAttention-2, which compares bytes of random bits). Kept values are scaled by
-    ``1 / (1 - T / 256)``; ``p < 1/512`` is no dropout. 0.1 -> 26/256 = 0.1015625."""
-    return min(math.floor(float(dropout_p) * 256.0 + 0.5), 255) / 256.0
+    """The drop rate the kernels apply for ``dropout_p``: ``T / 128`` with
+    ``T = min(floor(p * 128 + 1/2), 127)``, p rounded to the nearest multiple of 1/128 (the
+    kernels compare 7 random bits per score with T). Kept values are scaled by
+    ``1 / (1 - T / 128)``; ``p < 1/256`` is no dropout. 0.1 -> 13/128 = 0.1015625."""
+    return min(math.floor(float(dropout_p) * 128.0 + 0.5), 127) / 128.0
 
 
 def attention_dropout_keep_mask(
