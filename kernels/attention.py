@@ -151,6 +151,7 @@ FP32_BWD_DKDV = fp32_tunes_one_config(triton.Config({"BLOCK_M": 32, "BLOCK_N": 6
 FP32_BWD_DQ = fp32_tunes_one_config(triton.Config({"BLOCK_M": 64, "BLOCK_N": 32}, num_warps=4, num_stages=2), "Q")
 PREPROCESS_BLOCK_M = 64
 KEEP_MASK_BLOCK = 128 if _INTERPRET else 64  # under the interpreter: fewer, larger programs
+_DROPOUT_PTX = tl.constexpr(not _INTERPRET)  # the dropout mask applied by inline PTX (_dropout_zero)
 
 
 # --------------------------------------------------------------------------- Triton helpers
@@ -226,35 +227,68 @@ def _dropout_bits(lattice, threshold):
 
 
 @triton.jit
-def _dropout_keep(row_terms, col_terms, threshold):
-    """[BLOCK_M, BLOCK_N] keep bits of the query rows of ``row_terms`` ([BLOCK_M // 16, 8], from
-    :func:`_dropout_pair_terms`, plus the key) x the keys of ``col_terms`` ([BLOCK_N // 16, 8]).
-
-    Rows i, i + 8 and keys j, j + 8 (i % 16 < 8, j % 16 < 8) share one 32-bit hash: byte 0 is
-    (i, j), byte 1 (i, j + 8), byte 2 (i + 8, j), byte 3 (i + 8, j + 8). In the wgmma accumulator
-    layout one thread holds all four, and the same four in the transposed tile of the dK/dV
-    kernel, so every hash is computed once, by the thread that uses it, and no bit crosses threads.
-    """
-    GM: tl.constexpr = row_terms.shape[0]
-    GN: tl.constexpr = col_terms.shape[0]
-    x = _dropout_bits(row_terms[:, :, None, None] + col_terms[None, None, :, :], threshold)  # [GM, 8, GN, 8]
-    # each score's keep bit: [GM, 8, GN, 8, (j, j + 8), (i, i + 8)]
-    bits = tl.join(tl.join(x & 0x80, x & 0x8000), tl.join(x & 0x800000, x & 0x80000000))
-    bits = tl.permute(bits, (0, 5, 1, 2, 4, 3))  # [GM, (i, i + 8), 8, GN, (j, j + 8), 8]
-    return tl.reshape(bits, (GM * 16, GN * 16)) != 0
+def _dropout_lattice(first_terms, second_terms):
+    """The hash inputs ``first + second`` of two axes' pair terms ([G1, 8] and [G2, 8], from
+    :func:`_dropout_pair_terms`, one of them plus the key), as [G1, 8, G2, 8]. A loop computes the
+    part of its own tile once and adds ``(start // 2) * multiplier`` of the moving axis per tile
+    (pair(start + n) = start // 2 + pair(n) for start a multiple of 16): one add per hash."""
+    return first_terms[:, :, None, None] + second_terms[None, None, :, :]
 
 
 @triton.jit
-def _dropout_keep_transposed(col_terms, row_terms, threshold):
-    """[BLOCK_N, BLOCK_M] keep bits of the keys of ``col_terms`` (rows, plus the key) x the query
-    rows of ``row_terms`` (columns): the transpose of :func:`_dropout_keep`, built in this orientation."""
-    GM: tl.constexpr = row_terms.shape[0]
-    GN: tl.constexpr = col_terms.shape[0]
-    x = _dropout_bits(col_terms[:, :, None, None] + row_terms[None, None, :, :], threshold)  # [GN, 8, GM, 8]
-    # [GN, 8, GM, 8, (i, i + 8), (j, j + 8)]
-    bits = tl.join(tl.join(x & 0x80, x & 0x800000), tl.join(x & 0x8000, x & 0x80000000))
-    bits = tl.permute(bits, (0, 5, 1, 2, 4, 3))  # [GN, (j, j + 8), 8, GM, (i, i + 8), 8]
-    return tl.reshape(bits, (GN * 16, GM * 16)) != 0
+def _dropout_spread(byte0, byte1, byte2, byte3, TRANSPOSED: tl.constexpr):
+    """The [BLOCK_M, BLOCK_N] tile (``TRANSPOSED``: [BLOCK_N, BLOCK_M], keys first) whose score
+    (i, j) is element [pair(i), pair(j)] of ``byte{b}`` ([G1, 8, G2, 8] each), b the byte of that
+    score in its hash: rows i, i + 8 and keys j, j + 8 (i % 16 < 8, j % 16 < 8) share one hash;
+    byte 0 is (i, j), byte 1 (i, j + 8), byte 2 (i + 8, j), byte 3 (i + 8, j + 8). In the wgmma
+    accumulator layout one thread holds all four, and the same four in the transposed tile of the
+    dK/dV kernel, so every hash is computed once, by the thread that uses it, and no bit crosses
+    threads."""
+    G1: tl.constexpr = byte0.shape[0]
+    G2: tl.constexpr = byte0.shape[2]
+    if TRANSPOSED:  # [GN, 8, GM, 8, (i, i + 8), (j, j + 8)]
+        tile = tl.join(tl.join(byte0, byte2), tl.join(byte1, byte3))
+    else:  # [GM, 8, GN, 8, (j, j + 8), (i, i + 8)]
+        tile = tl.join(tl.join(byte0, byte1), tl.join(byte2, byte3))
+    tile = tl.permute(tile, (0, 5, 1, 2, 4, 3))  # [G1, 2, 8, G2, 2, 8]
+    return tl.reshape(tile, (G1 * 16, G2 * 16))
+
+
+@triton.jit
+def _dropout_keep(lattice, threshold, TRANSPOSED: tl.constexpr):
+    """[BLOCK_M, BLOCK_N] (``TRANSPOSED``: [BLOCK_N, BLOCK_M]) keep bits of the hash inputs
+    ``lattice`` ([G1, 8, G2, 8] from :func:`_dropout_lattice`, the tile's first axis first)."""
+    x = _dropout_bits(lattice, threshold)
+    return _dropout_spread(x & 0x80, x & 0x8000, x & 0x800000, x & 0x80000000, TRANSPOSED) != 0
+
+
+@triton.jit
+def _dropout_zero(values, lattice, threshold, TRANSPOSED: tl.constexpr):
+    """``values`` (a score tile as :func:`_dropout_keep` lays it out) with the dropped scores zeroed.
+
+    Compiled, with inline PTX and no predicates: ``prmt`` in sign-replicate mode turns bit 7 of
+    the score's hash byte into a 0 / all-ones mask, and an ``and`` applies it, per fp32 score,
+    or per pair of 16-bit scores (``pack=2``: the two scores (i, j), (i, j + 1) of one register;
+    their hashes differ, ``prmt`` reads the same byte of both). So 1 (16-bit) or 2 (fp32)
+    instructions per score. Under the interpreter, which runs no PTX, the same bits by ``tl.where``.
+    """
+    if _DROPOUT_PTX:
+        x = _dropout_bits(lattice, threshold)
+        words = _dropout_spread(x, x, x, x, TRANSPOSED)  # every score's hash
+        if values.dtype == tl.float32:
+            one = tl.full(x.shape, 0x8888, tl.uint32)  # byte b's bit 7 into all four bytes: 0x8888 + b * 0x1111
+            selectors = _dropout_spread(one, one + 0x1111, one + 0x2222, one + 0x3333, TRANSPOSED)
+            return tl.inline_asm_elementwise(
+                "{ .reg .b32 m; prmt.b32 m, $2, $2, $3; and.b32 $0, $1, m; }", "=r,r,r,r",
+                [values, words, selectors], dtype=tl.float32, is_pure=True, pack=1)
+        # low half from the first score's hash (bytes 0-3), high half from the second's (4-7)
+        one = tl.full(x.shape, 0xCC88, tl.uint32)
+        selectors = _dropout_spread(one, one + 0x1111, one + 0x2222, one + 0x3333, TRANSPOSED)
+        return tl.inline_asm_elementwise(
+            "{ .reg .b32 m; prmt.b32 m, $2, $3, $4; and.b32 $0, $1, m; }", "=r,r,r,r,r,r",
+            [values, words, selectors], dtype=values.dtype, is_pure=True, pack=2)
+    else:
+        return tl.where(_dropout_keep(lattice, threshold, TRANSPOSED), values, 0.0).to(values.dtype)
 
 
 @triton.jit
@@ -341,7 +375,7 @@ def _program_start(
 @triton.jit
 def _fwd_loop(
     acc, l_i, m_i, q, k_base, v_base, stride_ks, stride_vs, offs_m, offs_d, n_start, n_end,
-    length, window, qk_scale, row_terms, col_mult, threshold,
+    length, window, qk_scale, lattice, col_mult, threshold,
     MASKED: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
@@ -370,16 +404,14 @@ def _fwd_loop(
         p = tl.exp2(qk * qk_scale - m_use[:, None])
         alpha = tl.exp2(m_i - m_use)
         l_i = l_i * alpha + tl.sum(p, 1)
-        if HAS_DROPOUT:
-            # One FSEL per score. The zero is a runtime value (l_i >= 0 is finite): with a constant,
-            # LLVM sinks the select below the bf16 conversion, where it costs a byte permute.
-            keep = _dropout_keep(row_terms, _dropout_pair_terms(n0, col_mult, BLOCK_N), threshold)
-            p = tl.where(keep, p, l_i[:, None] * 0.0)
         if MASKED:
             v = tl.load(v_ptrs, mask=offs_n[:, None] < length, other=0.0)
         else:
             v = tl.load(v_ptrs)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+        p = p.to(v.dtype)
+        if HAS_DROPOUT:  # on the 16-bit tile: one instruction per score (_dropout_zero)
+            p = _dropout_zero(p, lattice + (n0 // 2) * col_mult, threshold, False)
+        acc = acc * alpha[:, None] + tl.dot(p, v, input_precision=DOT_PRECISION)
         m_i = m_new
     return acc, l_i, m_i
 
@@ -421,7 +453,10 @@ def _attention_fwd_kernel(
     offs_m = m0 + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
     q = tl.load(q_base + offs_m[:, None] * stride_qs + offs_d[None, :], mask=offs_m[:, None] < length, other=0.0)
-    row_terms = _dropout_pair_terms(m0, row_mult, BLOCK_M) + key if HAS_DROPOUT else offs_m
+    lattice = offs_m
+    if HAS_DROPOUT:  # this tile's rows x the keys of a tile at 0
+        lattice = _dropout_lattice(_dropout_pair_terms(m0, row_mult, BLOCK_M) + key,
+                                   _dropout_pair_terms(0, col_mult, BLOCK_N))
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -429,13 +464,13 @@ def _attention_fwd_kernel(
     lo, full_lo, full_hi, hi = _visit_ranges(m0, BLOCK_M, length, window, BLOCK_N, HAS_WINDOW)
     # Interior tiles first (no masks), then the masked edges; the online softmax is order-free.
     acc, l_i, m_i = _fwd_loop(acc, l_i, m_i, q, k_base, v_base, stride_ks, stride_vs, offs_m, offs_d,
-                              full_lo, full_hi, length, window, qk_scale, row_terms, col_mult, threshold,
+                              full_lo, full_hi, length, window, qk_scale, lattice, col_mult, threshold,
                               False, HAS_WINDOW, HAS_DROPOUT, DOT_PRECISION, BLOCK_N)
     acc, l_i, m_i = _fwd_loop(acc, l_i, m_i, q, k_base, v_base, stride_ks, stride_vs, offs_m, offs_d,
-                              lo, full_lo, length, window, qk_scale, row_terms, col_mult, threshold,
+                              lo, full_lo, length, window, qk_scale, lattice, col_mult, threshold,
                               True, HAS_WINDOW, HAS_DROPOUT, DOT_PRECISION, BLOCK_N)
     acc, l_i, m_i = _fwd_loop(acc, l_i, m_i, q, k_base, v_base, stride_ks, stride_vs, offs_m, offs_d,
-                              full_hi, hi, length, window, qk_scale, row_terms, col_mult, threshold,
+                              full_hi, hi, length, window, qk_scale, lattice, col_mult, threshold,
                               True, HAS_WINDOW, HAS_DROPOUT, DOT_PRECISION, BLOCK_N)
 
     row_real = offs_m < length
@@ -489,7 +524,7 @@ def _attention_bwd_preprocess_kernel(
 @triton.jit
 def _dkdv_loop(
     dk, dv, k, v, q_base, do_base, lse_base, delta_base, dq_base, stride_qs, stride_os, n0, offs_n, offs_d,
-    m_start, m_end, length, window, qk_scale, col_terms, row_mult, threshold,
+    m_start, m_end, length, window, qk_scale, lattice_t, row_mult, threshold,
     MASKED: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
     ACCUMULATE_DQ: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
@@ -523,8 +558,7 @@ def _dkdv_loop(
             p_t = tl.where(allowed_t, p_t, 0.0)
         dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
         if HAS_DROPOUT:
-            keep_t = _dropout_keep_transposed(col_terms, _dropout_pair_terms(m0, row_mult, BLOCK_M), threshold)
-            p_kept_t = tl.where(keep_t, p_t, 0.0)
+            p_kept_t = _dropout_zero(p_t, lattice_t + (m0 // 2) * row_mult, threshold, True)
             ds_t = p_kept_t * dp_t - p_t * delta[None, :]  # (1 - p) dS
         else:
             p_kept_t = p_t
@@ -588,7 +622,10 @@ def _attention_bwd_dkdv_kernel(
     v = tl.load(v_base + offs_n[:, None] * stride_vs + offs_d[None, :], mask=key_rows, other=0.0)
     dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
-    col_terms = _dropout_pair_terms(n0, col_mult, BLOCK_N) + key if HAS_DROPOUT else offs_n
+    lattice_t = offs_n
+    if HAS_DROPOUT:  # this tile's keys x the query rows of a tile at 0
+        lattice_t = _dropout_lattice(_dropout_pair_terms(n0, col_mult, BLOCK_N) + key,
+                                     _dropout_pair_terms(0, row_mult, BLOCK_M))
 
     lo, full_lo, full_hi, hi = _visit_ranges(n0, BLOCK_N, length, window, BLOCK_M, HAS_WINDOW)
     do_base = DO + o_offset
@@ -596,13 +633,13 @@ def _attention_bwd_dkdv_kernel(
     delta_base = DELTA + lse_offset
     dq_base = DQ_ACC + o_offset
     dk, dv = _dkdv_loop(dk, dv, k, v, q_base, do_base, lse_base, delta_base, dq_base, stride_qs, stride_os,
-                        n0, offs_n, offs_d, full_lo, full_hi, length, window, qk_scale, col_terms,
+                        n0, offs_n, offs_d, full_lo, full_hi, length, window, qk_scale, lattice_t,
                         row_mult, threshold, False, HAS_WINDOW, HAS_DROPOUT, DOT_PRECISION, ACCUMULATE_DQ, BLOCK_M, BLOCK_N)
     dk, dv = _dkdv_loop(dk, dv, k, v, q_base, do_base, lse_base, delta_base, dq_base, stride_qs, stride_os,
-                        n0, offs_n, offs_d, lo, full_lo, length, window, qk_scale, col_terms,
+                        n0, offs_n, offs_d, lo, full_lo, length, window, qk_scale, lattice_t,
                         row_mult, threshold, True, HAS_WINDOW, HAS_DROPOUT, DOT_PRECISION, ACCUMULATE_DQ, BLOCK_M, BLOCK_N)
     dk, dv = _dkdv_loop(dk, dv, k, v, q_base, do_base, lse_base, delta_base, dq_base, stride_qs, stride_os,
-                        n0, offs_n, offs_d, full_hi, hi, length, window, qk_scale, col_terms,
+                        n0, offs_n, offs_d, full_hi, hi, length, window, qk_scale, lattice_t,
                         row_mult, threshold, True, HAS_WINDOW, HAS_DROPOUT, DOT_PRECISION, ACCUMULATE_DQ, BLOCK_M, BLOCK_N)
 
     dk = dk * softmax_scale
@@ -619,7 +656,7 @@ def _attention_bwd_dkdv_kernel(
 @triton.jit
 def _dq_loop(
     dq, q, do, lse, delta, k_base, v_base, stride_ks, stride_vs, offs_m, offs_d, n_start, n_end,
-    length, window, qk_scale, row_terms, col_mult, threshold,
+    length, window, qk_scale, lattice, col_mult, threshold,
     MASKED: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
@@ -643,8 +680,7 @@ def _dq_loop(
             p = tl.where(allowed, p, 0.0)
         dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
         if HAS_DROPOUT:
-            keep = _dropout_keep(row_terms, _dropout_pair_terms(n0, col_mult, BLOCK_N), threshold)
-            ds = p * (tl.where(keep, dp, 0.0) - delta[:, None])
+            ds = p * (_dropout_zero(dp, lattice + (n0 // 2) * col_mult, threshold, False) - delta[:, None])
         else:
             ds = p * (dp - delta[:, None])
         dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION)
@@ -696,17 +732,20 @@ def _attention_bwd_dq_kernel(
     lse = tl.load(LSE + lse_offset + offs_m, mask=offs_m < length, other=0.0)
     delta = tl.load(DELTA + lse_offset + offs_m, mask=offs_m < length, other=0.0)
     dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
-    row_terms = _dropout_pair_terms(m0, row_mult, BLOCK_M) + key if HAS_DROPOUT else offs_m
+    lattice = offs_m
+    if HAS_DROPOUT:  # this tile's rows x the keys of a tile at 0
+        lattice = _dropout_lattice(_dropout_pair_terms(m0, row_mult, BLOCK_M) + key,
+                                   _dropout_pair_terms(0, col_mult, BLOCK_N))
 
     lo, full_lo, full_hi, hi = _visit_ranges(m0, BLOCK_M, length, window, BLOCK_N, HAS_WINDOW)
     dq = _dq_loop(dq, q, do, lse, delta, k_base, v_base, stride_ks, stride_vs, offs_m, offs_d, full_lo, full_hi,
-                  length, window, qk_scale, row_terms, col_mult, threshold,
+                  length, window, qk_scale, lattice, col_mult, threshold,
                   False, HAS_WINDOW, HAS_DROPOUT, DOT_PRECISION, BLOCK_N)
     dq = _dq_loop(dq, q, do, lse, delta, k_base, v_base, stride_ks, stride_vs, offs_m, offs_d, lo, full_lo,
-                  length, window, qk_scale, row_terms, col_mult, threshold,
+                  length, window, qk_scale, lattice, col_mult, threshold,
                   True, HAS_WINDOW, HAS_DROPOUT, DOT_PRECISION, BLOCK_N)
     dq = _dq_loop(dq, q, do, lse, delta, k_base, v_base, stride_ks, stride_vs, offs_m, offs_d, full_hi, hi,
-                  length, window, qk_scale, row_terms, col_mult, threshold,
+                  length, window, qk_scale, lattice, col_mult, threshold,
                   True, HAS_WINDOW, HAS_DROPOUT, DOT_PRECISION, BLOCK_N)
 
     dq = dq * softmax_scale
@@ -731,8 +770,9 @@ def _dropout_keep_mask_kernel(
     key, row_multiplier, col_multiplier, threshold = _dropout_keys(tl.load(SEED), pid_bh, dropout_p)
     offs_m = pid_m * BLOCK + tl.arange(0, BLOCK)
     offs_n = pid_n * BLOCK + tl.arange(0, BLOCK)
-    keep = _dropout_keep(_dropout_pair_terms(pid_m * BLOCK, row_multiplier, BLOCK) + key,
-                         _dropout_pair_terms(pid_n * BLOCK, col_multiplier, BLOCK), threshold)
+    lattice = _dropout_lattice(_dropout_pair_terms(pid_m * BLOCK, row_multiplier, BLOCK) + key,
+                               _dropout_pair_terms(pid_n * BLOCK, col_multiplier, BLOCK))
+    keep = _dropout_keep(lattice, threshold, False)
     base = KEEP + pid_bh.to(tl.int64) * seq_len * seq_len
     mask = (offs_m[:, None] < seq_len) & (offs_n[None, :] < seq_len)
     tl.store(base + offs_m[:, None].to(tl.int64) * seq_len + offs_n[None, :], keep.to(tl.int8), mask=mask)
