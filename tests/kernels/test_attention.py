@@ -620,3 +620,30 @@ def test_gpu_fp32_parity_and_determinism():
         lambda q, k, v: attention(q, k, v, seq_lens=lens, window=100, deterministic=False), q, k, v, grad_out
     )
     assert_parity(single_pass, ref, FP32_REDUCTION_TOL)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=["bf16", "fp16", "fp32"])
+@pytest.mark.parametrize("seq_len", [128, 100])
+@pytest.mark.parametrize("deterministic", [True, False], ids=["two-kernel", "single-pass"])
+def test_gpu_inline_ptx_dropout_applies_the_keep_mask(dtype, seq_len, deterministic):
+    """Compiled, the kernels zero dropped scores with inline PTX (``_dropout_zero``: a byte
+    permute per fp32 score or per pair of 16-bit scores, which relies on the pair of one register
+    being keys j, j + 1); the interpreter tests see only its ``tl.where`` twin. With q = 0
+    (uniform P), v = one-hot key ids and dO = one-hot query ids, the output reads
+    ``Z_ij / (S (1 - p))`` at [i, j] (the forward's 16-bit or fp32 path) and dV reads it at [j, i]
+    (dK/dV's fp32 path); both must be exactly ``attention_dropout_keep_mask``."""
+    heads, head_dim, dropout_p, seed = 4, 128, 0.25, 11
+    q = torch.zeros(1, heads, seq_len, head_dim, device="cuda", dtype=dtype)
+    k = torch.randn(1, heads, seq_len, head_dim, device="cuda", dtype=dtype)
+    eye = torch.eye(seq_len, head_dim, device="cuda", dtype=dtype).expand(1, heads, seq_len, head_dim)
+    v = eye.contiguous().requires_grad_(True)
+    out = attention(q, k, v, dropout_p=dropout_p, seed=seed, deterministic=deterministic)
+    out.backward(eye.contiguous())
+    expected = attention_dropout_keep_mask(1, heads, seq_len, dropout_p, seed, device="cuda")
+    scale = seq_len * (1 - dropout_p)
+    kept_out = out[..., :seq_len].float() * scale
+    kept_dv = v.grad[..., :seq_len].float().transpose(-1, -2) * scale
+    for kept in (kept_out, kept_dv):
+        torch.testing.assert_close(kept, kept.round(), atol=0.02, rtol=0)  # only 0s and 1s
+        assert torch.equal(kept.round().bool(), expected)
