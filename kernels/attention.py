@@ -56,10 +56,10 @@ Dropout: the keep bit of element (b, h, i, j) (i, j local to the sequence) is a 
 (seed, b * H + h, i, j), computed in registers in the layout the score tile already has::
 
     key, mr, mc = lowbias32 chain of (seed low word, seed high word, b * H + h); mr, mc odd
-    pair(n)   = (n // 16) * 8 + n % 8            rows i, i + 8 (i % 16 < 8) share a row pair,
+    pair(n)   = n & ~8                           rows i, i + 8 (i % 16 < 8) share a row pair,
                                                  keys j, j + 8 (j % 16 < 8) a key pair
-    x         = pair(i) * mr + pair(j) * mc + key, then  x ^= x >> 16; x *= 0x7FEB352D;
-                x ^= x >> 15                                     (all uint32)
+    x         = pair(i) * mr + pair(j) * mc + key, then  x = x * x + x;  x ^= x >> 15
+                                                                 (all uint32)
     u         = low 7 bits of byte 2 * ((i // 8) % 2) + (j // 8) % 2 of x      (0 .. 127)
     T         = min(floor(p * 128 + 1/2), 127)
     Z_ij      = u >= T
@@ -71,8 +71,8 @@ FlashAttention-2 compares bytes of its random bits), and kept values are scaled 
 launch functions round p once, so every kernel sees ``p_effective``. The input is a lattice
 (odd per-head multipliers of both pair indices): the part that is fixed for a thread (its rows in
 the forward and dQ, its keys in dK/dV) is computed once per program, the rest is one add per
-hash; one xorshift-multiply round then suffices for the tests' statistics (keep rate, lag-1
-correlations of rows, keys, heads and of the bytes of one hash). The four compares are one SWAR
+hash; a square (``x * x + x``, one IMAD) and an xorshift then suffice for the tests' statistics
+(keep rate, lag-1 correlations of rows, keys, heads and of the bytes of one hash). The four compares are one SWAR
 subtraction: ``((x | 0x80808080) - T * 0x01010101)`` has bit 7 of byte b set iff byte b's low
 7 bits are >= T (7-bit lanes: no borrow crosses a byte). In the wgmma accumulator
 layout one thread holds rows i, i + 8 and columns j, j + 8 of a [queries, keys] tile, and the
@@ -208,21 +208,22 @@ def _dropout_keys(seed, bh, dropout_p):
 
 @triton.jit
 def _dropout_pair_terms(start, multiplier, BLOCK: tl.constexpr):
-    """``pair * multiplier`` (uint32) of the pairs ``(n // 16) * 8 + n % 8`` of positions
-    ``start .. start + BLOCK`` (start a multiple of 16), as [BLOCK // 16, 8]: one axis's share of
-    the hash input. Positions n and n + 8 (n % 16 < 8) share a pair."""
-    pairs = (start // 2 + tl.arange(0, BLOCK // 2)).to(tl.uint32)
+    """``pair * multiplier`` (uint32) of the pairs ``n & ~8`` of positions ``start .. start + BLOCK``
+    (start a multiple of 16), as [BLOCK // 16, 8]: one axis's share of the hash input. Positions
+    n and n + 8 (n % 16 < 8) share a pair."""
+    offsets = tl.arange(0, BLOCK // 2)
+    pairs = (start + offsets // 8 * 16 + offsets % 8).to(tl.uint32)
     return (pairs * multiplier).reshape(BLOCK // 16, 8)
 
 
 @triton.jit
 def _dropout_bits(lattice, threshold):
     """The keep bits of the four scores of each (row pair, key pair) hash input ``lattice`` =
-    ``row pair * row multiplier + key pair * key multiplier + key``: one xorshift-multiply round
-    and a final xorshift, then a SWAR compare of the low 7 bits of every byte with T (7-bit lanes,
-    so no borrow crosses a byte): bit ``8 b + 7`` of the result is set iff byte b is kept."""
-    x = lattice ^ (lattice >> 16)
-    x *= 0x7FEB352D
+    ``row pair * row multiplier + key pair * key multiplier + key``: ``x * x + x`` (one IMAD, the
+    nonlinear step) and an xorshift, then a SWAR compare of the low 7 bits of every byte with T
+    (7-bit lanes, so no borrow crosses a byte): bit ``8 b + 7`` of the result is set iff byte b
+    is kept. Five instructions per hash with the lattice add."""
+    x = lattice * lattice + lattice
     return ((x ^ (x >> 15)) | 0x80808080) - threshold
 
 
@@ -230,8 +231,8 @@ def _dropout_bits(lattice, threshold):
 def _dropout_lattice(first_terms, second_terms):
     """The hash inputs ``first + second`` of two axes' pair terms ([G1, 8] and [G2, 8], from
     :func:`_dropout_pair_terms`, one of them plus the key), as [G1, 8, G2, 8]. A loop computes the
-    part of its own tile once and adds ``(start // 2) * multiplier`` of the moving axis per tile
-    (pair(start + n) = start // 2 + pair(n) for start a multiple of 16): one add per hash."""
+    part of its own tile once and adds ``start * multiplier`` of the moving axis per tile
+    (pair(start + n) = start + pair(n) for start a multiple of 16): one add per hash."""
     return first_terms[:, :, None, None] + second_terms[None, None, :, :]
 
 
@@ -410,7 +411,7 @@ def _fwd_loop(
             v = tl.load(v_ptrs)
         p = p.to(v.dtype)
         if HAS_DROPOUT:  # on the 16-bit tile: one instruction per score (_dropout_zero)
-            p = _dropout_zero(p, lattice + (n0 // 2) * col_mult, threshold, False)
+            p = _dropout_zero(p, lattice + n0 * col_mult, threshold, False)
         acc = acc * alpha[:, None] + tl.dot(p, v, input_precision=DOT_PRECISION)
         m_i = m_new
     return acc, l_i, m_i
@@ -558,7 +559,7 @@ def _dkdv_loop(
             p_t = tl.where(allowed_t, p_t, 0.0)
         dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
         if HAS_DROPOUT:
-            p_kept_t = _dropout_zero(p_t, lattice_t + (m0 // 2) * row_mult, threshold, True)
+            p_kept_t = _dropout_zero(p_t, lattice_t + m0 * row_mult, threshold, True)
             ds_t = p_kept_t * dp_t - p_t * delta[None, :]  # (1 - p) dS
         else:
             p_kept_t = p_t
@@ -680,7 +681,7 @@ def _dq_loop(
             p = tl.where(allowed, p, 0.0)
         dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
         if HAS_DROPOUT:
-            ds = p * (_dropout_zero(dp, lattice + (n0 // 2) * col_mult, threshold, False) - delta[:, None])
+            ds = p * (_dropout_zero(dp, lattice + n0 * col_mult, threshold, False) - delta[:, None])
         else:
             ds = p * (dp - delta[:, None])
         dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION)

@@ -305,14 +305,14 @@ def _mix32(x):
 def reference_keep_mask(batch, heads, seq_len, dropout_p, seed):
     """The documented keep-bit function, written again in torch int64 arithmetic: element
     (b, h, i, j) takes byte ``2 * ((i // 8) % 2) + (j // 8) % 2`` of the hash of (row pair
-    ``(i // 16) * 8 + i % 8``, key pair ``(j // 16) * 8 + j % 8``) under the key and odd row and
+    ``i & ~8``, key pair ``j & ~8``) under the key and odd row and
     key multipliers of (seed, b * H + h), and is kept when that byte's low 7 bits are
     >= round(p * 128)."""
     m32 = 0xFFFFFFFF
     i = torch.arange(seq_len, dtype=torch.int64)[:, None]
     j = torch.arange(seq_len, dtype=torch.int64)[None, :]
-    row_pair = (i >> 4) * 8 + (i & 7)
-    key_pair = (j >> 4) * 8 + (j & 7)
+    row_pair = i & ~8
+    key_pair = j & ~8
     byte = ((i >> 3) & 1) * 2 + ((j >> 3) & 1)
     threshold = min(math.floor(dropout_p * 128 + 0.5), 127)
     scalar = lambda v: _mix32(torch.tensor(v & m32, dtype=torch.int64))  # noqa: E731
@@ -322,7 +322,7 @@ def reference_keep_mask(batch, heads, seq_len, dropout_p, seed):
         row_multiplier = scalar(int(key) + 0x6A09E667) | 1
         col_multiplier = scalar(int(key) + 0xBB67AE85) | 1
         x = (row_pair * row_multiplier + key_pair * col_multiplier + key) & m32
-        x = ((x ^ (x >> 16)) * 0x7FEB352D) & m32
+        x = (x * x + x) & m32
         x = x ^ (x >> 15)
         masks.append(((x >> (8 * byte)) & 0x7F) >= threshold)
     return torch.stack(masks).view(batch, heads, seq_len, seq_len)
