@@ -58,8 +58,8 @@ Dropout: the keep bit of element (b, h, i, j) (i, j local to the sequence) is a 
     key, mr, mc = lowbias32 chain of (seed low word, seed high word, b * H + h); mr, mc odd
     pair(n)   = n & ~8                           rows i, i + 8 (i % 16 < 8) share a row pair,
                                                  keys j, j + 8 (j % 16 < 8) a key pair
-    x         = pair(i) * mr + pair(j) * mc + key, then  x = x * x + x;  x ^= x >> 15
-                                                                 (all uint32)
+    x         = pair(i) * mr + pair(j) * mc + key                (uint32)
+    x         = low word ^ high word of the 64-bit square x * x
     u         = low 7 bits of byte 2 * ((i // 8) % 2) + (j // 8) % 2 of x      (0 .. 127)
     T         = min(floor(p * 128 + 1/2), 127)
     Z_ij      = u >= T
@@ -71,8 +71,8 @@ FlashAttention-2 compares bytes of its random bits), and kept values are scaled 
 launch functions round p once, so every kernel sees ``p_effective``. The input is a lattice
 (odd per-head multipliers of both pair indices): the part that is fixed for a thread (its rows in
 the forward and dQ, its keys in dK/dV) is computed once per program, the rest is one add per
-hash; a square (``x * x + x``, one IMAD) and an xorshift then suffice for the tests' statistics
-(keep rate, lag-1 correlations of rows, keys, heads and of the bytes of one hash). The four compares are one SWAR
+hash; a 64-bit square (one IMAD.WIDE) folded to 32 bits by an xor then suffices for the tests'
+statistics (keep rate, lag-1 correlations of rows, keys, heads and of the bytes of one hash). The four compares are one SWAR
 subtraction: ``((x | 0x80808080) - T * 0x01010101)`` has bit 7 of byte b set iff byte b's low
 7 bits are >= T (7-bit lanes: no borrow crosses a byte). In the wgmma accumulator
 layout one thread holds rows i, i + 8 and columns j, j + 8 of a [queries, keys] tile, and the
@@ -219,12 +219,15 @@ def _dropout_pair_terms(start, multiplier, BLOCK: tl.constexpr):
 @triton.jit
 def _dropout_bits(lattice, threshold):
     """The keep bits of the four scores of each (row pair, key pair) hash input ``lattice`` =
-    ``row pair * row multiplier + key pair * key multiplier + key``: ``x * x + x`` (one IMAD, the
-    nonlinear step) and an xorshift, then a SWAR compare of the low 7 bits of every byte with T
-    (7-bit lanes, so no borrow crosses a byte): bit ``8 b + 7`` of the result is set iff byte b
-    is kept. Five instructions per hash with the lattice add."""
-    x = lattice * lattice + lattice
-    return ((x ^ (x >> 15)) | 0x80808080) - threshold
+    ``row pair * row multiplier + key pair * key multiplier + key``: the 64-bit square of x (one
+    IMAD.WIDE, the nonlinear step), its low word xor its high word, then a SWAR compare of the low 7
+    bits of every byte with T (7-bit lanes, so no borrow crosses a byte; the OR folds into the
+    xor's LOP3): bit ``8 b + 7`` of the result is set iff byte b is kept. Four instructions per
+    hash with the lattice add."""
+    x = lattice.to(tl.uint64)
+    x = x * x  # one IMAD.WIDE: the 64-bit square
+    x = (x ^ (x >> 32)).to(tl.uint32)  # its low word xor its high word
+    return (x | 0x80808080) - threshold
 
 
 @triton.jit

@@ -322,8 +322,8 @@ def reference_keep_mask(batch, heads, seq_len, dropout_p, seed):
         row_multiplier = scalar(int(key) + 0x6A09E667) | 1
         col_multiplier = scalar(int(key) + 0xBB67AE85) | 1
         x = (row_pair * row_multiplier + key_pair * col_multiplier + key) & m32
-        x = (x * x + x) & m32
-        x = x ^ (x >> 15)
+        x = x * x  # the 64-bit square (int64 wraps: its low 64 bits are exact)
+        x = (x ^ (x >> 32)) & m32
         masks.append(((x >> (8 * byte)) & 0x7F) >= threshold)
     return torch.stack(masks).view(batch, heads, seq_len, seq_len)
 
