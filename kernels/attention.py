@@ -68,13 +68,17 @@ So one 32-bit hash serves four scores, and the drop rate is p rounded to a multi
 ``p_effective = T / 128`` (:func:`attention_dropout_effective_p`; 0.1 -> 13/128 = 0.1015625, as
 FlashAttention-2 compares bytes of its random bits), and kept values are scaled by
 ``1 / (1 - p_effective)`` in the forward and both backwards; ``p < 1/256`` is no dropout. The
-launch functions round p once, so every kernel sees ``p_effective``. The input is a lattice
-(odd per-head multipliers of both pair indices): the part that is fixed for a thread (its rows in
-the forward and dQ, its keys in dK/dV) is computed once per program, the rest is one add per
-hash; a 64-bit square (one IMAD.WIDE) folded to 32 bits by an xor then suffices for the tests'
-statistics (keep rate, lag-1 correlations of rows, keys, heads and of the bytes of one hash). The four compares are one SWAR
-subtraction: ``((x | 0x80808080) - T * 0x01010101)`` has bit 7 of byte b set iff byte b's low
-7 bits are >= T (7-bit lanes: no borrow crosses a byte). In the wgmma accumulator
+launch functions round p once, so every kernel sees ``p_effective``.
+
+Cost per score (the hot loops have 32 scores per thread): the input is a lattice (odd per-head
+multipliers of both pair indices), so the part fixed for a thread (its rows in the forward and
+dQ, its keys in dK/dV) is computed once per program and each hash costs one add; a 64-bit square
+(one IMAD.WIDE) folded to 32 bits by an xor passes the tests' statistics (keep rate, lag-1
+correlations of rows, keys, heads and of the bytes of one hash); the four compares are one SWAR
+subtraction, ``(x | 0x80808080) - T * 0x01010101`` having bit 7 of byte b set iff byte b's low
+7 bits are >= T (7-bit lanes: no borrow crosses a byte). So 4 instructions per hash, 1 per
+score. The mask is applied by inline PTX (:func:`_dropout_zero`): 1 instruction per score on the
+forward's 16-bit P tile, 2 on fp32 tiles (dK/dV's P, dQ's dP). In the wgmma accumulator
 layout one thread holds rows i, i + 8 and columns j, j + 8 of a [queries, keys] tile, and the
 same four elements of the transposed [keys, queries] tile of the dK/dV kernel, so each hash is
 computed once, by the thread that uses all four bytes, and no random bit is moved between
