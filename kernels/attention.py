@@ -271,32 +271,64 @@ def _dropout_keep(lattice, threshold, TRANSPOSED: tl.constexpr):
 
 
 @triton.jit
+def _dropout_prmt_operands(lattice, threshold, TRANSPOSED: tl.constexpr, PAIRS: tl.constexpr):
+    """(every score's hash word, every score's ``prmt`` selector) for :func:`_dropout_select`.
+
+    The selector turns bit 7 of the score's byte (b) into a 0 / all-ones mask with ``prmt``'s
+    sign-replicate mode: for an fp32 score, byte b into all four bytes (``0x8888 + b * 0x1111``);
+    for a pair of 16-bit scores (``PAIRS``), byte b of the first score's hash into the low half
+    and byte b of the second's (prmt's bytes 4-7) into the high half (``0xCC88 + b * 0x1111``)."""
+    x = _dropout_bits(lattice, threshold)
+    words = _dropout_spread(x, x, x, x, TRANSPOSED)
+    byte0 = tl.full(x.shape, 0xCC88 if PAIRS else 0x8888, tl.uint32)
+    selectors = _dropout_spread(byte0, byte0 + 0x1111, byte0 + 0x2222, byte0 + 0x3333, TRANSPOSED)
+    return words, selectors
+
+
+@triton.jit
 def _dropout_zero(values, lattice, threshold, TRANSPOSED: tl.constexpr):
-    """``values`` (a score tile as :func:`_dropout_keep` lays it out) with the dropped scores zeroed.
+    """``values`` (a score tile as :func:`_dropout_keep` lays out its bits) with the dropped scores
+    zeroed.
 
     Compiled, with inline PTX and no predicates: ``prmt`` in sign-replicate mode turns bit 7 of
     the score's hash byte into a 0 / all-ones mask, and an ``and`` applies it, per fp32 score,
-    or per pair of 16-bit scores (``pack=2``: the two scores (i, j), (i, j + 1) of one register;
+    or per pair of 16-bit scores (``pack=2``: the two scores (i, j), (i, j + 1) of one register,
+    which is what the wgmma accumulator layout packs, tests/kernels/test_attention_dropout_ptx.py;
     their hashes differ, ``prmt`` reads the same byte of both). So 1 (16-bit) or 2 (fp32)
     instructions per score. Under the interpreter, which runs no PTX, the same bits by ``tl.where``.
     """
     if _DROPOUT_PTX:
-        x = _dropout_bits(lattice, threshold)
-        words = _dropout_spread(x, x, x, x, TRANSPOSED)  # every score's hash
         if values.dtype == tl.float32:
-            one = tl.full(x.shape, 0x8888, tl.uint32)  # byte b's bit 7 into all four bytes: 0x8888 + b * 0x1111
-            selectors = _dropout_spread(one, one + 0x1111, one + 0x2222, one + 0x3333, TRANSPOSED)
+            words, selectors = _dropout_prmt_operands(lattice, threshold, TRANSPOSED, False)
             return tl.inline_asm_elementwise(
                 "{ .reg .b32 m; prmt.b32 m, $2, $2, $3; and.b32 $0, $1, m; }", "=r,r,r,r",
                 [values, words, selectors], dtype=tl.float32, is_pure=True, pack=1)
-        # low half from the first score's hash (bytes 0-3), high half from the second's (4-7)
-        one = tl.full(x.shape, 0xCC88, tl.uint32)
-        selectors = _dropout_spread(one, one + 0x1111, one + 0x2222, one + 0x3333, TRANSPOSED)
+        words, selectors = _dropout_prmt_operands(lattice, threshold, TRANSPOSED, True)
         return tl.inline_asm_elementwise(
             "{ .reg .b32 m; prmt.b32 m, $2, $3, $4; and.b32 $0, $1, m; }", "=r,r,r,r,r,r",
             [values, words, selectors], dtype=values.dtype, is_pure=True, pack=2)
     else:
         return tl.where(_dropout_keep(lattice, threshold, TRANSPOSED), values, 0.0).to(values.dtype)
+
+
+@triton.jit
+def _dropout_select(kept, dropped, lattice, threshold, TRANSPOSED: tl.constexpr):
+    """``kept`` where the score is kept, else ``dropped`` (two tiles of one dtype, laid out as
+    :func:`_dropout_keep` lays out its bits): as :func:`_dropout_zero`, with a ``lop3`` bit select
+    ``(kept & m) | (dropped & ~m)`` in place of the ``and``; 1 (16-bit) or 2 (fp32) instructions
+    per score."""
+    if _DROPOUT_PTX:
+        if kept.dtype == tl.float32:
+            words, selectors = _dropout_prmt_operands(lattice, threshold, TRANSPOSED, False)
+            return tl.inline_asm_elementwise(
+                "{ .reg .b32 m; prmt.b32 m, $3, $3, $4; lop3.b32 $0, $1, $2, m, 0xE4; }", "=r,r,r,r,r",
+                [kept, dropped, words, selectors], dtype=tl.float32, is_pure=True, pack=1)
+        words, selectors = _dropout_prmt_operands(lattice, threshold, TRANSPOSED, True)
+        return tl.inline_asm_elementwise(
+            "{ .reg .b32 m; prmt.b32 m, $3, $4, $5; lop3.b32 $0, $1, $2, m, 0xE4; }", "=r,r,r,r,r,r,r",
+            [kept, dropped, words, selectors], dtype=kept.dtype, is_pure=True, pack=2)
+    else:
+        return tl.where(_dropout_keep(lattice, threshold, TRANSPOSED), kept, dropped)
 
 
 @triton.jit
@@ -688,10 +720,14 @@ def _dq_loop(
             p = tl.where(allowed, p, 0.0)
         dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
         if HAS_DROPOUT:
-            ds = p * (_dropout_zero(dp, lattice + n0 * col_mult, threshold, False) - delta[:, None])
+            # (1 - p) dS = P Z dP - P Delta': both outcomes, chosen in the matmul's dtype, where a
+            # 16-bit pair costs one select (_dropout_select) instead of one mask per fp32 dP.
+            dropped = p * -delta[:, None]
+            kept = p * dp + dropped
+            ds = _dropout_select(kept.to(k.dtype), dropped.to(k.dtype), lattice + n0 * col_mult, threshold, False)
         else:
-            ds = p * (dp - delta[:, None])
-        dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION)
+            ds = (p * (dp - delta[:, None])).to(k.dtype)
+        dq += tl.dot(ds, k, input_precision=DOT_PRECISION)
     return dq
 
 
