@@ -77,8 +77,9 @@ dQ, its keys in dK/dV) is computed once per program and each hash costs one add;
 correlations of rows, keys, heads and of the bytes of one hash); the four compares are one SWAR
 subtraction, ``(x | 0x80808080) - T * 0x01010101`` having bit 7 of byte b set iff byte b's low
 7 bits are >= T (7-bit lanes: no borrow crosses a byte). So 4 instructions per hash, 1 per
-score. The mask is applied by inline PTX (:func:`_dropout_zero`): 1 instruction per score on the
-forward's 16-bit P tile, 2 on fp32 tiles (dK/dV's P, dQ's dP). In the wgmma accumulator
+score. The mask is applied by inline PTX (:func:`_dropout_zero`, :func:`_dropout_select`): 1
+instruction per score on a 16-bit tile (the forward's P; dQ's dS, chosen between its two outcomes
+``P dP - P Delta'`` and ``-P Delta'``), 2 on dK/dV's fp32 P (which then serves dV and dS). In the wgmma accumulator
 layout one thread holds rows i, i + 8 and columns j, j + 8 of a [queries, keys] tile, and the
 same four elements of the transposed [keys, queries] tile of the dK/dV kernel, so each hash is
 computed once, by the thread that uses all four bytes, and no random bit is moved between

@@ -627,12 +627,14 @@ def test_gpu_fp32_parity_and_determinism():
 @pytest.mark.parametrize("seq_len", [128, 100])
 @pytest.mark.parametrize("deterministic", [True, False], ids=["two-kernel", "single-pass"])
 def test_gpu_inline_ptx_dropout_applies_the_keep_mask(dtype, seq_len, deterministic):
-    """Compiled, the kernels zero dropped scores with inline PTX (``_dropout_zero``: a byte
-    permute per fp32 score or per pair of 16-bit scores, which relies on the pair of one register
-    being keys j, j + 1); the interpreter tests see only its ``tl.where`` twin. With q = 0
-    (uniform P), v = one-hot key ids and dO = one-hot query ids, the output reads
-    ``Z_ij / (S (1 - p))`` at [i, j] (the forward's 16-bit or fp32 path) and dV reads it at [j, i]
-    (dK/dV's fp32 path); both must be exactly ``attention_dropout_keep_mask``."""
+    """Compiled, the kernels apply the mask with inline PTX (``_dropout_zero``,
+    ``_dropout_select``: a byte permute per fp32 score or per pair of 16-bit scores, which relies
+    on the pair of one register being keys j, j + 1); the interpreter tests see only their
+    ``tl.where`` twins. With q = 0 (uniform P), v = one-hot key ids and dO = one-hot query ids,
+    the output reads ``Z_ij / (S (1 - p))`` at [i, j] (the forward's 16-bit or fp32 path) and dV
+    reads it at [j, i] (dK/dV's fp32 path); both must be exactly ``attention_dropout_keep_mask``.
+    dQ's select is checked by ``test_gpu_lowp_parity``'s dropout cases (every grad against the
+    reference with this mask)."""
     heads, head_dim, dropout_p, seed = 4, 128, 0.25, 11
     q = torch.zeros(1, heads, seq_len, head_dim, device="cuda", dtype=dtype)
     k = torch.randn(1, heads, seq_len, head_dim, device="cuda", dtype=dtype)
