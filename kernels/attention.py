@@ -55,24 +55,35 @@ edge tiles pay for the masking (``_visit_ranges``).
 Dropout: the keep bit of element (b, h, i, j) (i, j local to the sequence) is a pure function of
 (seed, b * H + h, i, j), computed in registers in the layout the score tile already has::
 
-    key, mult = lowbias32 chain of (seed low word, seed high word, b * H + h); mult odd
-    pair(n)   = (n // 16) * 8 + n % 8            rows i, i + 8 (i % 16 < 8) share a row pair,
+    key, mr, mc = lowbias32 chain of (seed low word, seed high word, b * H + h); mr, mc odd
+    pair(n)   = n & ~8                           rows i, i + 8 (i % 16 < 8) share a row pair,
                                                  keys j, j + 8 (j % 16 < 8) a key pair
-    x         = ((pair(i) << 16) ^ key ^ pair(j)) * mult, then  x ^= x >> 16; x *= 0x7FEB352D;
-                x ^= x >> 15; x *= 0x846CA68B; x ^= x >> 16      (all uint32)
-    u         = byte 2 * ((i // 8) % 2) + (j // 8) % 2 of x      (0 .. 255)
-    T         = min(floor(p * 256 + 1/2), 255)
+    x         = pair(i) * mr + pair(j) * mc + key                (uint32)
+    x         = low word ^ high word of the 64-bit square x * x
+    u         = low 7 bits of byte 2 * ((i // 8) % 2) + (j // 8) % 2 of x      (0 .. 127)
+    T         = min(floor(p * 128 + 1/2), 127)
     Z_ij      = u >= T
 
-So one 32-bit hash serves four scores, and the drop rate is p rounded to a multiple of 1/256,
-``p_effective = T / 256`` (:func:`attention_dropout_effective_p`; 0.1 -> 26/256 = 0.1015625, as
+So one 32-bit hash serves four scores, and the drop rate is p rounded to a multiple of 1/128,
+``p_effective = T / 128`` (:func:`attention_dropout_effective_p`; 0.1 -> 13/128 = 0.1015625, as
 FlashAttention-2 compares bytes of its random bits), and kept values are scaled by
-``1 / (1 - p_effective)`` in the forward and both backwards; ``p < 1/512`` is no dropout. The
-launch functions round p once, so every kernel sees ``p_effective``. In the wgmma accumulator
+``1 / (1 - p_effective)`` in the forward and both backwards; ``p < 1/256`` is no dropout. The
+launch functions round p once, so every kernel sees ``p_effective``.
+
+Cost per score (the hot loops have 32 scores per thread): the input is a lattice (odd per-head
+multipliers of both pair indices), so the part fixed for a thread (its rows in the forward and
+dQ, its keys in dK/dV) is computed once per program and each hash costs one add; a 64-bit square
+(one IMAD.WIDE) folded to 32 bits by an xor passes the tests' statistics (keep rate, lag-1
+correlations of rows, keys, heads and of the bytes of one hash); the four compares are one SWAR
+subtraction, ``(x | 0x80808080) - T * 0x01010101`` having bit 7 of byte b set iff byte b's low
+7 bits are >= T (7-bit lanes: no borrow crosses a byte). So 4 instructions per hash, 1 per
+score. The mask is applied by inline PTX (:func:`_dropout_zero`, :func:`_dropout_select`): 1
+instruction per score on a 16-bit tile (the forward's P; dQ's dS, chosen between its two outcomes
+``P dP - P Delta'`` and ``-P Delta'``), 2 on dK/dV's fp32 P (which then serves dV and dS). In the wgmma accumulator
 layout one thread holds rows i, i + 8 and columns j, j + 8 of a [queries, keys] tile, and the
 same four elements of the transposed [keys, queries] tile of the dK/dV kernel, so each hash is
 computed once, by the thread that uses all four bytes, and no random bit is moved between
-threads or through shared memory. Rows are unique for i < 131072.
+threads or through shared memory.
 Nothing depends on tile sizes or on the sequence length, so the mask of sequence b of length L
 (padded with ``seq_lens`` or varlen) is ``attention_dropout_keep_mask(B, H, S, p, seed)[b, :, :L, :L]``
 for any S >= L. The backward regenerates the same bits; nothing of the mask is stored. The
@@ -84,7 +95,6 @@ from __future__ import annotations
 
 import math
 import numbers
-import os
 from typing import Optional, Tuple
 
 import torch
@@ -94,6 +104,7 @@ import triton.language as tl
 from ._autotune import fp32_tunes_one_config
 from ._dropout_seed import SeedLike, as_seed_tensor, check_seed, is_int, load_seed, seed_tensor
 from ._host_sync import may_sync
+from ._interpreter import interpreting
 
 SUPPORTED_HEAD_DIMS = (32, 64, 128)
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -104,7 +115,7 @@ MODE_DENSE = 0  # padded [B, H, S, D], every sequence has length S
 MODE_SEQ_LENS = 1  # padded [B, H, S, D], sequence b has length seq_lens[b] <= S
 MODE_VARLEN = 2  # packed [T, H, D], sequence b is rows cu_seqlens[b]:cu_seqlens[b+1]
 
-_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+_INTERPRET = interpreting()
 
 
 # --------------------------------------------------------------------------- tuning choices
@@ -145,6 +156,7 @@ FP32_BWD_DKDV = fp32_tunes_one_config(triton.Config({"BLOCK_M": 32, "BLOCK_N": 6
 FP32_BWD_DQ = fp32_tunes_one_config(triton.Config({"BLOCK_M": 64, "BLOCK_N": 32}, num_warps=4, num_stages=2), "Q")
 PREPROCESS_BLOCK_M = 64
 KEEP_MASK_BLOCK = 128 if _INTERPRET else 64  # under the interpreter: fewer, larger programs
+_DROPOUT_PTX = tl.constexpr(not _INTERPRET)  # the dropout mask applied by inline PTX (_dropout_zero)
 
 
 # --------------------------------------------------------------------------- Triton helpers
@@ -185,72 +197,139 @@ def _mix32(x):
 
 @triton.jit
 def _dropout_keys(seed, bh, dropout_p):
-    """Per program: (key, odd multiplier) of the keep-bit hash of head ``bh`` under ``seed`` (int64),
-    and the keep threshold ``T << 24`` with ``T = round(p * 256)`` (the kernels get ``p`` already
-    rounded, :func:`attention_dropout_effective_p`, so ``p * 256`` is the integer T <= 255)."""
+    """Per program: (key, odd row multiplier, odd key multiplier) of the keep-bit hash of head ``bh``
+    under ``seed`` (int64), and the keep threshold ``T * 0x01010101`` with ``T = round(p * 128)``
+    in every byte (the kernels get ``p`` already rounded, :func:`attention_dropout_effective_p`,
+    so ``p * 128`` is the integer T <= 127)."""
     seed64 = seed.to(tl.uint64)
     low = (seed64 & 0xFFFFFFFF).to(tl.uint32)
     high = (seed64 >> 32).to(tl.uint32)
     key = _mix32(low ^ _mix32(high ^ _mix32(bh.to(tl.uint32) + 0x9E3779B9)))
-    multiplier = _mix32(key + 0x6A09E667) | 1
-    threshold = tl.minimum(tl.floor(dropout_p * 256.0 + 0.5), 255.0).to(tl.uint32) << 24
-    return key, multiplier, threshold
+    row_multiplier = _mix32(key + 0x6A09E667) | 1
+    col_multiplier = _mix32(key + 0xBB67AE85) | 1
+    threshold = tl.minimum(tl.floor(dropout_p * 128.0 + 0.5), 127.0).to(tl.uint32) * 0x01010101
+    return key, row_multiplier, col_multiplier, threshold
 
 
 @triton.jit
-def _dropout_row_keys(m0, key, BLOCK_M: tl.constexpr):
-    """``(r << 16) ^ key`` of the row pairs ``r = (i // 16) * 8 + i % 8`` of query rows
-    ``m0 .. m0 + BLOCK_M`` (m0 a multiple of 16), as [BLOCK_M // 16, 8] (uint32): the row half of
-    the hash input. Rows i and i + 8 (i % 16 < 8) share a row pair."""
-    pairs = (m0 // 2 + tl.arange(0, BLOCK_M // 2)).to(tl.uint32)
-    return ((pairs << 16) ^ key).reshape(BLOCK_M // 16, 8)
+def _dropout_pair_terms(start, multiplier, BLOCK: tl.constexpr):
+    """``pair * multiplier`` (uint32) of the pairs ``n & ~8`` of positions ``start .. start + BLOCK``
+    (start a multiple of 16), as [BLOCK // 16, 8]: one axis's share of the hash input. Positions
+    n and n + 8 (n % 16 < 8) share a pair."""
+    offsets = tl.arange(0, BLOCK // 2)
+    pairs = (start + offsets // 8 * 16 + offsets % 8).to(tl.uint32)
+    return (pairs * multiplier).reshape(BLOCK // 16, 8)
 
 
 @triton.jit
-def _dropout_bits(row_keys, col_pairs, multiplier):
-    """32 random bits of (row pair, key pair), broadcast over the shapes given: a multiply by
-    the head's odd key, then xorshift-multiply rounds. Its four bytes are the uniforms of the
-    four scores of the pairs (``_dropout_keep``)."""
-    x = (row_keys ^ col_pairs.to(tl.uint32)) * multiplier
-    x ^= x >> 16
-    x *= 0x7FEB352D
-    x ^= x >> 15
-    x *= 0x846CA68B
-    return x ^ (x >> 16)
+def _dropout_bits(lattice, threshold):
+    """The keep bits of the four scores of each (row pair, key pair) hash input ``lattice`` =
+    ``row pair * row multiplier + key pair * key multiplier + key``: the 64-bit square of x (one
+    IMAD.WIDE, the nonlinear step), its low word xor its high word, then a SWAR compare of the low 7
+    bits of every byte with T (7-bit lanes, so no borrow crosses a byte; the OR folds into the
+    xor's LOP3): bit ``8 b + 7`` of the result is set iff byte b is kept. Four instructions per
+    hash with the lattice add."""
+    x = lattice.to(tl.uint64)
+    x = x * x  # one IMAD.WIDE: the 64-bit square
+    x = (x ^ (x >> 32)).to(tl.uint32)  # its low word xor its high word
+    return (x | 0x80808080) - threshold
 
 
 @triton.jit
-def _dropout_keep(row_keys, n0, multiplier, threshold, BLOCK_N: tl.constexpr):
-    """[BLOCK_M, BLOCK_N] keep bits of the query rows of ``row_keys`` ([BLOCK_M // 16, 8], from
-    :func:`_dropout_row_keys`) x keys ``n0 .. n0 + BLOCK_N`` (n0 a multiple of 16).
+def _dropout_lattice(first_terms, second_terms):
+    """The hash inputs ``first + second`` of two axes' pair terms ([G1, 8] and [G2, 8], from
+    :func:`_dropout_pair_terms`, one of them plus the key), as [G1, 8, G2, 8]. A loop computes the
+    part of its own tile once and adds ``start * multiplier`` of the moving axis per tile
+    (pair(start + n) = start + pair(n) for start a multiple of 16): one add per hash."""
+    return first_terms[:, :, None, None] + second_terms[None, None, :, :]
 
-    Rows i, i + 8 and keys j, j + 8 (i % 16 < 8, j % 16 < 8) share one 32-bit hash: byte 0 is
-    (i, j), byte 1 (i, j + 8), byte 2 (i + 8, j), byte 3 (i + 8, j + 8). In the wgmma accumulator
-    layout one thread holds all four, and the same four in the transposed tile of the dK/dV
-    kernel, so every hash is computed once, by the thread that uses it, and no bit crosses threads.
+
+@triton.jit
+def _dropout_spread(byte0, byte1, byte2, byte3, TRANSPOSED: tl.constexpr):
+    """The [BLOCK_M, BLOCK_N] tile (``TRANSPOSED``: [BLOCK_N, BLOCK_M], keys first) whose score
+    (i, j) is element [pair(i), pair(j)] of ``byte{b}`` ([G1, 8, G2, 8] each), b the byte of that
+    score in its hash: rows i, i + 8 and keys j, j + 8 (i % 16 < 8, j % 16 < 8) share one hash;
+    byte 0 is (i, j), byte 1 (i, j + 8), byte 2 (i + 8, j), byte 3 (i + 8, j + 8). In the wgmma
+    accumulator layout one thread holds all four, and the same four in the transposed tile of the
+    dK/dV kernel, so every hash is computed once, by the thread that uses it, and no bit crosses
+    threads."""
+    G1: tl.constexpr = byte0.shape[0]
+    G2: tl.constexpr = byte0.shape[2]
+    if TRANSPOSED:  # [GN, 8, GM, 8, (i, i + 8), (j, j + 8)]
+        tile = tl.join(tl.join(byte0, byte2), tl.join(byte1, byte3))
+    else:  # [GM, 8, GN, 8, (j, j + 8), (i, i + 8)]
+        tile = tl.join(tl.join(byte0, byte1), tl.join(byte2, byte3))
+    tile = tl.permute(tile, (0, 5, 1, 2, 4, 3))  # [G1, 2, 8, G2, 2, 8]
+    return tl.reshape(tile, (G1 * 16, G2 * 16))
+
+
+@triton.jit
+def _dropout_keep(lattice, threshold, TRANSPOSED: tl.constexpr):
+    """[BLOCK_M, BLOCK_N] (``TRANSPOSED``: [BLOCK_N, BLOCK_M]) keep bits of the hash inputs
+    ``lattice`` ([G1, 8, G2, 8] from :func:`_dropout_lattice`, the tile's first axis first)."""
+    x = _dropout_bits(lattice, threshold)
+    return _dropout_spread(x & 0x80, x & 0x8000, x & 0x800000, x & 0x80000000, TRANSPOSED) != 0
+
+
+@triton.jit
+def _dropout_prmt_operands(lattice, threshold, TRANSPOSED: tl.constexpr, PAIRS: tl.constexpr):
+    """(every score's hash word, every score's ``prmt`` selector) for :func:`_dropout_select`.
+
+    The selector turns bit 7 of the score's byte (b) into a 0 / all-ones mask with ``prmt``'s
+    sign-replicate mode: for an fp32 score, byte b into all four bytes (``0x8888 + b * 0x1111``);
+    for a pair of 16-bit scores (``PAIRS``), byte b of the first score's hash into the low half
+    and byte b of the second's (prmt's bytes 4-7) into the high half (``0xCC88 + b * 0x1111``)."""
+    x = _dropout_bits(lattice, threshold)
+    words = _dropout_spread(x, x, x, x, TRANSPOSED)
+    byte0 = tl.full(x.shape, 0xCC88 if PAIRS else 0x8888, tl.uint32)
+    selectors = _dropout_spread(byte0, byte0 + 0x1111, byte0 + 0x2222, byte0 + 0x3333, TRANSPOSED)
+    return words, selectors
+
+
+@triton.jit
+def _dropout_zero(values, lattice, threshold, TRANSPOSED: tl.constexpr):
+    """``values`` (a score tile as :func:`_dropout_keep` lays out its bits) with the dropped scores
+    zeroed.
+
+    Compiled, with inline PTX and no predicates: ``prmt`` in sign-replicate mode turns bit 7 of
+    the score's hash byte into a 0 / all-ones mask, and an ``and`` applies it, per fp32 score,
+    or per pair of 16-bit scores (``pack=2``: the two scores (i, j), (i, j + 1) of one register,
+    which is what the wgmma accumulator layout packs, tests/kernels/test_attention_dropout_ptx.py;
+    their hashes differ, ``prmt`` reads the same byte of both). So 1 (16-bit) or 2 (fp32)
+    instructions per score. Under the interpreter, which runs no PTX, the same bits by ``tl.where``.
     """
-    GM: tl.constexpr = row_keys.shape[0]
-    GN: tl.constexpr = BLOCK_N // 16
-    col_pairs = (n0 // 2 + tl.arange(0, GN * 8)).reshape(GN, 8)
-    x = _dropout_bits(row_keys[:, :, None, None], col_pairs[None, None, :, :], multiplier)  # [GM, 8, GN, 8]
-    # each score's byte at the top of a word: [GM, 8, GN, 8, (j, j + 8), (i, i + 8)]
-    top = tl.join(tl.join(x << 24, x << 16), tl.join(x << 8, x))
-    top = tl.permute(top, (0, 5, 1, 2, 4, 3))  # [GM, (i, i + 8), 8, GN, (j, j + 8), 8]
-    return tl.reshape(top, (GM * 16, BLOCK_N)) >= threshold
+    if _DROPOUT_PTX:
+        if values.dtype == tl.float32:
+            words, selectors = _dropout_prmt_operands(lattice, threshold, TRANSPOSED, False)
+            return tl.inline_asm_elementwise(
+                "{ .reg .b32 m; prmt.b32 m, $2, $2, $3; and.b32 $0, $1, m; }", "=r,r,r,r",
+                [values, words, selectors], dtype=tl.float32, is_pure=True, pack=1)
+        words, selectors = _dropout_prmt_operands(lattice, threshold, TRANSPOSED, True)
+        return tl.inline_asm_elementwise(
+            "{ .reg .b32 m; prmt.b32 m, $2, $3, $4; and.b32 $0, $1, m; }", "=r,r,r,r,r,r",
+            [values, words, selectors], dtype=values.dtype, is_pure=True, pack=2)
+    else:
+        return tl.where(_dropout_keep(lattice, threshold, TRANSPOSED), values, 0.0).to(values.dtype)
 
 
 @triton.jit
-def _dropout_keep_transposed(row_keys, n0, multiplier, threshold, BLOCK_N: tl.constexpr):
-    """[BLOCK_N, BLOCK_M] keep bits of keys ``n0 .. n0 + BLOCK_N`` (rows) x the query rows of
-    ``row_keys`` (columns): the transpose of :func:`_dropout_keep`, built in this orientation."""
-    GM: tl.constexpr = row_keys.shape[0]
-    GN: tl.constexpr = BLOCK_N // 16
-    col_pairs = (n0 // 2 + tl.arange(0, GN * 8)).reshape(GN, 8)
-    x = _dropout_bits(row_keys[None, None, :, :], col_pairs[:, :, None, None], multiplier)  # [GN, 8, GM, 8]
-    # [GN, 8, GM, 8, (i, i + 8), (j, j + 8)]
-    top = tl.join(tl.join(x << 24, x << 8), tl.join(x << 16, x))
-    top = tl.permute(top, (0, 5, 1, 2, 4, 3))  # [GN, (j, j + 8), 8, GM, (i, i + 8), 8]
-    return tl.reshape(top, (BLOCK_N, GM * 16)) >= threshold
+def _dropout_select(kept, dropped, lattice, threshold, TRANSPOSED: tl.constexpr):
+    """``kept`` where the score is kept, else ``dropped`` (two tiles of one dtype, laid out as
+    :func:`_dropout_keep` lays out its bits): as :func:`_dropout_zero`, with a ``lop3`` bit select
+    ``(kept & m) | (dropped & ~m)`` in place of the ``and``; 1 (16-bit) or 2 (fp32) instructions
+    per score."""
+    if _DROPOUT_PTX:
+        if kept.dtype == tl.float32:
+            words, selectors = _dropout_prmt_operands(lattice, threshold, TRANSPOSED, False)
+            return tl.inline_asm_elementwise(
+                "{ .reg .b32 m; prmt.b32 m, $3, $3, $4; lop3.b32 $0, $1, $2, m, 0xE4; }", "=r,r,r,r,r",
+                [kept, dropped, words, selectors], dtype=tl.float32, is_pure=True, pack=1)
+        words, selectors = _dropout_prmt_operands(lattice, threshold, TRANSPOSED, True)
+        return tl.inline_asm_elementwise(
+            "{ .reg .b32 m; prmt.b32 m, $3, $4, $5; lop3.b32 $0, $1, $2, m, 0xE4; }", "=r,r,r,r,r,r,r",
+            [kept, dropped, words, selectors], dtype=kept.dtype, is_pure=True, pack=2)
+    else:
+        return tl.where(_dropout_keep(lattice, threshold, TRANSPOSED), kept, dropped)
 
 
 @triton.jit
@@ -292,13 +371,15 @@ def _visit_ranges(tile_start, TILE: tl.constexpr, length, window, OTHER_TILE: tl
 
 @triton.jit
 def _dropout_setup(SEED, bh, dropout_p, HAS_DROPOUT: tl.constexpr):
-    """(key, multiplier, threshold) of the keep-bit hash of head ``bh``; unused zeros without dropout."""
+    """(key, row multiplier, key multiplier, threshold) of the keep-bit hash of head ``bh``; unused
+    zeros without dropout."""
     key = 0
-    multiplier = 0
+    row_multiplier = 0
+    col_multiplier = 0
     threshold = 0
     if HAS_DROPOUT:
-        key, multiplier, threshold = _dropout_keys(load_seed(SEED, HAS_DROPOUT), bh, dropout_p)
-    return key, multiplier, threshold
+        key, row_multiplier, col_multiplier, threshold = _dropout_keys(load_seed(SEED, HAS_DROPOUT), bh, dropout_p)
+    return key, row_multiplier, col_multiplier, threshold
 
 
 @triton.jit
@@ -313,13 +394,13 @@ def _program_start(
 
     Returns (its tile index along its own axis, the sequence's length, the q/k/v bases of its
     (sequence, head), the offsets of its rows in the O-like ([B, H, S, D] / [T, H, D] contiguous)
-    and LSE-like tensors, and the dropout hash's key, multiplier and threshold).
+    and LSE-like tensors, and the dropout hash's key, row and key multipliers and threshold).
     """
     pid_tile, pid_bh = _tile_and_head(seq_len, TILE)
     b = pid_bh // num_heads
     h = pid_bh % num_heads
     start, length = _sequence_bounds(SEQ_INFO, b, seq_len, MODE)
-    key, multiplier, threshold = _dropout_setup(SEED, pid_bh, dropout_p, HAS_DROPOUT)
+    key, row_multiplier, col_multiplier, threshold = _dropout_setup(SEED, pid_bh, dropout_p, HAS_DROPOUT)
     b64 = b.to(tl.int64)
     h64 = h.to(tl.int64)
     q_base = Q + b64 * stride_qb + h64 * stride_qh + start * stride_qs
@@ -327,14 +408,15 @@ def _program_start(
     v_base = V + b64 * stride_vb + h64 * stride_vh + start * stride_vs
     o_offset = b64 * stride_ob + h64 * stride_oh + start * stride_os
     lse_offset = b64 * stride_lb + h64 * stride_lh + start
-    return pid_tile, length, q_base, k_base, v_base, o_offset, lse_offset, key, multiplier, threshold
+    return (pid_tile, length, q_base, k_base, v_base, o_offset, lse_offset, key, row_multiplier, col_multiplier,
+            threshold)
 
 
 # --------------------------------------------------------------------------- forward kernel
 @triton.jit
 def _fwd_loop(
     acc, l_i, m_i, q, k_base, v_base, stride_ks, stride_vs, offs_m, offs_d, n_start, n_end,
-    length, window, qk_scale, row_keys, multiplier, threshold,
+    length, window, qk_scale, lattice, col_mult, threshold,
     MASKED: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
@@ -363,15 +445,14 @@ def _fwd_loop(
         p = tl.exp2(qk * qk_scale - m_use[:, None])
         alpha = tl.exp2(m_i - m_use)
         l_i = l_i * alpha + tl.sum(p, 1)
-        if HAS_DROPOUT:
-            # One FSEL per score. The zero is a runtime value (l_i >= 0 is finite): with a constant,
-            # LLVM sinks the select below the bf16 conversion, where it costs a byte permute.
-            p = tl.where(_dropout_keep(row_keys, n0, multiplier, threshold, BLOCK_N), p, l_i[:, None] * 0.0)
         if MASKED:
             v = tl.load(v_ptrs, mask=offs_n[:, None] < length, other=0.0)
         else:
             v = tl.load(v_ptrs)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+        p = p.to(v.dtype)
+        if HAS_DROPOUT:  # on the 16-bit tile: one instruction per score (_dropout_zero)
+            p = _dropout_zero(p, lattice + n0 * col_mult, threshold, False)
+        acc = acc * alpha[:, None] + tl.dot(p, v, input_precision=DOT_PRECISION)
         m_i = m_new
     return acc, l_i, m_i
 
@@ -405,7 +486,7 @@ def _attention_fwd_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
-    pid_m, length, q_base, k_base, v_base, o_offset, lse_offset, key, multiplier, threshold = _program_start(
+    pid_m, length, q_base, k_base, v_base, o_offset, lse_offset, key, row_mult, col_mult, threshold = _program_start(
         Q, K, V, SEQ_INFO, SEED, stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_ks,
         stride_vb, stride_vh, stride_vs, stride_ob, stride_oh, stride_os, stride_lb, stride_lh,
         num_heads, seq_len, dropout_p, BLOCK_M, MODE, HAS_DROPOUT)
@@ -413,7 +494,10 @@ def _attention_fwd_kernel(
     offs_m = m0 + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
     q = tl.load(q_base + offs_m[:, None] * stride_qs + offs_d[None, :], mask=offs_m[:, None] < length, other=0.0)
-    row_keys = _dropout_row_keys(m0, key, BLOCK_M) if HAS_DROPOUT else offs_m
+    lattice = offs_m
+    if HAS_DROPOUT:  # this tile's rows x the keys of a tile at 0
+        lattice = _dropout_lattice(_dropout_pair_terms(m0, row_mult, BLOCK_M) + key,
+                                   _dropout_pair_terms(0, col_mult, BLOCK_N))
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -421,13 +505,13 @@ def _attention_fwd_kernel(
     lo, full_lo, full_hi, hi = _visit_ranges(m0, BLOCK_M, length, window, BLOCK_N, HAS_WINDOW)
     # Interior tiles first (no masks), then the masked edges; the online softmax is order-free.
     acc, l_i, m_i = _fwd_loop(acc, l_i, m_i, q, k_base, v_base, stride_ks, stride_vs, offs_m, offs_d,
-                              full_lo, full_hi, length, window, qk_scale, row_keys, multiplier, threshold,
+                              full_lo, full_hi, length, window, qk_scale, lattice, col_mult, threshold,
                               False, HAS_WINDOW, HAS_DROPOUT, DOT_PRECISION, BLOCK_N)
     acc, l_i, m_i = _fwd_loop(acc, l_i, m_i, q, k_base, v_base, stride_ks, stride_vs, offs_m, offs_d,
-                              lo, full_lo, length, window, qk_scale, row_keys, multiplier, threshold,
+                              lo, full_lo, length, window, qk_scale, lattice, col_mult, threshold,
                               True, HAS_WINDOW, HAS_DROPOUT, DOT_PRECISION, BLOCK_N)
     acc, l_i, m_i = _fwd_loop(acc, l_i, m_i, q, k_base, v_base, stride_ks, stride_vs, offs_m, offs_d,
-                              full_hi, hi, length, window, qk_scale, row_keys, multiplier, threshold,
+                              full_hi, hi, length, window, qk_scale, lattice, col_mult, threshold,
                               True, HAS_WINDOW, HAS_DROPOUT, DOT_PRECISION, BLOCK_N)
 
     row_real = offs_m < length
@@ -450,12 +534,13 @@ def _attention_fwd_kernel(
 def _attention_bwd_preprocess_kernel(
     O,  # [B, H, S, D] or [T, H, D] contiguous
     DO,  # same strides as O
-    DELTA,  # [B, H, S] or [H, T] fp32, out: rowsum(dO * O)
+    DELTA,  # [B, H, S] or [H, T] fp32, out: (1 - p) rowsum(dO * O)
     SEQ_INFO,  # as in the forward
     stride_ob, stride_oh, stride_os,
     stride_lb, stride_lh,
     num_heads,
     seq_len,
+    keep_rate,  # 1 - p (exact: p is a multiple of 1/128); 1 without dropout
     MODE: tl.constexpr,
     HEAD_DIM: tl.constexpr,
     BLOCK_M: tl.constexpr,
@@ -471,7 +556,7 @@ def _attention_bwd_preprocess_kernel(
     rows = offs_m[:, None] < length
     o = tl.load(O + ptrs, mask=rows, other=0.0).to(tl.float32)
     do = tl.load(DO + ptrs, mask=rows, other=0.0).to(tl.float32)
-    delta = tl.sum(o * do, 1)
+    delta = tl.sum(o * do, 1) * keep_rate
     rows_owned = seq_len if MODE != 2 else length
     lse_base = DELTA + b.to(tl.int64) * stride_lb + h.to(tl.int64) * stride_lh + start
     tl.store(lse_base + offs_m, delta, mask=offs_m < rows_owned)
@@ -480,14 +565,16 @@ def _attention_bwd_preprocess_kernel(
 @triton.jit
 def _dkdv_loop(
     dk, dv, k, v, q_base, do_base, lse_base, delta_base, dq_base, stride_qs, stride_os, n0, offs_n, offs_d,
-    m_start, m_end, length, window, qk_scale, inv_keep, key, multiplier, threshold,
+    m_start, m_end, length, window, qk_scale, lattice_t, row_mult, threshold,
     MASKED: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
     ACCUMULATE_DQ: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """Accumulate dK, dV of one key tile over query tiles [m_start, m_end); with ``ACCUMULATE_DQ``
     also add each query tile's share ``dS K`` of dQ (unscaled, fp32) into ``dq_base`` atomically.
 
-    With dropout, dV collects ``P * Z`` here and is scaled by ``1 / (1 - p)`` once at the end.
+    With dropout, dV collects ``P * Z`` here and is scaled by ``1 / (1 - p)`` once at the end, and
+    dK (and dQ) collect ``(1 - p) dS = P Z dP - P (1 - p) Delta`` (Delta comes scaled by ``1 - p``
+    from the preprocess kernel), so one select of P serves both dV and dS.
     """
     for m0 in range(m_start, m_end, BLOCK_M):
         offs_m = m0 + tl.arange(0, BLOCK_M)
@@ -512,10 +599,8 @@ def _dkdv_loop(
             p_t = tl.where(allowed_t, p_t, 0.0)
         dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
         if HAS_DROPOUT:
-            keep_t = _dropout_keep_transposed(_dropout_row_keys(m0, key, BLOCK_M), n0, multiplier, threshold,
-                                              BLOCK_N)
-            p_kept_t = tl.where(keep_t, p_t, 0.0)
-            ds_t = p_t * (tl.where(keep_t, dp_t, 0.0) * inv_keep - delta[None, :])
+            p_kept_t = _dropout_zero(p_t, lattice_t + m0 * row_mult, threshold, True)
+            ds_t = p_kept_t * dp_t - p_t * delta[None, :]  # (1 - p) dS
         else:
             p_kept_t = p_t
             ds_t = p_t * (dp_t - delta[None, :])
@@ -566,7 +651,7 @@ def _attention_bwd_dkdv_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
-    pid_n, length, q_base, k_base, v_base, o_offset, lse_offset, key, multiplier, threshold = _program_start(
+    pid_n, length, q_base, k_base, v_base, o_offset, lse_offset, key, row_mult, col_mult, threshold = _program_start(
         Q, K, V, SEQ_INFO, SEED, stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_ks,
         stride_vb, stride_vh, stride_vs, stride_ob, stride_oh, stride_os, stride_lb, stride_lh,
         num_heads, seq_len, dropout_p, BLOCK_N, MODE, HAS_DROPOUT)
@@ -578,7 +663,10 @@ def _attention_bwd_dkdv_kernel(
     v = tl.load(v_base + offs_n[:, None] * stride_vs + offs_d[None, :], mask=key_rows, other=0.0)
     dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
-    inv_keep = 1.0 / (1.0 - dropout_p)
+    lattice_t = offs_n
+    if HAS_DROPOUT:  # this tile's keys x the query rows of a tile at 0
+        lattice_t = _dropout_lattice(_dropout_pair_terms(n0, col_mult, BLOCK_N) + key,
+                                     _dropout_pair_terms(0, row_mult, BLOCK_M))
 
     lo, full_lo, full_hi, hi = _visit_ranges(n0, BLOCK_N, length, window, BLOCK_M, HAS_WINDOW)
     do_base = DO + o_offset
@@ -586,17 +674,19 @@ def _attention_bwd_dkdv_kernel(
     delta_base = DELTA + lse_offset
     dq_base = DQ_ACC + o_offset
     dk, dv = _dkdv_loop(dk, dv, k, v, q_base, do_base, lse_base, delta_base, dq_base, stride_qs, stride_os,
-                        n0, offs_n, offs_d, full_lo, full_hi, length, window, qk_scale, inv_keep, key, multiplier,
-                        threshold, False, HAS_WINDOW, HAS_DROPOUT, DOT_PRECISION, ACCUMULATE_DQ, BLOCK_M, BLOCK_N)
+                        n0, offs_n, offs_d, full_lo, full_hi, length, window, qk_scale, lattice_t,
+                        row_mult, threshold, False, HAS_WINDOW, HAS_DROPOUT, DOT_PRECISION, ACCUMULATE_DQ, BLOCK_M, BLOCK_N)
     dk, dv = _dkdv_loop(dk, dv, k, v, q_base, do_base, lse_base, delta_base, dq_base, stride_qs, stride_os,
-                        n0, offs_n, offs_d, lo, full_lo, length, window, qk_scale, inv_keep, key, multiplier,
-                        threshold, True, HAS_WINDOW, HAS_DROPOUT, DOT_PRECISION, ACCUMULATE_DQ, BLOCK_M, BLOCK_N)
+                        n0, offs_n, offs_d, lo, full_lo, length, window, qk_scale, lattice_t,
+                        row_mult, threshold, True, HAS_WINDOW, HAS_DROPOUT, DOT_PRECISION, ACCUMULATE_DQ, BLOCK_M, BLOCK_N)
     dk, dv = _dkdv_loop(dk, dv, k, v, q_base, do_base, lse_base, delta_base, dq_base, stride_qs, stride_os,
-                        n0, offs_n, offs_d, full_hi, hi, length, window, qk_scale, inv_keep, key, multiplier,
-                        threshold, True, HAS_WINDOW, HAS_DROPOUT, DOT_PRECISION, ACCUMULATE_DQ, BLOCK_M, BLOCK_N)
+                        n0, offs_n, offs_d, full_hi, hi, length, window, qk_scale, lattice_t,
+                        row_mult, threshold, True, HAS_WINDOW, HAS_DROPOUT, DOT_PRECISION, ACCUMULATE_DQ, BLOCK_M, BLOCK_N)
 
     dk = dk * softmax_scale
     if HAS_DROPOUT:
+        inv_keep = 1.0 / (1.0 - dropout_p)
+        dk = dk * inv_keep
         dv = dv * inv_keep
     rows_owned = seq_len if MODE != 2 else length  # padded layouts: zeros for padded keys
     out_ptrs = o_offset + offs_n[:, None] * stride_os + offs_d[None, :]
@@ -607,11 +697,12 @@ def _attention_bwd_dkdv_kernel(
 @triton.jit
 def _dq_loop(
     dq, q, do, lse, delta, k_base, v_base, stride_ks, stride_vs, offs_m, offs_d, n_start, n_end,
-    length, window, qk_scale, inv_keep, row_keys, multiplier, threshold,
+    length, window, qk_scale, lattice, col_mult, threshold,
     MASKED: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
-    """Accumulate dQ of one query tile over key tiles [n_start, n_end)."""
+    """Accumulate dQ of one query tile over key tiles [n_start, n_end); with dropout ``(1 - p) dS``
+    (Delta comes scaled by ``1 - p``, as in :func:`_dkdv_loop`)."""
     for n0 in range(n_start, n_end, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         k_ptrs = k_base + offs_n[:, None] * stride_ks + offs_d[None, :]
@@ -630,11 +721,14 @@ def _dq_loop(
             p = tl.where(allowed, p, 0.0)
         dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
         if HAS_DROPOUT:
-            keep = _dropout_keep(row_keys, n0, multiplier, threshold, BLOCK_N)
-            ds = p * (dp * tl.where(keep, inv_keep, 0.0) - delta[:, None])
+            # (1 - p) dS = P Z dP - P Delta': both outcomes, chosen in the matmul's dtype, where a
+            # 16-bit pair costs one select (_dropout_select) instead of one mask per fp32 dP.
+            dropped = p * -delta[:, None]
+            kept = p * dp + dropped
+            ds = _dropout_select(kept.to(k.dtype), dropped.to(k.dtype), lattice + n0 * col_mult, threshold, False)
         else:
-            ds = p * (dp - delta[:, None])
-        dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION)
+            ds = (p * (dp - delta[:, None])).to(k.dtype)
+        dq += tl.dot(ds, k, input_precision=DOT_PRECISION)
     return dq
 
 
@@ -670,7 +764,7 @@ def _attention_bwd_dq_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
-    pid_m, length, q_base, k_base, v_base, o_offset, lse_offset, key, multiplier, threshold = _program_start(
+    pid_m, length, q_base, k_base, v_base, o_offset, lse_offset, key, row_mult, col_mult, threshold = _program_start(
         Q, K, V, SEQ_INFO, SEED, stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_ks,
         stride_vb, stride_vh, stride_vs, stride_ob, stride_oh, stride_os, stride_lb, stride_lh,
         num_heads, seq_len, dropout_p, BLOCK_M, MODE, HAS_DROPOUT)
@@ -683,21 +777,25 @@ def _attention_bwd_dq_kernel(
     lse = tl.load(LSE + lse_offset + offs_m, mask=offs_m < length, other=0.0)
     delta = tl.load(DELTA + lse_offset + offs_m, mask=offs_m < length, other=0.0)
     dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
-    row_keys = _dropout_row_keys(m0, key, BLOCK_M) if HAS_DROPOUT else offs_m
-    inv_keep = 1.0 / (1.0 - dropout_p)
+    lattice = offs_m
+    if HAS_DROPOUT:  # this tile's rows x the keys of a tile at 0
+        lattice = _dropout_lattice(_dropout_pair_terms(m0, row_mult, BLOCK_M) + key,
+                                   _dropout_pair_terms(0, col_mult, BLOCK_N))
 
     lo, full_lo, full_hi, hi = _visit_ranges(m0, BLOCK_M, length, window, BLOCK_N, HAS_WINDOW)
     dq = _dq_loop(dq, q, do, lse, delta, k_base, v_base, stride_ks, stride_vs, offs_m, offs_d, full_lo, full_hi,
-                  length, window, qk_scale, inv_keep, row_keys, multiplier, threshold,
+                  length, window, qk_scale, lattice, col_mult, threshold,
                   False, HAS_WINDOW, HAS_DROPOUT, DOT_PRECISION, BLOCK_N)
     dq = _dq_loop(dq, q, do, lse, delta, k_base, v_base, stride_ks, stride_vs, offs_m, offs_d, lo, full_lo,
-                  length, window, qk_scale, inv_keep, row_keys, multiplier, threshold,
+                  length, window, qk_scale, lattice, col_mult, threshold,
                   True, HAS_WINDOW, HAS_DROPOUT, DOT_PRECISION, BLOCK_N)
     dq = _dq_loop(dq, q, do, lse, delta, k_base, v_base, stride_ks, stride_vs, offs_m, offs_d, full_hi, hi,
-                  length, window, qk_scale, inv_keep, row_keys, multiplier, threshold,
+                  length, window, qk_scale, lattice, col_mult, threshold,
                   True, HAS_WINDOW, HAS_DROPOUT, DOT_PRECISION, BLOCK_N)
 
     dq = dq * softmax_scale
+    if HAS_DROPOUT:
+        dq = dq * (1.0 / (1.0 - dropout_p))
     rows_owned = seq_len if MODE != 2 else length  # padded layouts: zeros for padded queries
     tl.store(DQ + o_offset + offs_m[:, None] * stride_os + offs_d[None, :], dq.to(DQ.dtype.element_ty),
              mask=offs_m[:, None] < rows_owned)
@@ -714,10 +812,12 @@ def _dropout_keep_mask_kernel(
     pid_bh = tl.program_id(0)
     pid_m = tl.program_id(1)
     pid_n = tl.program_id(2)
-    key, multiplier, threshold = _dropout_keys(tl.load(SEED), pid_bh, dropout_p)
+    key, row_multiplier, col_multiplier, threshold = _dropout_keys(tl.load(SEED), pid_bh, dropout_p)
     offs_m = pid_m * BLOCK + tl.arange(0, BLOCK)
     offs_n = pid_n * BLOCK + tl.arange(0, BLOCK)
-    keep = _dropout_keep(_dropout_row_keys(pid_m * BLOCK, key, BLOCK), pid_n * BLOCK, multiplier, threshold, BLOCK)
+    lattice = _dropout_lattice(_dropout_pair_terms(pid_m * BLOCK, row_multiplier, BLOCK) + key,
+                               _dropout_pair_terms(pid_n * BLOCK, col_multiplier, BLOCK))
+    keep = _dropout_keep(lattice, threshold, False)
     base = KEEP + pid_bh.to(tl.int64) * seq_len * seq_len
     mask = (offs_m[:, None] < seq_len) & (offs_n[None, :] < seq_len)
     tl.store(base + offs_m[:, None].to(tl.int64) * seq_len + offs_n[None, :], keep.to(tl.int8), mask=mask)
@@ -883,7 +983,7 @@ def _attention_backward_launch(
     o_strides = _bhs_strides(out)
     l_strides = _lse_strides(lse)
     _attention_bwd_preprocess_kernel[(triton.cdiv(seq_len, PREPROCESS_BLOCK_M) * batch * heads,)](
-        out, grad_out, delta, seq_info_arg, *o_strides, *l_strides, heads, seq_len,
+        out, grad_out, delta, seq_info_arg, *o_strides, *l_strides, heads, seq_len, 1.0 - dropout_p,
         MODE=mode, HEAD_DIM=head_dim, BLOCK_M=PREPROCESS_BLOCK_M,
     )
     common = dict(MODE=mode, HEAD_DIM=head_dim, HAS_WINDOW=window >= 0, HAS_DROPOUT=dropout_p > 0.0,
@@ -898,7 +998,7 @@ def _attention_backward_launch(
             q, k, v, grad_out, lse, delta, dk, dv, dq_acc, seq_info_arg, *strides, *scalars, **common,
             ACCUMULATE_DQ=True,
         )
-        return dq_acc.mul_(softmax_scale).to(q.dtype), dk, dv
+        return dq_acc.mul_(softmax_scale / (1.0 - dropout_p)).to(q.dtype), dk, dv  # it holds (1 - p) dQ
     _attention_bwd_dkdv_kernel[grid_kv](
         q, k, v, grad_out, lse, delta, dk, dv, dk, seq_info_arg, *strides, *scalars, **common,
         ACCUMULATE_DQ=False,
@@ -1107,11 +1207,11 @@ def attention_varlen(
 
 
 def attention_dropout_effective_p(dropout_p: float) -> float:
-    """The drop rate the kernels apply for ``dropout_p``: ``T / 256`` with
-    ``T = min(floor(p * 256 + 1/2), 255)``, p rounded to the nearest multiple of 1/256 (as
-    FlashAttention-2, which compares bytes of random bits). Kept values are scaled by
-    ``1 / (1 - T / 256)``; ``p < 1/512`` is no dropout. 0.1 -> 26/256 = 0.1015625."""
-    return min(math.floor(float(dropout_p) * 256.0 + 0.5), 255) / 256.0
+    """The drop rate the kernels apply for ``dropout_p``: ``T / 128`` with
+    ``T = min(floor(p * 128 + 1/2), 127)``, p rounded to the nearest multiple of 1/128 (the
+    kernels compare 7 random bits per score with T). Kept values are scaled by
+    ``1 / (1 - T / 128)``; ``p < 1/256`` is no dropout. 0.1 -> 13/128 = 0.1015625."""
+    return min(math.floor(float(dropout_p) * 128.0 + 0.5), 127) / 128.0
 
 
 def attention_dropout_keep_mask(

@@ -31,7 +31,7 @@ torch's generator, so ``torch.manual_seed`` makes a run reproducible; the Triton
 draws its seed as a device tensor (no host sync, no ``torch.compile`` graph break, a new
 mask on every CUDA-graph replay). The reference draws its mask from ``torch.Generator``
 seeded with ``seed``; the Triton kernels hash (seed, position) (the attention kernel:
-``kernels.attention``'s docstring; it drops ``p`` rounded to a multiple of 1/256,
+``kernels.attention``'s docstring; it drops ``p`` rounded to a multiple of 1/128,
 ``attention_dropout_effective_p``). The masks differ from each other, so parity tests
 with dropout pass the kernel's mask (and the attention's effective p) to the reference
 through ``dropout_mask``.

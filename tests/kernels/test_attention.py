@@ -239,7 +239,7 @@ def test_dropout_keep_rate(dropout_p):
 def test_dropout_kernel_keep_rate_matches_p():
     """The kernel itself drops ~p of the probabilities: with v = one-hot key ids the output
     row i holds P_ij * Z_ij / (1 - p); with q = 0 (uniform P) the kept fraction is readable."""
-    seq_len, dropout_p = 64, 0.25  # a multiple of 1/256: the effective p is p itself
+    seq_len, dropout_p = 64, 0.25  # a multiple of 1/128: the effective p is p itself
     assert attention_dropout_effective_p(dropout_p) == dropout_p
     q = torch.zeros(1, 4, seq_len, 64, device=DEVICE)
     k = torch.randn(1, 4, seq_len, 64, device=DEVICE)
@@ -305,22 +305,26 @@ def _mix32(x):
 def reference_keep_mask(batch, heads, seq_len, dropout_p, seed):
     """The documented keep-bit function, written again in torch int64 arithmetic: element
     (b, h, i, j) takes byte ``2 * ((i // 8) % 2) + (j // 8) % 2`` of the hash of (row pair
-    ``(i // 16) * 8 + i % 8``, key pair ``(j // 16) * 8 + j % 8``) under the key and odd
-    multiplier of (seed, b * H + h), and is kept when that byte is >= round(p * 256)."""
+    ``i & ~8``, key pair ``j & ~8``) under the key and odd row and
+    key multipliers of (seed, b * H + h), and is kept when that byte's low 7 bits are
+    >= round(p * 128)."""
     m32 = 0xFFFFFFFF
     i = torch.arange(seq_len, dtype=torch.int64)[:, None]
     j = torch.arange(seq_len, dtype=torch.int64)[None, :]
-    row_pair = (i >> 4) * 8 + (i & 7)
-    key_pair = (j >> 4) * 8 + (j & 7)
+    row_pair = i & ~8
+    key_pair = j & ~8
     byte = ((i >> 3) & 1) * 2 + ((j >> 3) & 1)
-    threshold = min(math.floor(dropout_p * 256 + 0.5), 255)
+    threshold = min(math.floor(dropout_p * 128 + 0.5), 127)
     scalar = lambda v: _mix32(torch.tensor(v & m32, dtype=torch.int64))  # noqa: E731
     masks = []
     for bh in range(batch * heads):
         key = scalar(int(seed & m32) ^ int(scalar((seed >> 32) ^ int(scalar(bh + 0x9E3779B9)))))
-        multiplier = scalar(int(key) + 0x6A09E667) | 1
-        x = ((((row_pair << 16) ^ key) ^ key_pair) * multiplier) & m32
-        masks.append(((_mix32(x) >> (8 * byte)) & 0xFF) >= threshold)
+        row_multiplier = scalar(int(key) + 0x6A09E667) | 1
+        col_multiplier = scalar(int(key) + 0xBB67AE85) | 1
+        x = (row_pair * row_multiplier + key_pair * col_multiplier + key) & m32
+        x = x * x  # the 64-bit square (int64 wraps: its low 64 bits are exact)
+        x = (x ^ (x >> 32)) & m32
+        masks.append(((x >> (8 * byte)) & 0x7F) >= threshold)
     return torch.stack(masks).view(batch, heads, seq_len, seq_len)
 
 
@@ -340,15 +344,15 @@ def _lag1_correlation(keep, dim):
     return torch.corrcoef(torch.stack([first.flatten(), second.flatten()]).double())[0, 1].item()
 
 
-@pytest.mark.parametrize("dropout_p", [0.1])
-def test_dropout_mask_statistics(dropout_p):
+@pytest.mark.parametrize("dropout_p,seed", [(0.1, 2024), (0.1, 7), (0.1, 2**40 + 5), (0.5, 99)])
+def test_dropout_mask_statistics(dropout_p, seed):
     """Over 1,048,576 bits of the kernel's mask: the keep rate is within 3 sigma of 1 - p_effective
-    (p rounded to 1/256), and neighbouring rows (queries), neighbouring columns (keys),
+    (p rounded to 1/128), and neighbouring rows (queries), neighbouring columns (keys),
     neighbouring heads and the four scores of one hash are uncorrelated (|r| < 0.01; one
     standard error is ~0.001 over the whole mask, ~0.002 over a quarter)."""
-    keep = attention_dropout_keep_mask(1, 4, 512, dropout_p, seed=2024, device=DEVICE).double().cpu()
+    keep = attention_dropout_keep_mask(1, 4, 512, dropout_p, seed=seed, device=DEVICE).double().cpu()
     n = keep.numel()
-    p_effective = attention_dropout_effective_p(dropout_p)  # 26 / 256 for 0.1
+    p_effective = attention_dropout_effective_p(dropout_p)  # 13 / 128 for 0.1
     sigma = math.sqrt(p_effective * (1 - p_effective) / n)
     assert abs(keep.mean().item() - (1 - p_effective)) < 3 * sigma
     assert abs(_lag1_correlation(keep, 2)) < 0.01, "rows"
@@ -616,3 +620,32 @@ def test_gpu_fp32_parity_and_determinism():
         lambda q, k, v: attention(q, k, v, seq_lens=lens, window=100, deterministic=False), q, k, v, grad_out
     )
     assert_parity(single_pass, ref, FP32_REDUCTION_TOL)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=["bf16", "fp16", "fp32"])
+@pytest.mark.parametrize("seq_len", [128, 100])
+@pytest.mark.parametrize("deterministic", [True, False], ids=["two-kernel", "single-pass"])
+def test_gpu_inline_ptx_dropout_applies_the_keep_mask(dtype, seq_len, deterministic):
+    """Compiled, the kernels apply the mask with inline PTX (``_dropout_zero``,
+    ``_dropout_select``: a byte permute per fp32 score or per pair of 16-bit scores, which relies
+    on the pair of one register being keys j, j + 1); the interpreter tests see only their
+    ``tl.where`` twins. With q = 0 (uniform P), v = one-hot key ids and dO = one-hot query ids,
+    the output reads ``Z_ij / (S (1 - p))`` at [i, j] (the forward's 16-bit or fp32 path) and dV
+    reads it at [j, i] (dK/dV's fp32 path); both must be exactly ``attention_dropout_keep_mask``.
+    dQ's select is checked by ``test_gpu_lowp_parity``'s dropout cases (every grad against the
+    reference with this mask)."""
+    heads, head_dim, dropout_p, seed = 4, 128, 0.25, 11
+    q = torch.zeros(1, heads, seq_len, head_dim, device="cuda", dtype=dtype)
+    k = torch.randn(1, heads, seq_len, head_dim, device="cuda", dtype=dtype)
+    eye = torch.eye(seq_len, head_dim, device="cuda", dtype=dtype).expand(1, heads, seq_len, head_dim)
+    v = eye.contiguous().requires_grad_(True)
+    out = attention(q, k, v, dropout_p=dropout_p, seed=seed, deterministic=deterministic)
+    out.backward(eye.contiguous())
+    expected = attention_dropout_keep_mask(1, heads, seq_len, dropout_p, seed, device="cuda")
+    scale = seq_len * (1 - dropout_p)
+    kept_out = out[..., :seq_len].float() * scale
+    kept_dv = v.grad[..., :seq_len].float().transpose(-1, -2) * scale
+    for kept in (kept_out, kept_dv):
+        torch.testing.assert_close(kept, kept.round(), atol=0.02, rtol=0)  # only 0s and 1s
+        assert torch.equal(kept.round().bool(), expected)
