@@ -168,3 +168,20 @@ def test_pretrain_from_python_is_what_the_command_runs(corpus_dir, tmp_path):
     assert "tokenizer.json" in os.listdir(result.train.checkpoint)
     with pytest.raises(ValueError, match="max_steps"):
         pretrain("tiny", corpus_dir, str(tmp_path / "none"))
+
+
+def test_eval_every_draws_a_held_out_curve_without_checkpoints(corpus_dir, tmp_path, capsys):
+    """--eval-every evaluates the held-out blocks between checkpoints (none is saved for it); the
+    summary prints the curve, and eval_log.csv holds it."""
+    from spanbert_fast.train.evaluation import read_evaluation_log
+
+    args = pretrain_args(corpus_dir, tmp_path, "--max-steps", "5", "--save-every", "0", "--eval-blocks", "4",
+                         "--eval-every", "2")
+    assert main(args) == 0
+    assert [int(row["step"]) for row in read_evaluation_log(str(tmp_path))] == [2, 4, 5]
+    assert os.listdir(tmp_path / "checkpoints") == ["step-00000005"]
+    assert "held-out MLM accuracy by step: 2: " in capsys.readouterr().out
+    with pytest.raises(SystemExit, match=r"eval_every \(--eval-every\) needs held-out blocks"):
+        main(pretrain_args(corpus_dir, tmp_path / "none", "--eval-every", "2"))
+    with pytest.raises(SystemExit, match=r"eval_every \(--eval-every\) must be 0"):
+        main(pretrain_args(corpus_dir, tmp_path / "none", "--eval-blocks", "4", "--eval-every", "-1"))

@@ -15,9 +15,10 @@ from spanbert_fast.commands.training_options import add_loop_arguments, fill_def
 
 DEMO_OUT = os.path.join("runs", "demo")
 # Defaults of a real run (a batch of 32 for one GPU, the paper's AdamW settings) and of the CPU demo.
-PRETRAIN_DEFAULTS = dict(preset="base", batch_size=32, max_steps=10000, save_every=1000, eval_blocks=0)
+PRETRAIN_DEFAULTS = dict(preset="base", batch_size=32, max_steps=10000, save_every=1000, eval_blocks=0,
+                         eval_every=0)
 DEMO_DEFAULTS = dict(preset="tiny", batch_size=16, max_steps=600, lr=2e-3, warmup_steps=30, save_every=0,
-                     eval_blocks=64)
+                     eval_blocks=64, eval_every=100)
 # Peak learning rate when --lr is not given, by --preset: the paper's 1e-4 for base and large;
 # a tiny model barely moves at 1e-4 in a few hundred steps, so tiny gets the demo's.
 PRESET_LEARNING_RATES = dict(tiny=DEMO_DEFAULTS["lr"], base=1e-4, large=1e-4)
@@ -30,6 +31,8 @@ def run(args: argparse.Namespace) -> int:
     started = time.time()
     if args.demo and (args.config or args.init_from):
         raise SystemExit("pretrain: --demo trains its own tiny model; drop --config/--init-from")
+    if args.eval_blocks == 0 and args.eval_every is None:
+        args.eval_every = 0  # nothing held out (--eval-blocks 0): no periodic evaluation either
     fill_defaults(args, DEMO_DEFAULTS if args.demo else PRETRAIN_DEFAULTS)  # preset unused with --config/--init-from
     fill_defaults(args, dict(lr=PRESET_LEARNING_RATES[args.preset]))
     if not args.demo and not (args.data and args.out):
@@ -42,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
         result = pretrain(
             args.config or args.preset, data_dir, out_dir, init_from=args.init_from, batch_size=args.batch_size,
             masking=args.masking, unigram_replacement=args.unigram_replacement, batch_layout=args.batch_layout,
-            eval_blocks=args.eval_blocks, num_workers=args.num_workers, backend=args.backend, report=print,
+            eval_blocks=args.eval_blocks, eval_every=args.eval_every, num_workers=args.num_workers, backend=args.backend, report=print,
             max_steps=args.max_steps, warmup_steps=args.warmup_steps, adam_eps=args.adam_eps,
             cuda_graphs=args.cuda_graphs, **loop_settings(args))
     except (OSError, ValueError, FolderLockedError, FloatingPointError) as error:
@@ -90,7 +93,11 @@ def register(subparsers) -> None:
                              "unless --backend torch; padded on CPU, where the reference attention is padded)")
     parser.add_argument("--eval-blocks", type=int, default=None,
                         help="hold out this many blocks (drawn with --seed) and report their loss and MLM/SBO "
-                             "accuracy at each checkpoint and at the end, in eval_log.csv (default: none; demo: 64)")
+                             "accuracy at each checkpoint and at the end, in eval_log.csv and training.png "
+                             f"(default: {_default_text('eval_blocks')})")
+    parser.add_argument("--eval-every", type=int, default=None,
+                        help="also evaluate the held-out blocks every this many steps, without saving a "
+                             f"checkpoint (0: at checkpoints only) (default: {_default_text('eval_every')})")
     parser.add_argument("--cuda-graphs", action="store_true",
                         help="capture the whole training step as one CUDA graph (single GPU; packed batches "
                              "padded to fixed sizes; not with --compile or --grad-accum > 1)")
