@@ -180,6 +180,7 @@ def describe_training(history: List[dict], steps: int, seconds: float) -> str:
 LOSS_COLOURS = {"loss": "tab:blue", "mlm_loss": "tab:orange", "sbo_loss": "tab:green"}
 ACCURACY_COLOURS = {"mlm_acc": "tab:orange", "sbo_acc": "tab:green"}
 SPEED_COLOUR = "tab:purple"
+BASELINE_COLOUR = "0.25"  # dark grey: a reference line, not a curve
 
 
 def loss_axis_top(history: List[dict], evaluations: Sequence[dict], keys: Sequence[str]) -> Optional[float]:
@@ -203,7 +204,7 @@ def plot_history(history: List[dict], path: str, evaluations: Sequence[dict] = (
     tokens/s against step. ``evaluations`` (``eval_log.csv`` rows: ``step`` and metrics) are drawn
     over the training curves as dashed lines with markers, each in its training curve's colour;
     ``unigram_baselines`` (``{"mlm_acc": 0.075}``: the accuracy of always guessing the most
-    frequent held-out target) as dotted horizontal lines in the same colour, labelled. The loss
+    frequent held-out target) as dotted dark-grey horizontal lines, labelled on the line. The loss
     axis starts below the first steps' losses when they would flatten the rest (:func:`loss_axis_top`)."""
     import matplotlib
 
@@ -232,20 +233,23 @@ def plot_history(history: List[dict], path: str, evaluations: Sequence[dict] = (
                         label=f"held-out {key}")
             if key in (unigram_baselines or {}):
                 baseline = unigram_baselines[key]
-                ax.axhline(baseline, color=colour, linestyle=":", linewidth=1.5,
-                           label=f"held-out {key} of always the most frequent token ({baseline:.3f})")
+                label = f"held-out {key} of always the most frequent token ({baseline:.3f})"
+                ax.axhline(baseline, color=BASELINE_COLOUR, linestyle=":", linewidth=1.6, label=label)
+                ax.text(0.98, baseline, "most frequent token", ha="right",
+                        transform=ax.get_yaxis_transform(), color=BASELINE_COLOUR, fontsize=8, va="bottom")
         title = ylabel if not evaluations else f"{ylabel}: train (solid), held-out (dashed, dots)"
         if panel == "loss":
             top = loss_axis_top(history, evaluations, [k for k in colours if k in history[0]])
             if top is not None:
                 ax.set_ylim(top=top)
                 title += "\n(first steps above the axis)"
-        else:
-            ax.set_ylim(bottom=0)
+        else:  # from 0, with room above the curves for the legend
+            highest = max((max(line.get_ydata(), default=0.0) for line in ax.get_lines()), default=0.0)
+            ax.set_ylim(0, min(1.0, 1.5 * highest) or None)
         ax.set_xlabel("step")
         ax.set_ylabel(ylabel)
         ax.set_title(title, fontsize=10)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="upper left" if panel == "accuracy" else "best")
         ax.grid(alpha=0.3)
     ax_speed = axes["speed"]
     ax_speed.plot(*series(history, "tokens_per_s"), color=SPEED_COLOUR, label="tokens / s")
