@@ -36,6 +36,8 @@ from spanbert_fast.train.run_folder import open_run_folder
 logger = logging.getLogger(__name__)
 
 BATCH_LAYOUTS = ("auto", "padded", "packed")
+DEMO_VOCAB_SIZE = 4000  # the demo tokenizer's vocabulary
+DEMO_BLOCK_SIZE = 126  # tokens per block of the demo corpus (128 with [CLS] and [SEP])
 
 
 @dataclasses.dataclass
@@ -196,18 +198,25 @@ def pretrain(config: Union[SpanBertConfig, str, None], data_dir: str, out_dir: s
 
 
 def prepare_demo_corpus(out_dir: str, report: Callable[[str], None] = logger.info) -> str:
-    """Tokenizer + prepared corpus from Python's own help topics (no download) in ``out_dir/data``,
-    unless already there; returns that folder (what ``pretrain --demo`` trains on)."""
-    from spanbert_fast.data.corpus import Document, demo_corpus_texts
+    """Tokenizer + prepared corpus from Python's own documentation (no download:
+    :func:`~spanbert_fast.data.corpus.demo_corpus`) in ``out_dir/data``, unless that folder holds
+    it already; returns that folder (what ``pretrain --demo`` trains on)."""
+    import json
+
+    from spanbert_fast.data.corpus import DEMO_CORPUS, demo_corpus
     from spanbert_fast.data.prepare import META_FILE, prepare_documents
     from spanbert_fast.data.tokenizer import train_tokenizer
 
     data_dir = os.path.join(out_dir, "data")
-    if os.path.isfile(os.path.join(data_dir, META_FILE)):
-        return data_dir
-    texts = demo_corpus_texts()
-    report(f"demo: training a WordPiece tokenizer on {len(texts)} Python help topics")
-    tokenizer = train_tokenizer(texts, vocab_size=4000)
-    documents = (Document(text=text, source=f"pydoc_data.topics[{i}]") for i, text in enumerate(texts))
-    prepare_documents(documents, tokenizer, data_dir, block_size=126, overwrite=True)
+    meta_path = os.path.join(data_dir, META_FILE)
+    if os.path.isfile(meta_path):
+        with open(meta_path, encoding="utf-8") as f:
+            if json.load(f).get("demo_corpus") == DEMO_CORPUS:
+                return data_dir
+    documents = demo_corpus()
+    report(f"demo: training a WordPiece tokenizer ({DEMO_VOCAB_SIZE} tokens) on {DEMO_CORPUS} "
+           f"({len(documents)} documents, {sum(len(d.text) for d in documents) / 1e6:.1f}M characters)")
+    tokenizer = train_tokenizer([document.text for document in documents], vocab_size=DEMO_VOCAB_SIZE)
+    prepare_documents(documents, tokenizer, data_dir, block_size=DEMO_BLOCK_SIZE, overwrite=True,
+                      extra_meta={"demo_corpus": DEMO_CORPUS})
     return data_dir
