@@ -168,3 +168,53 @@ def test_pretrain_from_python_is_what_the_command_runs(corpus_dir, tmp_path):
     assert "tokenizer.json" in os.listdir(result.train.checkpoint)
     with pytest.raises(ValueError, match="max_steps"):
         pretrain("tiny", corpus_dir, str(tmp_path / "none"))
+
+
+def test_eval_every_draws_a_held_out_curve_without_checkpoints(corpus_dir, tmp_path, capsys):
+    """--eval-every evaluates the held-out blocks between checkpoints (none is saved for it); the
+    summary prints the curve, and eval_log.csv holds it."""
+    from spanbert_fast.train.evaluation import read_evaluation_log
+
+    args = pretrain_args(corpus_dir, tmp_path, "--max-steps", "5", "--save-every", "0", "--eval-blocks", "4",
+                         "--eval-every", "2")
+    assert main(args) == 0
+    assert [int(row["step"]) for row in read_evaluation_log(str(tmp_path))] == [2, 4, 5]
+    assert os.listdir(tmp_path / "checkpoints") == ["step-00000005"]
+    assert "held-out MLM accuracy by step: 2: " in capsys.readouterr().out
+    with pytest.raises(SystemExit, match=r"eval_every \(--eval-every\) needs held-out blocks"):
+        main(pretrain_args(corpus_dir, tmp_path / "none", "--eval-every", "2"))
+    with pytest.raises(SystemExit, match=r"eval_every \(--eval-every\) must be 0"):
+        main(pretrain_args(corpus_dir, tmp_path / "none", "--eval-blocks", "4", "--eval-every", "-1"))
+
+
+def test_demo_corpus_is_pythons_own_documentation():
+    import argparse
+    import inspect
+
+    from spanbert_fast.data.corpus import demo_corpus, python_help_topics, stdlib_docstrings
+
+    topics, docstrings = python_help_topics(), stdlib_docstrings()
+    assert len(topics) > 50 and len(docstrings) > 100  # on CPython 3.11: 79 and 155
+    assert demo_corpus() == topics + docstrings == demo_corpus()  # the same every time, topics first
+    assert demo_corpus_texts() == [document.text for document in topics + docstrings]
+    argparse_docs = next(d for d in docstrings if os.path.basename(d.source) == "argparse.py")
+    assert argparse_docs.text.startswith(inspect.cleandoc(argparse.__doc__))  # the module's, then its classes'
+
+
+def test_demo_folder_holding_another_corpus_is_rebuilt(tmp_path, monkeypatch):
+    """A demo folder from an older demo (another corpus) is prepared again; the demo's own is reused."""
+    import json
+
+    import spanbert_fast.data.corpus as corpus
+    from spanbert_fast.train import prepare_demo_corpus
+
+    monkeypatch.setattr(corpus, "demo_corpus", lambda: corpus.python_help_topics()[:6])
+    meta = tmp_path / "data" / "meta.json"
+    assert prepare_demo_corpus(str(tmp_path), report=lambda line: None) == str(tmp_path / "data")
+    assert json.loads(meta.read_text())["demo_corpus"] == corpus.DEMO_CORPUS
+    reports = []
+    prepare_demo_corpus(str(tmp_path), report=reports.append)
+    assert reports == []  # reused
+    meta.write_text(json.dumps({k: v for k, v in json.loads(meta.read_text()).items() if k != "demo_corpus"}))
+    prepare_demo_corpus(str(tmp_path), report=reports.append)
+    assert len(reports) == 1 and json.loads(meta.read_text())["demo_corpus"] == corpus.DEMO_CORPUS

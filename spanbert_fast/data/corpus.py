@@ -20,6 +20,7 @@ split too; that only moves a block boundary, since sentences matter for packing 
 """
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
@@ -207,10 +208,56 @@ def iter_texts(documents: Iterable[Document]) -> Iterator[str]:
         yield document.text
 
 
-def demo_corpus_texts() -> List[str]:
-    """A small corpus that ships with Python: the help topics of ``pydoc_data.topics``
-    (about 80 documents, ~460k characters), one document per topic, in sorted topic order."""
+# What the demo corpus is (kept in the demo's meta.json: a demo folder holding another corpus is rebuilt).
+DEMO_CORPUS = "Python help topics + standard-library docstrings"
+MIN_DOCSTRING_CHARS = 40  # shorter docstrings ("Return self.") are mostly boilerplate
+
+
+def python_help_topics() -> List[Document]:
+    """The help topics of ``pydoc_data.topics`` (about 80, ~460k characters), one document per
+    topic, in sorted topic order."""
     from pydoc_data.topics import topics
 
-    texts = [topics[name].strip() for name in sorted(topics)]
-    return [text for text in texts if text]
+    documents = (Document(text=topics[name].strip(), source=f"pydoc_data.topics[{name!r}]") for name in sorted(topics))
+    return [document for document in documents if document.text]
+
+
+def _docstrings_in_source_order(node: ast.AST) -> Iterator[str]:
+    if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+        docstring = ast.get_docstring(node)
+        if docstring and len(docstring) >= MIN_DOCSTRING_CHARS:
+            yield docstring
+    for child in ast.iter_child_nodes(node):
+        yield from _docstrings_in_source_order(child)
+
+
+def stdlib_docstrings() -> List[Document]:
+    """The docstrings of the standard library's top-level modules (about 150 modules, ~0.9M
+    characters on CPython 3.11), one document per module: its module, class and function
+    docstrings in source order. Read from the source files with ``ast``, nothing imported, in
+    sorted file order; none when the installation ships no ``.py`` sources."""
+    import sysconfig
+
+    root = Path(sysconfig.get_paths()["stdlib"])
+    documents = []
+    for path in sorted(root.glob("*.py")):
+        try:
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+        except (OSError, SyntaxError, UnicodeDecodeError, ValueError):
+            continue  # an unreadable file is left out, as a missing one is
+        docstrings = list(_docstrings_in_source_order(tree))
+        if docstrings:
+            documents.append(Document(text="\n\n".join(docstrings), source=str(path)))
+    return documents
+
+
+def demo_corpus() -> List[Document]:
+    """The corpus of ``pretrain --demo``, text that every Python installation has (no download):
+    :func:`python_help_topics`, then :func:`stdlib_docstrings` (about 1.3M characters in all).
+    The same Python version gives the same corpus."""
+    return python_help_topics() + stdlib_docstrings()
+
+
+def demo_corpus_texts() -> List[str]:
+    """The texts of :func:`demo_corpus` (the help topics first)."""
+    return [document.text for document in demo_corpus()]

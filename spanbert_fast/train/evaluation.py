@@ -2,7 +2,8 @@
 
 * :func:`evaluate_batches`: mean loss and ``metrics()`` of a model over held-out batches;
 * :class:`CheckpointEvaluatingTrainer`: the :class:`~spanbert_fast.train.loop.Trainer`, evaluating
-  each checkpoint it saves (``eval_results.json`` in the folder, a row of ``out_dir/eval_log.csv``);
+  each checkpoint it saves (``eval_results.json`` in the folder, a row of ``out_dir/eval_log.csv``)
+  and, with ``evaluate_every``, the model every that many steps (a row of ``eval_log.csv``);
 * :func:`finish_evaluation`: the same for the final model, after training (and ``training.png``
   drawn again, with every evaluation over the training curves).
 """
@@ -82,18 +83,27 @@ def log_evaluation(out_dir: str, row: dict) -> str:
 
 class CheckpointEvaluatingTrainer(Trainer):
     """The :class:`~spanbert_fast.train.loop.Trainer`, evaluating each checkpoint it saves before
-    the last: ``evaluate(model) -> metrics`` (the task's evaluation of the eval file), written to
-    ``eval_results.json`` in the checkpoint folder and a row of ``eval_log.csv``.
+    the last, and every ``evaluate_every`` steps besides (0: at checkpoints only; no checkpoint
+    is saved for these): ``evaluate(model) -> metrics`` (the task's evaluation of its held-out
+    data), written to a row of ``eval_log.csv`` and, for a checkpoint, its ``eval_results.json``.
+    ``unigram_baselines`` (``{"mlm_acc": 0.075}``: the accuracy of always guessing the most
+    frequent held-out target) are drawn in ``training.png`` as labelled horizontal lines.
 
     The evaluation leaves training as it was: the model goes back to training mode and the RNG
     states are restored, so the run (and a resume from any checkpoint) is the same as one
-    without evaluations. Only the main process evaluates; under torchrun the others wait for it
-    in the next step's all-reduce, so an evaluation must finish within the process-group timeout.
+    without evaluations; its time is left out of the logged throughput. Only the main process
+    evaluates; under torchrun the others wait for it in the next step's all-reduce, so an
+    evaluation must finish within the process-group timeout.
     """
 
-    def __init__(self, *args, evaluate: Callable[[torch.nn.Module], dict], **kwargs):
+    def __init__(self, *args, evaluate: Callable[[torch.nn.Module], dict], evaluate_every: int = 0,
+                 unigram_baselines: Optional[Dict[str, float]] = None, **kwargs):
+        if evaluate_every < 0:
+            raise ValueError(f"evaluate_every must be 0 (at checkpoints only) or more, got {evaluate_every}")
         super().__init__(*args, **kwargs)
         self.evaluate_model = evaluate
+        self.evaluate_every = evaluate_every
+        self.unigram_baselines = dict(unigram_baselines or {})
         self.evaluations: List[dict] = []  # eval_log.csv rows written by this run
         # A fresh run starts without an eval_log.csv: the run folder refuses one holding a run's
         # and overwrite moves it aside (spanbert_fast.train.run_folder).
@@ -102,15 +112,26 @@ class CheckpointEvaluatingTrainer(Trainer):
         """The Trainer's checkpoint (``Trainer.train`` saves every ``save_every`` steps and at the
         end), then the evaluation of the intermediate ones."""
         path = super().save_checkpoint()
-        if path is not None and self.step < self.args.max_steps:  # the final model: finetune() evaluates it
-            self.evaluate_checkpoint(path)
+        if path is not None and self.step < self.args.max_steps:  # the final model: the caller evaluates it
+            self.evaluate_now(path)
         return path
 
-    def evaluate_checkpoint(self, path: str) -> dict:
+    def between_steps(self) -> None:
+        """The checkpoint when one is due (evaluated as it is saved), then the evaluation every
+        ``evaluate_every`` steps when that step has none yet; not at the last step."""
+        super().between_steps()
+        every, step = self.evaluate_every, self.step
+        evaluated = bool(self.evaluations) and self.evaluations[-1]["step"] == step
+        if every and step % every == 0 and step < self.args.max_steps and self.ctx.is_main and not evaluated:
+            self.evaluate_now()
+
+    def evaluate_now(self, checkpoint: Optional[str] = None) -> dict:
+        """Evaluate the model as it is now; record the metrics (and write them into ``checkpoint``)."""
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             metrics = self.evaluate_model(self.model)
         self.train_model.train()
-        write_json(os.path.join(path, EVAL_RESULTS), metrics)
+        if checkpoint is not None:
+            write_json(os.path.join(checkpoint, EVAL_RESULTS), metrics)
         self.record_evaluation(metrics)
         return metrics
 
@@ -119,7 +140,7 @@ class CheckpointEvaluatingTrainer(Trainer):
         if not self.history:
             return None
         return plot_history(self.history, os.path.join(self.args.out_dir, PLOT_PNG),
-                            read_evaluation_log(self.args.out_dir))
+                            read_evaluation_log(self.args.out_dir), self.unigram_baselines)
 
     def record_evaluation(self, metrics: dict) -> None:
         """Add ``metrics`` at the current step to ``eval_log.csv`` (and log them)."""

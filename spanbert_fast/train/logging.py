@@ -8,6 +8,7 @@ sync) and, every ``log_every`` steps, flushes it into one row (the one host sync
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import math
 import os
@@ -60,6 +61,15 @@ class MetricWindow:
             self.sums[key] = self.sums.get(key, 0) + value
         self.micro_batches += 1
         self.tokens += tokens
+
+    @contextlib.contextmanager
+    def paused(self):
+        """Leave the time spent inside out of the window (its tokens/s and ``elapsed_s``)."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.start += time.perf_counter() - start
 
     def flush(self, step: int, lr, grad_norm, world_size: int = 1) -> dict:
         """The log row of the window (averaged over ranks), then a fresh window."""
@@ -170,12 +180,32 @@ def describe_training(history: List[dict], steps: int, seconds: float) -> str:
 LOSS_COLOURS = {"loss": "tab:blue", "mlm_loss": "tab:orange", "sbo_loss": "tab:green"}
 ACCURACY_COLOURS = {"mlm_acc": "tab:orange", "sbo_acc": "tab:green"}
 SPEED_COLOUR = "tab:purple"
+BASELINE_COLOUR = "0.25"  # dark grey: a reference line, not a curve
 
 
-def plot_history(history: List[dict], path: str, evaluations: Sequence[dict] = ()) -> str:
+def loss_axis_top(history: List[dict], evaluations: Sequence[dict], keys: Sequence[str]) -> Optional[float]:
+    """The top of the loss axis: the largest loss after the first tenth of the run, plus a margin,
+    so that the first steps (ln(vocab size) per head, far above the rest) do not flatten the
+    curves that matter. None (matplotlib's own range) when nothing would be cut off."""
+    rows = [*history, *evaluations]
+    last_step = max(int(r["step"]) for r in rows)
+    values = [float(r[k]) for r in rows for k in keys if r.get(k) not in (None, "")]
+    later = [float(r[k]) for r in rows for k in keys
+             if r.get(k) not in (None, "") and int(r["step"]) >= last_step / 10]
+    if not values or not later or max(later) >= max(values):
+        return None
+    low, high = min(values), max(later)
+    return high + 0.15 * (high - low)
+
+
+def plot_history(history: List[dict], path: str, evaluations: Sequence[dict] = (),
+                 unigram_baselines: Optional[Dict[str, float]] = None) -> str:
     """``training.png``, written atomically: losses, accuracies (when the model reports them) and
     tokens/s against step. ``evaluations`` (``eval_log.csv`` rows: ``step`` and metrics) are drawn
-    over the training curves as dashed lines with markers, each in its training curve's colour."""
+    over the training curves as dashed lines with markers, each in its training curve's colour;
+    ``unigram_baselines`` (``{"mlm_acc": 0.075}``: the accuracy of always guessing the most
+    frequent held-out target) as dotted dark-grey horizontal lines, labelled on the line. The loss
+    axis starts below the first steps' losses when they would flatten the rest (:func:`loss_axis_top`)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -201,11 +231,25 @@ def plot_history(history: List[dict], path: str, evaluations: Sequence[dict] = (
             if steps:
                 ax.plot(steps, values, color=colour, linestyle="--", marker="o", markersize=6,
                         label=f"held-out {key}")
+            if key in (unigram_baselines or {}):
+                baseline = unigram_baselines[key]
+                label = f"held-out {key} of always the most frequent token ({baseline:.3f})"
+                ax.axhline(baseline, color=BASELINE_COLOUR, linestyle=":", linewidth=1.6, label=label)
+                ax.text(0.98, baseline, "most frequent token", ha="right",
+                        transform=ax.get_yaxis_transform(), color=BASELINE_COLOUR, fontsize=8, va="bottom")
+        title = ylabel if not evaluations else f"{ylabel}: train (solid), held-out (dashed, dots)"
+        if panel == "loss":
+            top = loss_axis_top(history, evaluations, [k for k in colours if k in history[0]])
+            if top is not None:
+                ax.set_ylim(top=top)
+                title += "\n(first steps above the axis)"
+        else:  # from 0, with room above the curves for the legend
+            highest = max((max(line.get_ydata(), default=0.0) for line in ax.get_lines()), default=0.0)
+            ax.set_ylim(0, min(1.0, 1.5 * highest) or None)
         ax.set_xlabel("step")
         ax.set_ylabel(ylabel)
-        ax.set_title(ylabel if not evaluations else f"{ylabel}: train (solid), held-out (dashed, dots)",
-                     fontsize=10)
-        ax.legend(fontsize=8)
+        ax.set_title(title, fontsize=10)
+        ax.legend(fontsize=8, loc="upper left" if panel == "accuracy" else "best")
         ax.grid(alpha=0.3)
     ax_speed = axes["speed"]
     ax_speed.plot(*series(history, "tokens_per_s"), color=SPEED_COLOUR, label="tokens / s")

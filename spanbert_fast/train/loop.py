@@ -246,6 +246,13 @@ class Trainer:
         self.history = [row for row in self.log.read() if int(row["step"]) <= self.step]
 
     # ------------------------------------------------------------------ training
+    def between_steps(self) -> None:
+        """What the loop does after each optimizer step: a checkpoint every ``save_every`` steps
+        (the last step's is saved once the loop ends). Subclasses add their own (evaluations)."""
+        args = self.args
+        if args.save_every and self.step % args.save_every == 0 and self.step < args.max_steps:
+            self.save_checkpoint()
+
     def train(self) -> TrainResult:
         """Train to ``args.max_steps`` (from the newest usable checkpoint with ``args.resume``)."""
         if self.run_folder is not None or not self.ctx.is_main:
@@ -300,8 +307,8 @@ class Trainer:
                     bar.set_postfix(bar_fields(row))
             if bar is not None:
                 bar.update(1)
-            if args.save_every and self.step % args.save_every == 0 and self.step < args.max_steps:
-                self.save_checkpoint()
+            with window.paused():  # checkpoints and evaluations are not training time (tokens/s)
+                self.between_steps()
         if bar is not None:
             bar.close()
         if self._checkpoint_step != self.step:  # not when resuming a finished run: its checkpoint stays as it is

@@ -13,8 +13,9 @@ What it wires together (``spanbert-fast pretrain`` only parses options and calls
   corpus's vocabulary, or ``init_from`` a checkpoint; ``validate_targets=False`` (the masker checked
   every id, the collator every ``head_rows``: no host syncs);
 * the :class:`~spanbert_fast.train.loop.Trainer` (checkpoints carry the corpus tokenizer as
-  ``tokenizer.json``) and, with ``eval_blocks``, the held-out evaluation at every checkpoint and at
-  the end (``eval_log.csv``, ``eval_results.json``).
+  ``tokenizer.json``) and, with ``eval_blocks``, the held-out evaluation at every checkpoint,
+  every ``eval_every`` steps and at the end (``eval_log.csv``, ``eval_results.json``; ``training.png``
+  draws it over the training curves, with the unigram baseline).
 """
 from __future__ import annotations
 
@@ -35,6 +36,8 @@ from spanbert_fast.train.run_folder import open_run_folder
 logger = logging.getLogger(__name__)
 
 BATCH_LAYOUTS = ("auto", "padded", "packed")
+DEMO_VOCAB_SIZE = 4000  # the demo tokenizer's vocabulary
+DEMO_BLOCK_SIZE = 126  # tokens per block of the demo corpus (128 with [CLS] and [SEP])
 
 
 @dataclasses.dataclass
@@ -65,6 +68,9 @@ class PretrainResult:
             lines.append(f"held-out MLM accuracy {float(self.metrics['mlm_acc']):.3f} on {self.held_out_blocks} "
                          f"blocks ({self.held_out_targets} masked tokens; always guessing the most frequent one: "
                          f"{self.unigram_baseline:.3f})")
+            if len(self.evaluations) > 1:  # the held-out curve (eval_log.csv, training.png), in one line
+                lines.append("held-out MLM accuracy by step: " + ", ".join(
+                    f"{row['step']}: {float(row['mlm_acc']):.3f}" for row in self.evaluations))
         lines += [describe_training(train.history, train.step, seconds),
                   f"checkpoint: {train.checkpoint}",
                   f"log:        {os.path.join(train.out_dir, 'log.csv')}"]
@@ -118,13 +124,14 @@ def build_model(config: Union[SpanBertConfig, str, None], init_from: Optional[st
 def pretrain(config: Union[SpanBertConfig, str, None], data_dir: str, out_dir: str, *,
              init_from: Optional[str] = None, batch_size: int = 32, masking: str = "span",
              unigram_replacement: bool = False, batch_layout: str = "auto", eval_blocks: int = 0,
-             num_workers: int = 0, backend: str = "auto", report: Callable[[str], None] = logger.info,
+             eval_every: int = 0, num_workers: int = 0, backend: str = "auto", report: Callable[[str], None] = logger.info,
              **training_args) -> PretrainResult:
     """Pre-train SpanBERT (MLM + SBO) on the prepared corpus ``data_dir``; everything goes to ``out_dir``.
 
     ``training_args`` are :class:`~spanbert_fast.train.loop.TrainingArgs` fields (``max_steps``
     is required; ``warmup_steps`` defaults to 1% of it). ``eval_blocks`` holds out that many
-    blocks (drawn with ``seed``), evaluated at each checkpoint and at the end. ``report`` receives
+    blocks (drawn with ``seed``), evaluated at each checkpoint, every ``eval_every`` steps (0: at
+    checkpoints only; no checkpoint is saved for these) and at the end. ``report`` receives
     the one-line summaries (the command prints them). Once the corpus and model are ready,
     ``out_dir`` is locked for the rest of the run, and a fresh run into one that holds a run needs
     ``overwrite=True`` (:mod:`spanbert_fast.train.run_folder`).
@@ -139,6 +146,10 @@ def pretrain(config: Union[SpanBertConfig, str, None], data_dir: str, out_dir: s
     if training_args.get("warmup_steps") is None:
         training_args["warmup_steps"] = max(1, max_steps // 100)
     args = TrainingArgs(out_dir=out_dir, **training_args)
+    if eval_every < 0:
+        raise ValueError(f"eval_every (--eval-every) must be 0 (at checkpoints only) or more, got {eval_every}")
+    if eval_every and not eval_blocks:
+        raise ValueError("eval_every (--eval-every) needs held-out blocks to evaluate: give eval_blocks (--eval-blocks)")
     ctx = init_distributed(args.device)
     dataset = BlockDataset(data_dir)
     training_blocks, held_out = dataset, None
@@ -169,34 +180,43 @@ def pretrain(config: Union[SpanBertConfig, str, None], data_dir: str, out_dir: s
         source = PretrainingBatches(held_out, batch_size=min(batch_size, len(held_out)), seed=args.seed,
                                     masking=masking, unigram_replacement=unigram_replacement, packed=packed)
         eval_batches = [source.make_batch(0, step) for step in range(source.steps_per_epoch)]
+        targets = torch.cat([batch["mlm_labels"] for batch in eval_batches])
+        targets = targets[targets >= 0]
+        baseline = float(torch.bincount(targets).max()) / len(targets) if len(targets) else None
 
         def evaluate(trained_model) -> dict:
             return evaluate_batches(trained_model, eval_batches, trainer.device, trainer.autocast)
 
-        trainer = CheckpointEvaluatingTrainer(model, batches, args, evaluate=evaluate, **options)
+        trainer = CheckpointEvaluatingTrainer(model, batches, args, evaluate=evaluate, evaluate_every=eval_every,
+                                              unigram_baselines=None if baseline is None else {"mlm_acc": baseline},
+                                              **options)
         result = trainer.train()
-        if ctx.is_main:  # the final model (checkpoints before it were evaluated as they were saved)
+        if ctx.is_main:  # the final model (the earlier evaluations were done during training)
             finish_evaluation(trainer, evaluate(model), result.checkpoint)
-        targets = torch.cat([batch["mlm_labels"] for batch in eval_batches])
-        targets = targets[targets >= 0]
-        baseline = float(torch.bincount(targets).max()) / len(targets) if len(targets) else None
         return PretrainResult(result, model, trainer.evaluations, len(eval_batches) * source.batch_size,
                               len(targets), baseline)
 
 
 def prepare_demo_corpus(out_dir: str, report: Callable[[str], None] = logger.info) -> str:
-    """Tokenizer + prepared corpus from Python's own help topics (no download) in ``out_dir/data``,
-    unless already there; returns that folder (what ``pretrain --demo`` trains on)."""
-    from spanbert_fast.data.corpus import Document, demo_corpus_texts
+    """Tokenizer + prepared corpus from Python's own documentation (no download:
+    :func:`~spanbert_fast.data.corpus.demo_corpus`) in ``out_dir/data``, unless that folder holds
+    it already; returns that folder (what ``pretrain --demo`` trains on)."""
+    import json
+
+    from spanbert_fast.data.corpus import DEMO_CORPUS, demo_corpus
     from spanbert_fast.data.prepare import META_FILE, prepare_documents
     from spanbert_fast.data.tokenizer import train_tokenizer
 
     data_dir = os.path.join(out_dir, "data")
-    if os.path.isfile(os.path.join(data_dir, META_FILE)):
-        return data_dir
-    texts = demo_corpus_texts()
-    report(f"demo: training a WordPiece tokenizer on {len(texts)} Python help topics")
-    tokenizer = train_tokenizer(texts, vocab_size=4000)
-    documents = (Document(text=text, source=f"pydoc_data.topics[{i}]") for i, text in enumerate(texts))
-    prepare_documents(documents, tokenizer, data_dir, block_size=126, overwrite=True)
+    meta_path = os.path.join(data_dir, META_FILE)
+    if os.path.isfile(meta_path):
+        with open(meta_path, encoding="utf-8") as f:
+            if json.load(f).get("demo_corpus") == DEMO_CORPUS:
+                return data_dir
+    documents = demo_corpus()
+    report(f"demo: training a WordPiece tokenizer ({DEMO_VOCAB_SIZE} tokens) on {DEMO_CORPUS} "
+           f"({len(documents)} documents, {sum(len(d.text) for d in documents) / 1e6:.1f}M characters)")
+    tokenizer = train_tokenizer([document.text for document in documents], vocab_size=DEMO_VOCAB_SIZE)
+    prepare_documents(documents, tokenizer, data_dir, block_size=DEMO_BLOCK_SIZE, overwrite=True,
+                      extra_meta={"demo_corpus": DEMO_CORPUS})
     return data_dir
