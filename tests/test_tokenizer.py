@@ -16,6 +16,7 @@ import pytest
 from spanbert_fast.cli import main
 from spanbert_fast.data.corpus import demo_corpus_texts
 from spanbert_fast.data.tokenizer import (
+    SPECIAL_TOKENS,
     SpecialIds,
     casing_decision,
     encode_pair,
@@ -387,3 +388,32 @@ def test_span_masking_is_refused_without_word_boundaries(tmp_path):
         PretrainingBatches(training, batch_size=2, masking="span")
     batch = PretrainingBatches(dataset, batch_size=2, masking="subword").make_batch(0, 0)
     assert batch["input_ids"].shape[0] == 2
+
+
+_TRAIN_IN_A_FRESH_PROCESS = """
+import hashlib, json, sys
+from spanbert_fast.data.corpus import demo_corpus_texts
+from spanbert_fast.data.tokenizer import train_tokenizer
+spec = json.loads(train_tokenizer(demo_corpus_texts()[:20], vocab_size=800).to_str())
+print(hashlib.sha256(json.dumps(spec["model"]["vocab"]).encode()).hexdigest(), [t["content"] for t in spec["added_tokens"]])
+"""
+
+
+def test_training_gives_the_same_vocabulary_in_every_process():
+    """huggingface/tokenizers#1794: its trainer numbers the ``##c`` tokens in hash-map order (a new
+    random order per process), which also changes which merge wins a tie, so the same texts gave
+    different vocabularies run to run (without the workaround in ``train_tokenizer`` these three
+    processes disagree). The ``##c`` tokens it pre-registers end up ordinary vocabulary pieces."""
+    import subprocess
+    import sys
+
+    outputs = {subprocess.run([sys.executable, "-c", _TRAIN_IN_A_FRESH_PROCESS], capture_output=True, text=True,
+                              check=True).stdout for _ in range(3)}
+    assert len(outputs) == 1, outputs
+    assert outputs.pop().split(" ", 1)[1].strip() == str(list(SPECIAL_TOKENS))
+
+
+def test_training_reads_a_one_shot_iterator_and_a_reiterable_alike():
+    texts = demo_corpus_texts()[:8]
+    from_list = train_tokenizer(texts, vocab_size=400).get_vocab()
+    assert train_tokenizer(iter(texts), vocab_size=400).get_vocab() == from_list

@@ -15,10 +15,13 @@ def run(args: argparse.Namespace) -> int:
     from spanbert_fast.data.corpus import iter_documents, iter_texts
     from spanbert_fast.data.tokenizer import save_tokenizer, special_ids, train_tokenizer
 
+    class CorpusTexts:  # re-iterable: training reads the corpus twice (characters, then merges), streaming
+        def __iter__(self):
+            return iter_texts(iter_documents(args.corpus, doc_split=args.doc_split, text_field=args.text_field))
+
     try:
-        documents = iter_documents(args.corpus, doc_split=args.doc_split, text_field=args.text_field)
         tokenizer = train_tokenizer(
-            iter_texts(documents), args.vocab_size, min_frequency=args.min_frequency,
+            CorpusTexts(), args.vocab_size, min_frequency=args.min_frequency,
             show_progress=not args.quiet and sys.stdout.isatty(),  # its bar writes newlines to stdout
         )
         out = save_tokenizer(tokenizer, args.out)

@@ -20,6 +20,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import unicodedata
+from collections import Counter
 from dataclasses import astuple, dataclass
 from pathlib import Path
 from typing import Dict, Iterable, Optional, Sequence, Tuple, Union
@@ -94,22 +96,57 @@ def train_tokenizer(
     """Train a cased WordPiece tokenizer on an iterable of texts (documents or lines).
 
     The five special tokens get ids 0..4 in the order [PAD] [UNK] [CLS] [SEP] [MASK].
+
+    Deterministic: the same texts give the same vocabulary in every run. The ``tokenizers``
+    trainer alone does not (huggingface/tokenizers#1794): it creates the ``##c`` continuation
+    tokens in hash-map order, and their ids break ties between merges of equal count. So the
+    texts are read twice: a first pass counts characters, and the alphabet (the
+    ``limit_alphabet`` most frequent non-space characters, ties by code point) and every
+    ``##c`` token are handed to the trainer in a fixed order up front. ``texts`` should
+    therefore be re-iterable (a list, or an object whose ``__iter__`` reads the files again);
+    a one-shot iterator is read into memory first.
     """
     if vocab_size <= len(SPECIAL_TOKENS):
         raise ValueError(f"vocab_size must exceed {len(SPECIAL_TOKENS)}, got {vocab_size}")
+    if iter(texts) is texts:  # a one-shot iterator cannot be read twice
+        texts = list(texts)
+    alphabet = _alphabet(texts, limit_alphabet)
+    continuations = [CONTINUATION_PREFIX + c for c in alphabet]
     tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]", continuing_subword_prefix=CONTINUATION_PREFIX))
     _configure(tokenizer)
     trainer = trainers.WordPieceTrainer(
-        vocab_size=vocab_size,
+        vocab_size=vocab_size,  # the ##c tokens count, as when the trainer makes them itself
         min_frequency=min_frequency,
-        limit_alphabet=limit_alphabet,
-        special_tokens=list(SPECIAL_TOKENS),
+        limit_alphabet=len(alphabet),  # exactly the initial alphabet: nothing else, nothing dropped
+        initial_alphabet=alphabet,
+        special_tokens=list(SPECIAL_TOKENS) + continuations,
         continuing_subword_prefix=CONTINUATION_PREFIX,
         show_progress=show_progress,
     )
     tokenizer.train_from_iterator(texts, trainer=trainer)
+    tokenizer = _demote_to_vocabulary(tokenizer, set(continuations))
     _configure(tokenizer)  # the post-processor needs the ids the trainer assigned
     return tokenizer
+
+
+def _alphabet(texts: Iterable[str], limit: int) -> list:
+    """The ``limit`` most frequent characters of ``texts`` that are not whitespace or control
+    characters (the BERT normaliser and pre-tokenizer drop those), most frequent first, ties
+    by code point; returned sorted by code point."""
+    counts: Counter = Counter()
+    for text in texts:
+        counts.update(text)
+    kept = [c for c in counts if not c.isspace() and unicodedata.category(c) not in ("Cc", "Cf")]
+    kept.sort(key=lambda c: (-counts[c], ord(c)))
+    return sorted(kept[:limit])
+
+
+def _demote_to_vocabulary(tokenizer: Tokenizer, tokens: set) -> Tokenizer:
+    """``tokenizer`` with ``tokens`` removed from its added (special) tokens: they stay in the
+    WordPiece vocabulary with their ids, as ordinary pieces the model splits words into."""
+    spec = json.loads(tokenizer.to_str())
+    spec["added_tokens"] = [t for t in spec["added_tokens"] if t["content"] not in tokens]
+    return Tokenizer.from_str(json.dumps(spec))
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
