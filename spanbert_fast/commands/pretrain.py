@@ -17,10 +17,11 @@ DEMO_OUT = os.path.join("runs", "demo")
 # Defaults of a real run (a batch of 32 for one GPU, the paper's AdamW settings) and of the CPU demo.
 PRETRAIN_DEFAULTS = dict(preset="base", batch_size=32, max_steps=10000, save_every=1000, eval_blocks=0,
                          eval_every=0)
-# The demo's recipe: 1200 steps of 16 blocks (about 5 passes over its 1.3M-character corpus), peak
-# lr 2e-3 after 10 % warm-up, decaying linearly to 0. Tried on this corpus: 1e-3 and 1.5e-3 learn
-# less; 3e-3 (all 1200 steps) and a vocabulary of 8000 (600 steps) stay at guessing the most frequent token.
-DEMO_DEFAULTS = dict(preset="tiny", batch_size=16, max_steps=1200, lr=2e-3, warmup_steps=120, save_every=0,
+# The demo's recipe: 1000 steps of 16 blocks (about 4 passes over its 1.3M-character corpus), peak
+# lr 2e-3 after 10 % warm-up, decaying linearly to 0. Tried on this corpus (1200-step runs): held-out
+# accuracy flattens after step ~1000; 1e-3 and 1.5e-3 learn less; 3e-3 and a vocabulary of 8000
+# (600 steps) stay at guessing the most frequent token.
+DEMO_DEFAULTS = dict(preset="tiny", batch_size=16, max_steps=1000, lr=2e-3, warmup_steps=100, save_every=0,
                      eval_blocks=64, eval_every=100)
 # Peak learning rate when --lr is not given, by --preset: the paper's 1e-4 for base and large;
 # a tiny model barely moves at 1e-4 in a few hundred steps, so tiny gets the demo's.
