@@ -55,11 +55,14 @@ edge tiles pay for the masking (``_visit_ranges``).
 Dropout: the keep bit of element (b, h, i, j) (i, j local to the sequence) is a pure function of
 (seed, b * H + h, i, j), computed in registers in the layout the score tile already has::
 
-    key, mr, mc = lowbias32 chain of (seed low word, seed high word, b * H + h); mr, mc odd
+    key       = lowbias32 chain of (seed low word, seed high word, b * H + h)
+    mr, br, kr, mc, bc, kc = lowbias32 of key plus six constants (mr, br, mc, bc made odd)
+    fold(x)   = low word ^ high word of the 64-bit square x * x      (uint32 -> uint32)
     pair(n)   = n & ~8                           rows i, i + 8 (i % 16 < 8) share a row pair,
                                                  keys j, j + 8 (j % 16 < 8) a key pair
-    x         = pair(i) * mr + pair(j) * mc + key                (uint32)
-    x         = low word ^ high word of the 64-bit square x * x
+    R(i)      = pair(i % 64) * mr + fold((i - i % 64) * br + kr)     (uint32)
+    C(j)      = pair(j % 64) * mc + fold((j - j % 64) * bc + kc)
+    x         = fold(R(i) + C(j) + key)
     u         = low 7 bits of byte 2 * ((i // 8) % 2) + (j // 8) % 2 of x      (0 .. 127)
     T         = min(floor(p * 128 + 1/2), 127)
     Z_ij      = u >= T
@@ -70,11 +73,23 @@ FlashAttention-2 compares bytes of its random bits), and kept values are scaled 
 ``1 / (1 - p_effective)`` in the forward and both backwards; ``p < 1/256`` is no dropout. The
 launch functions round p once, so every kernel sees ``p_effective``.
 
-Cost per score (the hot loops have 32 scores per thread): the input is a lattice (odd per-head
-multipliers of both pair indices), so the part fixed for a thread (its rows in the forward and
-dQ, its keys in dK/dV) is computed once per program and each hash costs one add; a 64-bit square
-(one IMAD.WIDE) folded to 32 bits by an xor passes the tests' statistics (keep rate, lag-1
-correlations of rows, keys, heads and of the bytes of one hash); the four compares are one SWAR
+Why blocks of 64: within one block of 64 rows x 64 keys the input is a lattice (pair(i) * mr +
+pair(j) * mc), which is what makes it cheap; over a whole 512 x 512 mask a lattice of odd
+multipliers always has a few offsets (di, dj) with di * mr + dj * mc ~ 0 mod 2**32, and the square
+does not hide them (the previous mask, without block terms, correlated with itself at such
+offsets up to |r| = 0.08, z = 29). Each (row block, key block) gets its own offset
+``fold(...) + fold(...)``, so offsets between blocks are no longer lattice vectors; the mask's
+correlation at every offset |di|, |dj| <= 255 and between heads is that of random bits
+(tests/kernels/test_attention.py, ``test_dropout_mask_has_no_correlation_at_any_offset``).
+
+Cost per score (the hot loops have 32 scores per thread): the part fixed for a thread (its rows
+in the forward and dQ, its keys in dK/dV, with their block terms, plus the moving axis's
+``pair(n % 64) * multiplier`` of a tile at 0) is computed once per program; per tile the loop adds
+the moving tile's block term (3 instructions per tile; two block terms for a 128-wide tile, plus
+``(start % 64) * multiplier`` for a 32-wide one, :func:`_dropout_tile_offset`), so each hash input
+is one add; then fold (one IMAD.WIDE, one LOP3), which passes the tests' statistics (keep rate,
+lag-1 correlations of rows, keys, heads and of the bytes of one hash, correlations at every
+offset); the four compares are one SWAR
 subtraction, ``(x | 0x80808080) - T * 0x01010101`` having bit 7 of byte b set iff byte b's low
 7 bits are >= T (7-bit lanes: no borrow crosses a byte). So 4 instructions per hash, 1 per
 score. The mask is applied by inline PTX (:func:`_dropout_zero`, :func:`_dropout_select`): 1
@@ -197,50 +212,96 @@ def _mix32(x):
 
 @triton.jit
 def _dropout_keys(seed, bh, dropout_p):
-    """Per program: (key, odd row multiplier, odd key multiplier) of the keep-bit hash of head ``bh``
-    under ``seed`` (int64), and the keep threshold ``T * 0x01010101`` with ``T = round(p * 128)``
-    in every byte (the kernels get ``p`` already rounded, :func:`attention_dropout_effective_p`,
-    so ``p * 128`` is the integer T <= 127)."""
+    """Per program: the keep-bit hash constants of head ``bh`` under ``seed`` (int64): (key; the rows'
+    odd multiplier, block multiplier and block key; the same three of the keys), and the keep
+    threshold ``T * 0x01010101`` with ``T = round(p * 128)`` in every byte (the kernels get ``p``
+    already rounded, :func:`attention_dropout_effective_p`, so ``p * 128`` is the integer T <= 127)."""
     seed64 = seed.to(tl.uint64)
     low = (seed64 & 0xFFFFFFFF).to(tl.uint32)
     high = (seed64 >> 32).to(tl.uint32)
     key = _mix32(low ^ _mix32(high ^ _mix32(bh.to(tl.uint32) + 0x9E3779B9)))
     row_multiplier = _mix32(key + 0x6A09E667) | 1
+    row_block_multiplier = _mix32(key + 0x3C6EF372) | 1
+    row_block_key = _mix32(key + 0x510E527F)
     col_multiplier = _mix32(key + 0xBB67AE85) | 1
+    col_block_multiplier = _mix32(key + 0xA54FF53A) | 1
+    col_block_key = _mix32(key + 0x9B05688C)
     threshold = tl.minimum(tl.floor(dropout_p * 128.0 + 0.5), 127.0).to(tl.uint32) * 0x01010101
-    return key, row_multiplier, col_multiplier, threshold
+    return (key, row_multiplier, row_block_multiplier, row_block_key, col_multiplier, col_block_multiplier,
+            col_block_key, threshold)
 
 
 @triton.jit
-def _dropout_pair_terms(start, multiplier, BLOCK: tl.constexpr):
-    """``pair * multiplier`` (uint32) of the pairs ``n & ~8`` of positions ``start .. start + BLOCK``
-    (start a multiple of 16), as [BLOCK // 16, 8]: one axis's share of the hash input. Positions
-    n and n + 8 (n % 16 < 8) share a pair."""
+def _square_fold(x):
+    """uint32 -> uint32: the low word xor the high word of the 64-bit square ``x * x`` (one
+    IMAD.WIDE and one LOP3), the nonlinear step of the keep-bit hash."""
+    x = x.to(tl.uint64)
+    x = x * x
+    return (x ^ (x >> 32)).to(tl.uint32)
+
+
+@triton.jit
+def _dropout_block_term(block_start, block_multiplier, block_key):
+    """The term of the 64-position block that starts at ``block_start`` (a multiple of 64) in the hash
+    input: :func:`_square_fold` of ``block_start * block multiplier + block key`` (uint32), 3
+    instructions."""
+    return _square_fold(block_start * block_multiplier + block_key)
+
+
+@triton.jit
+def _dropout_axis_terms(start, multiplier, block_multiplier, block_key, BLOCK: tl.constexpr,
+                        BLOCK_TERMS: tl.constexpr):
+    """One axis's share of the hash input for positions ``start .. start + BLOCK`` (start a multiple
+    of 16), as [BLOCK // 16, 8], one element per pair ``n & ~8`` (positions n and n + 8, n % 16 < 8,
+    share a pair): ``pair(n % 64) * multiplier``, plus, with ``BLOCK_TERMS``, the term of n's block
+    of 64 (:func:`_dropout_block_term`). A loop takes its moving axis's terms at ``start = 0``
+    without block terms and adds :func:`_dropout_tile_offset` per tile."""
     offsets = tl.arange(0, BLOCK // 2)
     pairs = (start + offsets // 8 * 16 + offsets % 8).to(tl.uint32)
-    return (pairs * multiplier).reshape(BLOCK // 16, 8)
+    terms = (pairs & 63) * multiplier
+    if BLOCK_TERMS:
+        terms += _dropout_block_term(pairs & 0xFFFFFFC0, block_multiplier, block_key)
+    return terms.reshape(BLOCK // 16, 8)
+
+
+@triton.jit
+def _dropout_tile_offset(start, multiplier, block_multiplier, block_key, BLOCK: tl.constexpr):
+    """What the moving axis's tile at ``start`` (a multiple of BLOCK) adds to the hash inputs of the
+    tile at 0 (terms from :func:`_dropout_axis_terms` without block terms): the term of its block of
+    64, plus ``(start % 64) * multiplier`` for a tile narrower than a block (pair(n % 64) =
+    start % 64 + pair(n - start) when 64 % BLOCK == 0); a scalar, so each hash input is still one
+    add. A 128-wide tile spans two blocks: [1, 1, 8, 1], the first block's term for its first 64
+    positions, the second's for the rest (which half a register holds is known at compile time: the
+    compiled 128-wide forward loops grew by 6-7 SASS instructions per tile, not per hash,
+    benchmarks/notes/attention_static.md, Step 4)."""
+    tl.static_assert((BLOCK % 16 == 0 and 64 % BLOCK == 0) or BLOCK == 128)
+    if BLOCK == 128:
+        low = _dropout_block_term(start, block_multiplier, block_key)
+        high = _dropout_block_term(start + 64, block_multiplier, block_key)
+        return tl.where(tl.arange(0, 8) >= 4, high, low)[None, None, :, None]
+    elif BLOCK == 64:
+        return _dropout_block_term(start, block_multiplier, block_key)
+    else:
+        return (_dropout_block_term(start & -64, block_multiplier, block_key)
+                + (start & 63) * multiplier)
 
 
 @triton.jit
 def _dropout_bits(lattice, threshold):
-    """The keep bits of the four scores of each (row pair, key pair) hash input ``lattice`` =
-    ``row pair * row multiplier + key pair * key multiplier + key``: the 64-bit square of x (one
-    IMAD.WIDE, the nonlinear step), its low word xor its high word, then a SWAR compare of the low 7
-    bits of every byte with T (7-bit lanes, so no borrow crosses a byte; the OR folds into the
-    xor's LOP3): bit ``8 b + 7`` of the result is set iff byte b is kept. Four instructions per
-    hash with the lattice add."""
-    x = lattice.to(tl.uint64)
-    x = x * x  # one IMAD.WIDE: the 64-bit square
-    x = (x ^ (x >> 32)).to(tl.uint32)  # its low word xor its high word
-    return (x | 0x80808080) - threshold
+    """The keep bits of the four scores of each (row pair, key pair) hash input ``lattice`` (the
+    module docstring's x): its :func:`_square_fold`, then a SWAR compare of the low 7 bits of every
+    byte with T (7-bit lanes, so no borrow crosses a byte; the OR folds into the fold's LOP3): bit
+    ``8 b + 7`` of the result is set iff byte b is kept. Four instructions per hash with the add
+    that forms the input."""
+    return (_square_fold(lattice) | 0x80808080) - threshold
 
 
 @triton.jit
 def _dropout_lattice(first_terms, second_terms):
-    """The hash inputs ``first + second`` of two axes' pair terms ([G1, 8] and [G2, 8], from
-    :func:`_dropout_pair_terms`, one of them plus the key), as [G1, 8, G2, 8]. A loop computes the
-    part of its own tile once and adds ``start * multiplier`` of the moving axis per tile
-    (pair(start + n) = start + pair(n) for start a multiple of 16): one add per hash."""
+    """The hash inputs ``first + second`` of two axes' terms ([G1, 8] and [G2, 8], from
+    :func:`_dropout_axis_terms`, one of them plus the key), as [G1, 8, G2, 8]. A loop computes this
+    for its own tile and the moving axis's tile at 0 once and adds :func:`_dropout_tile_offset` per
+    tile: one add per hash."""
     return first_terms[:, :, None, None] + second_terms[None, None, :, :]
 
 
@@ -371,15 +432,19 @@ def _visit_ranges(tile_start, TILE: tl.constexpr, length, window, OTHER_TILE: tl
 
 @triton.jit
 def _dropout_setup(SEED, bh, dropout_p, HAS_DROPOUT: tl.constexpr):
-    """(key, row multiplier, key multiplier, threshold) of the keep-bit hash of head ``bh``; unused
-    zeros without dropout."""
+    """:func:`_dropout_keys` of head ``bh``; unused zeros without dropout."""
     key = 0
-    row_multiplier = 0
-    col_multiplier = 0
+    row_mult = 0
+    row_block_mult = 0
+    row_block_key = 0
+    col_mult = 0
+    col_block_mult = 0
+    col_block_key = 0
     threshold = 0
     if HAS_DROPOUT:
-        key, row_multiplier, col_multiplier, threshold = _dropout_keys(load_seed(SEED, HAS_DROPOUT), bh, dropout_p)
-    return key, row_multiplier, col_multiplier, threshold
+        key, row_mult, row_block_mult, row_block_key, col_mult, col_block_mult, col_block_key, threshold = (
+            _dropout_keys(load_seed(SEED, HAS_DROPOUT), bh, dropout_p))
+    return key, row_mult, row_block_mult, row_block_key, col_mult, col_block_mult, col_block_key, threshold
 
 
 @triton.jit
@@ -394,13 +459,14 @@ def _program_start(
 
     Returns (its tile index along its own axis, the sequence's length, the q/k/v bases of its
     (sequence, head), the offsets of its rows in the O-like ([B, H, S, D] / [T, H, D] contiguous)
-    and LSE-like tensors, and the dropout hash's key, row and key multipliers and threshold).
+    and LSE-like tensors, and the dropout hash's constants and threshold, :func:`_dropout_keys`).
     """
     pid_tile, pid_bh = _tile_and_head(seq_len, TILE)
     b = pid_bh // num_heads
     h = pid_bh % num_heads
     start, length = _sequence_bounds(SEQ_INFO, b, seq_len, MODE)
-    key, row_multiplier, col_multiplier, threshold = _dropout_setup(SEED, pid_bh, dropout_p, HAS_DROPOUT)
+    key, row_mult, row_block_mult, row_block_key, col_mult, col_block_mult, col_block_key, threshold = (
+        _dropout_setup(SEED, pid_bh, dropout_p, HAS_DROPOUT))
     b64 = b.to(tl.int64)
     h64 = h.to(tl.int64)
     q_base = Q + b64 * stride_qb + h64 * stride_qh + start * stride_qs
@@ -408,15 +474,15 @@ def _program_start(
     v_base = V + b64 * stride_vb + h64 * stride_vh + start * stride_vs
     o_offset = b64 * stride_ob + h64 * stride_oh + start * stride_os
     lse_offset = b64 * stride_lb + h64 * stride_lh + start
-    return (pid_tile, length, q_base, k_base, v_base, o_offset, lse_offset, key, row_multiplier, col_multiplier,
-            threshold)
+    return (pid_tile, length, q_base, k_base, v_base, o_offset, lse_offset, key, row_mult, row_block_mult,
+            row_block_key, col_mult, col_block_mult, col_block_key, threshold)
 
 
 # --------------------------------------------------------------------------- forward kernel
 @triton.jit
 def _fwd_loop(
     acc, l_i, m_i, q, k_base, v_base, stride_ks, stride_vs, offs_m, offs_d, n_start, n_end,
-    length, window, qk_scale, lattice, col_mult, threshold,
+    length, window, qk_scale, lattice, col_mult, col_block_mult, col_block_key, threshold,
     MASKED: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
@@ -451,7 +517,8 @@ def _fwd_loop(
             v = tl.load(v_ptrs)
         p = p.to(v.dtype)
         if HAS_DROPOUT:  # on the 16-bit tile: one instruction per score (_dropout_zero)
-            p = _dropout_zero(p, lattice + n0 * col_mult, threshold, False)
+            tile_offset = _dropout_tile_offset(n0, col_mult, col_block_mult, col_block_key, BLOCK_N)
+            p = _dropout_zero(p, lattice + tile_offset, threshold, False)
         acc = acc * alpha[:, None] + tl.dot(p, v, input_precision=DOT_PRECISION)
         m_i = m_new
     return acc, l_i, m_i
@@ -486,7 +553,8 @@ def _attention_fwd_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
-    pid_m, length, q_base, k_base, v_base, o_offset, lse_offset, key, row_mult, col_mult, threshold = _program_start(
+    (pid_m, length, q_base, k_base, v_base, o_offset, lse_offset, key, row_mult, row_block_mult, row_block_key,
+     col_mult, col_block_mult, col_block_key, threshold) = _program_start(
         Q, K, V, SEQ_INFO, SEED, stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_ks,
         stride_vb, stride_vh, stride_vs, stride_ob, stride_oh, stride_os, stride_lb, stride_lh,
         num_heads, seq_len, dropout_p, BLOCK_M, MODE, HAS_DROPOUT)
@@ -496,8 +564,9 @@ def _attention_fwd_kernel(
     q = tl.load(q_base + offs_m[:, None] * stride_qs + offs_d[None, :], mask=offs_m[:, None] < length, other=0.0)
     lattice = offs_m
     if HAS_DROPOUT:  # this tile's rows x the keys of a tile at 0
-        lattice = _dropout_lattice(_dropout_pair_terms(m0, row_mult, BLOCK_M) + key,
-                                   _dropout_pair_terms(0, col_mult, BLOCK_N))
+        lattice = _dropout_lattice(
+            _dropout_axis_terms(m0, row_mult, row_block_mult, row_block_key, BLOCK_M, True) + key,
+            _dropout_axis_terms(0, col_mult, col_block_mult, col_block_key, BLOCK_N, False))
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -505,14 +574,14 @@ def _attention_fwd_kernel(
     lo, full_lo, full_hi, hi = _visit_ranges(m0, BLOCK_M, length, window, BLOCK_N, HAS_WINDOW)
     # Interior tiles first (no masks), then the masked edges; the online softmax is order-free.
     acc, l_i, m_i = _fwd_loop(acc, l_i, m_i, q, k_base, v_base, stride_ks, stride_vs, offs_m, offs_d,
-                              full_lo, full_hi, length, window, qk_scale, lattice, col_mult, threshold,
-                              False, HAS_WINDOW, HAS_DROPOUT, DOT_PRECISION, BLOCK_N)
+                              full_lo, full_hi, length, window, qk_scale, lattice, col_mult, col_block_mult,
+                              col_block_key, threshold, False, HAS_WINDOW, HAS_DROPOUT, DOT_PRECISION, BLOCK_N)
     acc, l_i, m_i = _fwd_loop(acc, l_i, m_i, q, k_base, v_base, stride_ks, stride_vs, offs_m, offs_d,
-                              lo, full_lo, length, window, qk_scale, lattice, col_mult, threshold,
-                              True, HAS_WINDOW, HAS_DROPOUT, DOT_PRECISION, BLOCK_N)
+                              lo, full_lo, length, window, qk_scale, lattice, col_mult, col_block_mult,
+                              col_block_key, threshold, True, HAS_WINDOW, HAS_DROPOUT, DOT_PRECISION, BLOCK_N)
     acc, l_i, m_i = _fwd_loop(acc, l_i, m_i, q, k_base, v_base, stride_ks, stride_vs, offs_m, offs_d,
-                              full_hi, hi, length, window, qk_scale, lattice, col_mult, threshold,
-                              True, HAS_WINDOW, HAS_DROPOUT, DOT_PRECISION, BLOCK_N)
+                              full_hi, hi, length, window, qk_scale, lattice, col_mult, col_block_mult,
+                              col_block_key, threshold, True, HAS_WINDOW, HAS_DROPOUT, DOT_PRECISION, BLOCK_N)
 
     row_real = offs_m < length
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
@@ -565,7 +634,7 @@ def _attention_bwd_preprocess_kernel(
 @triton.jit
 def _dkdv_loop(
     dk, dv, k, v, q_base, do_base, lse_base, delta_base, dq_base, stride_qs, stride_os, n0, offs_n, offs_d,
-    m_start, m_end, length, window, qk_scale, lattice_t, row_mult, threshold,
+    m_start, m_end, length, window, qk_scale, lattice_t, row_mult, row_block_mult, row_block_key, threshold,
     MASKED: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
     ACCUMULATE_DQ: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
@@ -599,7 +668,8 @@ def _dkdv_loop(
             p_t = tl.where(allowed_t, p_t, 0.0)
         dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
         if HAS_DROPOUT:
-            p_kept_t = _dropout_zero(p_t, lattice_t + m0 * row_mult, threshold, True)
+            tile_offset = _dropout_tile_offset(m0, row_mult, row_block_mult, row_block_key, BLOCK_M)
+            p_kept_t = _dropout_zero(p_t, lattice_t + tile_offset, threshold, True)
             ds_t = p_kept_t * dp_t - p_t * delta[None, :]  # (1 - p) dS
         else:
             p_kept_t = p_t
@@ -651,7 +721,8 @@ def _attention_bwd_dkdv_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
-    pid_n, length, q_base, k_base, v_base, o_offset, lse_offset, key, row_mult, col_mult, threshold = _program_start(
+    (pid_n, length, q_base, k_base, v_base, o_offset, lse_offset, key, row_mult, row_block_mult, row_block_key,
+     col_mult, col_block_mult, col_block_key, threshold) = _program_start(
         Q, K, V, SEQ_INFO, SEED, stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_ks,
         stride_vb, stride_vh, stride_vs, stride_ob, stride_oh, stride_os, stride_lb, stride_lh,
         num_heads, seq_len, dropout_p, BLOCK_N, MODE, HAS_DROPOUT)
@@ -665,8 +736,9 @@ def _attention_bwd_dkdv_kernel(
     dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
     lattice_t = offs_n
     if HAS_DROPOUT:  # this tile's keys x the query rows of a tile at 0
-        lattice_t = _dropout_lattice(_dropout_pair_terms(n0, col_mult, BLOCK_N) + key,
-                                     _dropout_pair_terms(0, row_mult, BLOCK_M))
+        lattice_t = _dropout_lattice(
+            _dropout_axis_terms(n0, col_mult, col_block_mult, col_block_key, BLOCK_N, True) + key,
+            _dropout_axis_terms(0, row_mult, row_block_mult, row_block_key, BLOCK_M, False))
 
     lo, full_lo, full_hi, hi = _visit_ranges(n0, BLOCK_N, length, window, BLOCK_M, HAS_WINDOW)
     do_base = DO + o_offset
@@ -674,14 +746,17 @@ def _attention_bwd_dkdv_kernel(
     delta_base = DELTA + lse_offset
     dq_base = DQ_ACC + o_offset
     dk, dv = _dkdv_loop(dk, dv, k, v, q_base, do_base, lse_base, delta_base, dq_base, stride_qs, stride_os,
-                        n0, offs_n, offs_d, full_lo, full_hi, length, window, qk_scale, lattice_t,
-                        row_mult, threshold, False, HAS_WINDOW, HAS_DROPOUT, DOT_PRECISION, ACCUMULATE_DQ, BLOCK_M, BLOCK_N)
+                        n0, offs_n, offs_d, full_lo, full_hi, length, window, qk_scale, lattice_t, row_mult,
+                        row_block_mult, row_block_key, threshold, False, HAS_WINDOW, HAS_DROPOUT, DOT_PRECISION,
+                        ACCUMULATE_DQ, BLOCK_M, BLOCK_N)
     dk, dv = _dkdv_loop(dk, dv, k, v, q_base, do_base, lse_base, delta_base, dq_base, stride_qs, stride_os,
-                        n0, offs_n, offs_d, lo, full_lo, length, window, qk_scale, lattice_t,
-                        row_mult, threshold, True, HAS_WINDOW, HAS_DROPOUT, DOT_PRECISION, ACCUMULATE_DQ, BLOCK_M, BLOCK_N)
+                        n0, offs_n, offs_d, lo, full_lo, length, window, qk_scale, lattice_t, row_mult,
+                        row_block_mult, row_block_key, threshold, True, HAS_WINDOW, HAS_DROPOUT, DOT_PRECISION,
+                        ACCUMULATE_DQ, BLOCK_M, BLOCK_N)
     dk, dv = _dkdv_loop(dk, dv, k, v, q_base, do_base, lse_base, delta_base, dq_base, stride_qs, stride_os,
-                        n0, offs_n, offs_d, full_hi, hi, length, window, qk_scale, lattice_t,
-                        row_mult, threshold, True, HAS_WINDOW, HAS_DROPOUT, DOT_PRECISION, ACCUMULATE_DQ, BLOCK_M, BLOCK_N)
+                        n0, offs_n, offs_d, full_hi, hi, length, window, qk_scale, lattice_t, row_mult,
+                        row_block_mult, row_block_key, threshold, True, HAS_WINDOW, HAS_DROPOUT, DOT_PRECISION,
+                        ACCUMULATE_DQ, BLOCK_M, BLOCK_N)
 
     dk = dk * softmax_scale
     if HAS_DROPOUT:
@@ -697,7 +772,7 @@ def _attention_bwd_dkdv_kernel(
 @triton.jit
 def _dq_loop(
     dq, q, do, lse, delta, k_base, v_base, stride_ks, stride_vs, offs_m, offs_d, n_start, n_end,
-    length, window, qk_scale, lattice, col_mult, threshold,
+    length, window, qk_scale, lattice, col_mult, col_block_mult, col_block_key, threshold,
     MASKED: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
@@ -725,7 +800,8 @@ def _dq_loop(
             # 16-bit pair costs one select (_dropout_select) instead of one mask per fp32 dP.
             dropped = p * -delta[:, None]
             kept = p * dp + dropped
-            ds = _dropout_select(kept.to(k.dtype), dropped.to(k.dtype), lattice + n0 * col_mult, threshold, False)
+            tile_offset = _dropout_tile_offset(n0, col_mult, col_block_mult, col_block_key, BLOCK_N)
+            ds = _dropout_select(kept.to(k.dtype), dropped.to(k.dtype), lattice + tile_offset, threshold, False)
         else:
             ds = (p * (dp - delta[:, None])).to(k.dtype)
         dq += tl.dot(ds, k, input_precision=DOT_PRECISION)
@@ -764,7 +840,8 @@ def _attention_bwd_dq_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
-    pid_m, length, q_base, k_base, v_base, o_offset, lse_offset, key, row_mult, col_mult, threshold = _program_start(
+    (pid_m, length, q_base, k_base, v_base, o_offset, lse_offset, key, row_mult, row_block_mult, row_block_key,
+     col_mult, col_block_mult, col_block_key, threshold) = _program_start(
         Q, K, V, SEQ_INFO, SEED, stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_ks,
         stride_vb, stride_vh, stride_vs, stride_ob, stride_oh, stride_os, stride_lb, stride_lh,
         num_heads, seq_len, dropout_p, BLOCK_M, MODE, HAS_DROPOUT)
@@ -779,18 +856,19 @@ def _attention_bwd_dq_kernel(
     dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
     lattice = offs_m
     if HAS_DROPOUT:  # this tile's rows x the keys of a tile at 0
-        lattice = _dropout_lattice(_dropout_pair_terms(m0, row_mult, BLOCK_M) + key,
-                                   _dropout_pair_terms(0, col_mult, BLOCK_N))
+        lattice = _dropout_lattice(
+            _dropout_axis_terms(m0, row_mult, row_block_mult, row_block_key, BLOCK_M, True) + key,
+            _dropout_axis_terms(0, col_mult, col_block_mult, col_block_key, BLOCK_N, False))
 
     lo, full_lo, full_hi, hi = _visit_ranges(m0, BLOCK_M, length, window, BLOCK_N, HAS_WINDOW)
     dq = _dq_loop(dq, q, do, lse, delta, k_base, v_base, stride_ks, stride_vs, offs_m, offs_d, full_lo, full_hi,
-                  length, window, qk_scale, lattice, col_mult, threshold,
+                  length, window, qk_scale, lattice, col_mult, col_block_mult, col_block_key, threshold,
                   False, HAS_WINDOW, HAS_DROPOUT, DOT_PRECISION, BLOCK_N)
     dq = _dq_loop(dq, q, do, lse, delta, k_base, v_base, stride_ks, stride_vs, offs_m, offs_d, lo, full_lo,
-                  length, window, qk_scale, lattice, col_mult, threshold,
+                  length, window, qk_scale, lattice, col_mult, col_block_mult, col_block_key, threshold,
                   True, HAS_WINDOW, HAS_DROPOUT, DOT_PRECISION, BLOCK_N)
     dq = _dq_loop(dq, q, do, lse, delta, k_base, v_base, stride_ks, stride_vs, offs_m, offs_d, full_hi, hi,
-                  length, window, qk_scale, lattice, col_mult, threshold,
+                  length, window, qk_scale, lattice, col_mult, col_block_mult, col_block_key, threshold,
                   True, HAS_WINDOW, HAS_DROPOUT, DOT_PRECISION, BLOCK_N)
 
     dq = dq * softmax_scale
@@ -812,11 +890,13 @@ def _dropout_keep_mask_kernel(
     pid_bh = tl.program_id(0)
     pid_m = tl.program_id(1)
     pid_n = tl.program_id(2)
-    key, row_multiplier, col_multiplier, threshold = _dropout_keys(tl.load(SEED), pid_bh, dropout_p)
+    key, row_mult, row_block_mult, row_block_key, col_mult, col_block_mult, col_block_key, threshold = (
+        _dropout_keys(tl.load(SEED), pid_bh, dropout_p))
     offs_m = pid_m * BLOCK + tl.arange(0, BLOCK)
     offs_n = pid_n * BLOCK + tl.arange(0, BLOCK)
-    lattice = _dropout_lattice(_dropout_pair_terms(pid_m * BLOCK, row_multiplier, BLOCK) + key,
-                               _dropout_pair_terms(pid_n * BLOCK, col_multiplier, BLOCK))
+    lattice = _dropout_lattice(
+        _dropout_axis_terms(pid_m * BLOCK, row_mult, row_block_mult, row_block_key, BLOCK, True) + key,
+        _dropout_axis_terms(pid_n * BLOCK, col_mult, col_block_mult, col_block_key, BLOCK, True))
     keep = _dropout_keep(lattice, threshold, False)
     base = KEEP + pid_bh.to(tl.int64) * seq_len * seq_len
     mask = (offs_m[:, None] < seq_len) & (offs_n[None, :] < seq_len)

@@ -152,8 +152,8 @@ def dropout_pair_rows(tmp_path_factory):
 @pytest.mark.slow
 def test_ratio_attention_dropout_costs_at_most_1_35x_per_iteration(dropout_pair_rows):
     """Issue 14: attention fwd, dK/dV and dQ interior loops at p=0.1 <= 1.35x p=0, in every
-    autotune config (benchmarks/notes/attention_static.md, Step 3: at most 1.29x under Triton 3.9,
-    1.34x under 3.6, the GPU machine's)."""
+    autotune config (benchmarks/notes/attention_static.md, Step 4, the mask with block terms: at most
+    1.29x under Triton 3.9, 1.34x under 3.6, the GPU machine's)."""
     failures = _ratio_failures(dropout_pair_rows, r"attention\._attention_(fwd|bwd_dkdv|bwd_dq)", ATTENTION_RATIO)
     assert not failures, "\n".join(failures)
 

@@ -17,6 +17,8 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+import triton
+import triton.language as tl
 
 from helpers import DEVICE, FP32_REDUCTION_TOL, FP32_TOL, assert_close_fp32, assert_close_lowp
 from spanbert_fast import ops
@@ -302,28 +304,41 @@ def _mix32(x):
     return x ^ (x >> 16)
 
 
-def reference_keep_mask(batch, heads, seq_len, dropout_p, seed):
+def _square_fold(x):
+    """The low word xor the high word of the 64-bit square of uint32 values held in int64 (int64
+    wraps: the low 64 bits of the product are exact)."""
+    x = x * x
+    return (x ^ (x >> 32)) & 0xFFFFFFFF
+
+
+def reference_keep_mask(batch, heads, seq_len, dropout_p, seed, block_terms=True):
     """The documented keep-bit function, written again in torch int64 arithmetic: element
-    (b, h, i, j) takes byte ``2 * ((i // 8) % 2) + (j // 8) % 2`` of the hash of (row pair
-    ``i & ~8``, key pair ``j & ~8``) under the key and odd row and
-    key multipliers of (seed, b * H + h), and is kept when that byte's low 7 bits are
-    >= round(p * 128)."""
+    (b, h, i, j) takes byte ``2 * ((i // 8) % 2) + (j // 8) % 2`` of the hash of
+    ``R(i) + C(j) + key``, ``R(i) = pair(i % 64) * mr + fold((i - i % 64) * br + kr)`` (C alike with
+    the key constants, pair(n) = n & ~8) under the constants of (seed, b * H + h), and is kept when
+    that byte's low 7 bits are >= round(p * 128).
+
+    ``block_terms=False`` is the previous mask (commit 0b68d4b), whose input was the plain lattice
+    ``pair(i) * mr + pair(j) * mc + key``: the negative control of the offset statistics test."""
     m32 = 0xFFFFFFFF
-    i = torch.arange(seq_len, dtype=torch.int64)[:, None]
-    j = torch.arange(seq_len, dtype=torch.int64)[None, :]
-    row_pair = i & ~8
-    key_pair = j & ~8
+    n = torch.arange(seq_len, dtype=torch.int64)
+    block_size = 64 if block_terms else 2**32  # without block terms: one block, pair(n) * m
+    local_pair = (n % block_size) & ~8
+    block_start = n - n % block_size
+    i, j = n[:, None], n[None, :]
     byte = ((i >> 3) & 1) * 2 + ((j >> 3) & 1)
     threshold = min(math.floor(dropout_p * 128 + 0.5), 127)
     scalar = lambda v: _mix32(torch.tensor(v & m32, dtype=torch.int64))  # noqa: E731
     masks = []
     for bh in range(batch * heads):
         key = scalar(int(seed & m32) ^ int(scalar((seed >> 32) ^ int(scalar(bh + 0x9E3779B9)))))
-        row_multiplier = scalar(int(key) + 0x6A09E667) | 1
-        col_multiplier = scalar(int(key) + 0xBB67AE85) | 1
-        x = (row_pair * row_multiplier + key_pair * col_multiplier + key) & m32
-        x = x * x  # the 64-bit square (int64 wraps: its low 64 bits are exact)
-        x = (x ^ (x >> 32)) & m32
+        derived = lambda salt: scalar(int(key) + salt)  # noqa: E731
+        rows = local_pair * (derived(0x6A09E667) | 1)
+        cols = local_pair * (derived(0xBB67AE85) | 1)
+        if block_terms:
+            rows = rows + _square_fold((block_start * (derived(0x3C6EF372) | 1) + derived(0x510E527F)) & m32)
+            cols = cols + _square_fold((block_start * (derived(0xA54FF53A) | 1) + derived(0x9B05688C)) & m32)
+        x = _square_fold((rows[:, None] + cols[None, :] + key) & m32)
         masks.append(((x >> (8 * byte)) & 0x7F) >= threshold)
     return torch.stack(masks).view(batch, heads, seq_len, seq_len)
 
@@ -331,9 +346,10 @@ def reference_keep_mask(batch, heads, seq_len, dropout_p, seed):
 @pytest.mark.parametrize("seed", [0, 77, 2**40 + 5, 2**63 - 1])
 def test_dropout_mask_is_the_documented_hash(seed):
     """The kernels' bits are exactly the documented function of (seed, b * H + h, i, j), with
-    nothing of the tile sizes or the sequence length in it (S = 40 and 100 agree)."""
-    expected = reference_keep_mask(2, 2, 100, 0.3, seed)
-    got = attention_dropout_keep_mask(2, 2, 100, 0.3, seed=seed, device=DEVICE).cpu()
+    nothing of the tile sizes or the sequence length in it (S = 40 and 200 agree; 200 spans four
+    blocks of 64)."""
+    expected = reference_keep_mask(2, 2, 200, 0.3, seed)
+    got = attention_dropout_keep_mask(2, 2, 200, 0.3, seed=seed, device=DEVICE).cpu()
     assert torch.equal(got, expected)
     short = attention_dropout_keep_mask(2, 2, 40, 0.3, seed=seed, device=DEVICE).cpu()
     assert torch.equal(short, expected[:, :, :40, :40])
@@ -365,6 +381,92 @@ def test_dropout_mask_statistics(dropout_p, seed):
         for second in range(first + 1, 4):
             r = torch.corrcoef(torch.stack([scores[first], scores[second]]))[0, 1].item()
             assert abs(r) < 0.01, f"bytes {first} and {second} of one hash: r = {r}"
+
+
+# Every offset, not only lag 1: the correlation of the mask with itself shifted by (di, dj), all
+# |di|, |dj| <= 255 (261,120 offsets of a 512 x 512 mask), and of two heads' masks likewise. For
+# independent bits r * sqrt(n) (n the overlap count of the offset) is ~N(0, 1), and its max |.| over
+# all offsets is ~4.6 (60 random masks at p = 0.1 and 0.5: median 4.6, max 5.5, cross-heads the
+# same); P(> 6.5) is ~1e-5 per mask. The plain lattice input of commit 0b68d4b gave up to 15-29
+# (p = 0.5) at a few offsets (di * mr + dj * mc ~ 0 mod 2**32), which the lag-1 test missed.
+OFFSET_SEQ_LEN, MAX_OFFSET, MAX_OFFSET_Z = 512, 255, 6.5
+
+
+def _offset_spectrum(bits):
+    """rfft2 of the [S, S] mask, standardised (mean 0, variance 1), zero-padded to [2S, 2S] so that
+    products of spectra give linear (not circular) correlations."""
+    x = bits.double()
+    x = (x - x.mean()) / x.std(unbiased=False)
+    return torch.fft.rfft2(x, s=(2 * OFFSET_SEQ_LEN, 2 * OFFSET_SEQ_LEN))
+
+
+def _max_offset_z(first, second):
+    """max over offsets |di|, |dj| <= MAX_OFFSET of |r| sqrt(n): r the correlation of the masks of
+    the spectra ``first`` and ``second`` at that offset over its n overlapping positions (the zero
+    offset left out when they are the same mask)."""
+    s, lag = OFFSET_SEQ_LEN, MAX_OFFSET
+    sums = torch.fft.fftshift(torch.fft.irfft2(first * second.conj(), s=(2 * s, 2 * s)))
+    sums = sums[s - lag:s + lag + 1, s - lag:s + lag + 1]  # [di + lag, dj + lag]: sum of x[i, j] y[i + di, j + dj]
+    overlap = s - torch.arange(-lag, lag + 1, dtype=torch.float64).abs()
+    z = sums / (overlap[:, None] * overlap[None, :]).sqrt()
+    if first is second:
+        z[lag, lag] = 0.0
+    return z.abs().max().item()
+
+
+def _max_offset_z_over_heads(keep):
+    """(max over heads of the self statistic, max over neighbouring heads of the cross one) of
+    ``keep`` [H, S, S]."""
+    spectra = [_offset_spectrum(head) for head in keep]
+    auto = max(_max_offset_z(f, f) for f in spectra)
+    cross = max(_max_offset_z(f, g) for f, g in zip(spectra, spectra[1:]))
+    return auto, cross
+
+
+@pytest.mark.parametrize("dropout_p,seed", [(0.1, 2024), (0.1, 7), (0.5, 2024), (0.5, 2**40 + 5)])
+def test_dropout_mask_has_no_correlation_at_any_offset(dropout_p, seed):
+    """The kernel's mask of 4 heads of one 512-long sequence: no offset (di, dj), |di|, |dj| <= 255,
+    correlates a head with itself or with the next head beyond |r| sqrt(n) < 6.5 (random bits: ~4.6).
+    Negative control: the previous hash (``reference_keep_mask(..., block_terms=False)``) fails this
+    at every one of these cases (test below), and this test failed on it (commit 0b68d4b)."""
+    keep = attention_dropout_keep_mask(1, 4, OFFSET_SEQ_LEN, dropout_p, seed=seed, device=DEVICE).cpu()[0]
+    auto, cross = _max_offset_z_over_heads(keep)
+    assert auto < MAX_OFFSET_Z, f"a head correlates with itself at some offset: max |z| = {auto:.1f}"
+    assert cross < MAX_OFFSET_Z, f"two heads correlate at some offset: max |z| = {cross:.1f}"
+
+
+def test_offset_statistic_rejects_the_lattice_hash():
+    """Negative control of the test above: the previous mask (the plain lattice input) exceeds the
+    bound, so the statistic can fail."""
+    keep = reference_keep_mask(1, 4, OFFSET_SEQ_LEN, 0.5, 2024, block_terms=False)[0]
+    auto, _ = _max_offset_z_over_heads(keep)
+    assert auto > MAX_OFFSET_Z
+
+
+@triton.jit
+def _tile_offset_probe(OUT, start, multiplier, block_multiplier, block_key, BLOCK: tl.constexpr):
+    """OUT[0] = a moving axis's hash terms of the tile at ``start`` as the loops form them (the tile
+    at 0 plus :func:`_dropout_tile_offset`), OUT[1] = the same terms computed directly."""
+    zeros = kernel._dropout_axis_terms(0, 0, 0, 0, 16, False)  # a first axis of one zero pair group
+    looped = kernel._dropout_lattice(zeros, kernel._dropout_axis_terms(
+        0, multiplier, block_multiplier, block_key, BLOCK, False))
+    looped += kernel._dropout_tile_offset(start, multiplier, block_multiplier, block_key, BLOCK)
+    direct = kernel._dropout_lattice(zeros, kernel._dropout_axis_terms(
+        start, multiplier, block_multiplier, block_key, BLOCK, True))
+    offsets = tl.arange(0, 4 * BLOCK)
+    tl.store(OUT + offsets, tl.reshape(looped, (4 * BLOCK,)).to(tl.int64) & 0xFFFFFFFF)
+    tl.store(OUT + 4 * BLOCK + offsets, tl.reshape(direct, (4 * BLOCK,)).to(tl.int64) & 0xFFFFFFFF)
+
+
+@pytest.mark.parametrize("block", [32, 64, 128])
+def test_dropout_tile_offset_matches_the_direct_terms(block):
+    """The loops' per-tile update (the moving axis's terms at 0 plus ``_dropout_tile_offset``) equals
+    the terms computed at the tile's start, for every tile width the kernels use (128 spans two
+    blocks of 64, 32 half of one) and tile starts up to 640."""
+    for start in range(0, 640, block):
+        out = torch.zeros(2, 4 * block, dtype=torch.int64, device=DEVICE)
+        _tile_offset_probe[(1,)](out, start, 0x9E3779B1, 0x85EBCA77, 0xC2B2AE3D, BLOCK=block)
+        assert torch.equal(out[0], out[1]), f"tile at {start}"
 
 
 # --------------------------------------------------------------------------- determinism, registration
