@@ -11,7 +11,7 @@ import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers
 
 from spanbert_fast.cli import main
-from spanbert_fast.data.corpus import Document, demo_corpus_texts, iter_documents, split_sentences
+from spanbert_fast.data.corpus import Document, demo_corpus_texts, iter_documents, python_help_topics, split_sentences
 from spanbert_fast.data import prepare as prepare_module
 from spanbert_fast.data.prepare import (
     META_FILE,
@@ -26,7 +26,7 @@ from spanbert_fast.data.tokenizer import save_tokenizer, train_tokenizer, word_s
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return train_tokenizer(demo_corpus_texts(), vocab_size=1500)
+    return train_tokenizer([document.text for document in python_help_topics()], vocab_size=1500)
 
 
 def demo_documents(count=25):

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from spanbert_fast.cli import main
-from spanbert_fast.data.corpus import demo_corpus_texts
+from spanbert_fast.data.corpus import demo_corpus_texts, python_help_topics
 from spanbert_fast.data.tokenizer import (
     SPECIAL_TOKENS,
     SpecialIds,
@@ -38,7 +38,7 @@ SENTENCE = "When a name is not bound, an attempt to evaluate it raises a NameErr
 
 @pytest.fixture(scope="module")
 def demo_tokenizer():
-    return train_tokenizer(demo_corpus_texts(), vocab_size=2000)
+    return train_tokenizer([document.text for document in python_help_topics()], vocab_size=2000)
 
 
 def bert_cased_like_vocab(path):

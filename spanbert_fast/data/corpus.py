@@ -21,6 +21,7 @@ split too; that only moves a block boundary, since sentences matter for packing 
 from __future__ import annotations
 
 import ast
+import functools
 import json
 import os
 import re
@@ -235,7 +236,13 @@ def stdlib_docstrings() -> List[Document]:
     """The docstrings of the standard library's top-level modules (about 150 modules, ~0.9M
     characters on CPython 3.11), one document per module: its module, class and function
     docstrings in source order. Read from the source files with ``ast``, nothing imported, in
-    sorted file order; none when the installation ships no ``.py`` sources."""
+    sorted file order; none when the installation ships no ``.py`` sources. Parsed once per
+    process (about a second); each call returns a new list."""
+    return list(_stdlib_docstrings())
+
+
+@functools.lru_cache(maxsize=1)
+def _stdlib_docstrings() -> tuple:
     import sysconfig
 
     root = Path(sysconfig.get_paths()["stdlib"])
@@ -248,7 +255,7 @@ def stdlib_docstrings() -> List[Document]:
         docstrings = list(_docstrings_in_source_order(tree))
         if docstrings:
             documents.append(Document(text="\n\n".join(docstrings), source=str(path)))
-    return documents
+    return tuple(documents)
 
 
 def demo_corpus() -> List[Document]:

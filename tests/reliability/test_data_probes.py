@@ -135,9 +135,10 @@ def test_concurrent_prepare_refuses_naming_the_owner_then_takes_over_after_kill_
 
 def test_prepare_killed_at_a_random_point_then_rerun_leaves_a_whole_corpus(tokenizer_dir, tmp_path):
     text = tmp_path / "long.txt"
-    from spanbert_fast.data.corpus import demo_corpus_texts
+    from spanbert_fast.data.corpus import python_help_topics
 
-    text.write_text("\n\n".join(demo_corpus_texts()) * 2, encoding="utf-8")  # ~1 MB: a few seconds
+    topics = [document.text for document in python_help_topics()]
+    text.write_text("\n\n".join(topics) * 2, encoding="utf-8")  # ~1 MB: a few seconds
     out = tmp_path / "out"
     placed = place_foreign_files(out)
     delay = random.Random(16).uniform(0.0, 1.5)
