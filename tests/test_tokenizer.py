@@ -391,11 +391,13 @@ def test_span_masking_is_refused_without_word_boundaries(tmp_path):
 
 
 _TRAIN_IN_A_FRESH_PROCESS = """
-import hashlib, json, sys
-from spanbert_fast.data.corpus import demo_corpus_texts
+import hashlib, json
+from spanbert_fast.data.corpus import python_help_topics
 from spanbert_fast.data.tokenizer import train_tokenizer
-spec = json.loads(train_tokenizer(demo_corpus_texts()[:20], vocab_size=800).to_str())
-print(hashlib.sha256(json.dumps(spec["model"]["vocab"]).encode()).hexdigest(), [t["content"] for t in spec["added_tokens"]])
+texts = [document.text for document in python_help_topics()[:20]]
+spec = json.loads(train_tokenizer(texts, vocab_size=800).to_str())
+vocab_hash = hashlib.sha256(json.dumps(spec["model"]["vocab"]).encode()).hexdigest()
+print(vocab_hash, [t["content"] for t in spec["added_tokens"]])
 """
 
 
