@@ -276,9 +276,13 @@ def test_dropout_padded_parity_with_kernel_mask(seq_lens, window):
     assert_parity(ours, ref, FP32_TOL)
 
 
-def test_dropout_varlen_parity_with_kernel_mask():
-    """Varlen sequence b uses ``keep_mask(B, H, max_seqlen, p, seed)[b, :, :L, :L]``."""
-    lengths, heads, head_dim, dropout_p, seed = [9, 100, 1], 2, 64, 0.2, 3
+@pytest.mark.parametrize("lengths, dropout_p, seed, window, deterministic", [
+    ([9, 100, 1], 0.2, 3, None, True),
+    ([9, 70, 0, 1, 33], 0.1, 6, 20, False),  # the single-pass backward (atomic dQ), with a window
+], ids=["two-kernel", "single-pass"])
+def test_dropout_varlen_parity_with_kernel_mask(lengths, dropout_p, seed, window, deterministic):
+    """Varlen sequence b uses ``keep_mask(B, H, max_seqlen, p, seed)[b, :, :L, :L]``, in both backwards."""
+    heads, head_dim = 2, 64
     max_seqlen = max(lengths)
     cu_seqlens = cu_seqlens_of(lengths)
     q, k, v = make_qkv(sum(lengths), heads, head_dim)
@@ -286,10 +290,11 @@ def test_dropout_varlen_parity_with_kernel_mask():
     keep = attention_dropout_keep_mask(len(lengths), heads, max_seqlen, dropout_p, seed, device=DEVICE)
 
     reference = on_padded(lambda qp, kp, vp, mask: ops.attention_torch(
-        qp, kp, vp, mask, None, attention_dropout_effective_p(dropout_p), dropout_mask=keep), lengths, max_seqlen)
+        qp, kp, vp, mask, window, attention_dropout_effective_p(dropout_p), dropout_mask=keep), lengths, max_seqlen)
 
     ours = output_and_grads(
-        lambda q, k, v: attention_varlen(q, k, v, cu_seqlens, max_seqlen, dropout_p=dropout_p, seed=seed),
+        lambda q, k, v: attention_varlen(q, k, v, cu_seqlens, max_seqlen, window=window, dropout_p=dropout_p,
+                                         seed=seed, deterministic=deterministic),
         q, k, v, grad_out,
     )
     assert_parity(ours, output_and_grads(reference, q, k, v, grad_out), FP32_TOL)
@@ -510,25 +515,6 @@ def test_single_pass_backward_padded_parity(batch, heads, seq_len, head_dim, seq
     if lens is not None:  # padded query rows get no dQ from the atomics either
         dq = ours[1][0]
         assert torch.all(dq[~mask[:, None, :, None].expand_as(dq)] == 0)
-
-
-def test_single_pass_backward_varlen_parity():
-    lengths, heads, head_dim, dropout_p, seed = [9, 70, 0, 1, 33], 2, 64, 0.1, 6
-    max_seqlen = max(lengths)
-    cu_seqlens = cu_seqlens_of(lengths)
-    q, k, v = make_qkv(sum(lengths), heads, head_dim)
-    grad_out = torch.randn_like(q)
-    keep = attention_dropout_keep_mask(len(lengths), heads, max_seqlen, dropout_p, seed, device=DEVICE)
-
-    reference = on_padded(lambda qp, kp, vp, mask: ops.attention_torch(
-        qp, kp, vp, mask, 20, attention_dropout_effective_p(dropout_p), dropout_mask=keep), lengths, max_seqlen)
-
-    ours = output_and_grads(
-        lambda q, k, v: attention_varlen(q, k, v, cu_seqlens, max_seqlen, window=20, dropout_p=dropout_p, seed=seed,
-                                         deterministic=False),
-        q, k, v, grad_out,
-    )
-    assert_parity(ours, output_and_grads(reference, q, k, v, grad_out), FP32_TOL)
 
 
 def test_opcheck_padded_and_varlen():
