@@ -107,7 +107,8 @@ def _residual_sum(X, BIAS, RES, rows, offsets, mask, D, seed, keep_threshold, sc
     return h + tl.load(RES + offsets, mask=mask, other=0.0).to(tl.float32), keep
 
 
-@triton.autotune(key=["D", "HAS_BIAS", "HAS_DROPOUT"], **row_autotune(registers_per_element=6, philox_columns=_PHILOX_COLUMNS))
+@triton.autotune(key=["D", "HAS_BIAS", "HAS_DROPOUT"],
+                 **row_autotune(registers_per_element=6, philox_columns=_PHILOX_COLUMNS))
 @triton.jit
 def _bias_dropout_add_layernorm_fwd_kernel(
     X,  # [N, D] fp32/fp16/bf16, contiguous
@@ -136,7 +137,8 @@ def _bias_dropout_add_layernorm_fwd_kernel(
     layernorm_forward(s, mask, rows, row_ok, offsets, W, B, Y, MEAN, RSTD, D, eps, BLOCK_D)
 
 
-@triton.autotune(key=["D", "HAS_BIAS", "HAS_DROPOUT"], **row_autotune(registers_per_element=12, philox_columns=_PHILOX_COLUMNS))
+@triton.autotune(key=["D", "HAS_BIAS", "HAS_DROPOUT"],
+                 **row_autotune(registers_per_element=12, philox_columns=_PHILOX_COLUMNS))
 @triton.jit
 def _bias_dropout_add_layernorm_bwd_kernel(
     DY,  # [N, D] x's dtype, contiguous

@@ -49,7 +49,8 @@ def run(args: argparse.Namespace) -> int:
         result = pretrain(
             args.config or args.preset, data_dir, out_dir, init_from=args.init_from, batch_size=args.batch_size,
             masking=args.masking, unigram_replacement=args.unigram_replacement, batch_layout=args.batch_layout,
-            eval_blocks=args.eval_blocks, eval_every=args.eval_every, num_workers=args.num_workers, backend=args.backend, report=print,
+            eval_blocks=args.eval_blocks, eval_every=args.eval_every, num_workers=args.num_workers,
+            backend=args.backend, report=print,
             max_steps=args.max_steps, warmup_steps=args.warmup_steps, adam_eps=args.adam_eps,
             cuda_graphs=args.cuda_graphs, **loop_settings(args))
     except (OSError, ValueError, FolderLockedError, FloatingPointError) as error:

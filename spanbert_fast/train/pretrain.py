@@ -124,7 +124,8 @@ def build_model(config: Union[SpanBertConfig, str, None], init_from: Optional[st
 def pretrain(config: Union[SpanBertConfig, str, None], data_dir: str, out_dir: str, *,
              init_from: Optional[str] = None, batch_size: int = 32, masking: str = "span",
              unigram_replacement: bool = False, batch_layout: str = "auto", eval_blocks: int = 0,
-             eval_every: int = 0, num_workers: int = 0, backend: str = "auto", report: Callable[[str], None] = logger.info,
+             eval_every: int = 0, num_workers: int = 0, backend: str = "auto",
+             report: Callable[[str], None] = logger.info,
              **training_args) -> PretrainResult:
     """Pre-train SpanBERT (MLM + SBO) on the prepared corpus ``data_dir``; everything goes to ``out_dir``.
 
